@@ -1,0 +1,8 @@
+//! Audio files as rows: the AUDIO table format (listing, header probing, the scan).
+
+pub mod columns;
+mod scan;
+mod source;
+mod table;
+
+pub use table::{AudioTable, AudioTableFactory, DEFAULT_EXTENSIONS};

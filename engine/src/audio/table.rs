@@ -1,0 +1,274 @@
+//! `CREATE EXTERNAL TABLE ... STORED AS AUDIO`: the factory, the table and its listing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, BooleanArray};
+use datafusion::arrow::compute::kernels::boolean::and_kleene;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::{plan_err, DFSchema};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::utils::expr_to_columns;
+use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::TryStreamExt;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use url::Url;
+
+use super::columns::{self, Cost};
+use super::scan::AudioScanExec;
+use crate::error::EngineError;
+use crate::location::{object_path, resolve_location, store_url};
+use crate::object_stores::{s3_store, S3_OPTIONS};
+use crate::progress::ScanProgress;
+
+/// File extensions listed by default: every container symphonia demuxes here.
+pub const DEFAULT_EXTENSIONS: &[&str] = &[
+    "mp3", "mp2", "mp1", "flac", "wav", "wave", "ogg", "oga", "m4a", "m4b", "mp4", "aac", "aif",
+    "aiff", "aifc", "caf", "mka",
+];
+
+/// Creates [`AudioTable`]s for `STORED AS AUDIO`.
+#[derive(Debug)]
+pub struct AudioTableFactory {
+    progress: Arc<ScanProgress>,
+}
+
+impl AudioTableFactory {
+    pub fn new(progress: Arc<ScanProgress>) -> Self {
+        Self { progress }
+    }
+}
+
+#[async_trait]
+impl TableProviderFactory for AudioTableFactory {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> Result<Arc<dyn TableProvider>> {
+        if !cmd.schema.fields().is_empty() {
+            return plan_err!(
+                "AUDIO tables have a fixed set of columns; omit the column list in CREATE EXTERNAL TABLE {}",
+                cmd.name
+            );
+        }
+        if !cmd.table_partition_cols.is_empty() {
+            return plan_err!("AUDIO tables do not support PARTITIONED BY");
+        }
+        let [location] = cmd.locations.as_slice() else {
+            return plan_err!("an AUDIO table takes exactly one LOCATION");
+        };
+        let url = resolve_location(location)?;
+        let options = AudioOptions::parse(&cmd.options)?;
+        if !options.s3.is_empty() {
+            if url.scheme() != "s3" {
+                return plan_err!("aws.* options only apply to s3:// locations, not {url}");
+            }
+            let store = s3_store(url.host_str().unwrap_or_default(), &options.s3)?;
+            state.runtime_env().register_object_store(&url, store);
+        }
+        Ok(Arc::new(AudioTable {
+            url,
+            extensions: options.extensions,
+            progress: Arc::clone(&self.progress),
+        }))
+    }
+}
+
+/// Options of an AUDIO table (keys as DataFusion passes them, lower case).
+struct AudioOptions {
+    extensions: HashSet<String>,
+    s3: Vec<(String, String)>,
+}
+
+impl AudioOptions {
+    fn parse(options: &std::collections::HashMap<String, String>) -> Result<Self> {
+        let mut extensions: HashSet<String> =
+            DEFAULT_EXTENSIONS.iter().map(|e| e.to_string()).collect();
+        let mut s3 = Vec::new();
+        for (key, value) in options {
+            match key.as_str() {
+                "format.extensions" | "extensions" => {
+                    extensions = value
+                        .split(',')
+                        .map(|e| e.trim().trim_start_matches('.').to_lowercase())
+                        .filter(|e| !e.is_empty())
+                        .collect();
+                    if extensions.is_empty() {
+                        return Err(EngineError::InvalidOption(format!(
+                            "'extensions' needs at least one extension, e.g. 'mp3,flac' (got '{value}')"
+                        ))
+                        .into());
+                    }
+                }
+                k if S3_OPTIONS.iter().any(|(name, _)| *name == k) => {
+                    s3.push((k.to_string(), value.clone()))
+                }
+                other => {
+                    let valid: Vec<&str> = std::iter::once("extensions")
+                        .chain(S3_OPTIONS.iter().map(|(name, _)| *name))
+                        .collect();
+                    return Err(EngineError::InvalidOption(format!(
+                        "unknown option '{}'; valid options: {}",
+                        other.trim_start_matches("format."),
+                        valid.join(", ")
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Self { extensions, s3 })
+    }
+}
+
+/// A folder or bucket prefix of audio files, one row per file.
+#[derive(Debug)]
+pub struct AudioTable {
+    url: Url,
+    extensions: HashSet<String>,
+    progress: Arc<ScanProgress>,
+}
+
+impl AudioTable {
+    /// Lists the audio files under the table's location, sorted by path, with their URLs.
+    async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<(ObjectMeta, String)>> {
+        let base = store_url(&self.url);
+        let path = object_path(&self.url)?;
+        // A location without a trailing slash may name a single file.
+        if !self.url.path().ends_with('/') {
+            if let Ok(meta) = store.head(&path).await {
+                return Ok(vec![(meta, self.url.to_string())]);
+            }
+        }
+        let prefix_depth = path.parts().count();
+        let mut files: Vec<ObjectMeta> = store
+            .list(Some(&path))
+            .try_filter(|meta| futures::future::ready(self.is_listed(meta, prefix_depth)))
+            .try_collect()
+            .await
+            .map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
+        files.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(files
+            .into_iter()
+            .map(|meta| {
+                let mut url = base.clone();
+                url.set_path(&format!("/{}", meta.location));
+                (meta, url.to_string())
+            })
+            .collect())
+    }
+
+    /// Audio extension, and no hidden file or folder below the table's location.
+    fn is_listed(&self, meta: &ObjectMeta, prefix_depth: usize) -> bool {
+        let hidden = meta
+            .location
+            .parts()
+            .skip(prefix_depth)
+            .any(|part| part.as_ref().starts_with('.'));
+        let audio = meta
+            .location
+            .extension()
+            .is_some_and(|ext| self.extensions.contains(&ext.to_lowercase()));
+        audio && !hidden
+    }
+}
+
+/// True when every column `expr` uses is a listing column.
+fn on_listing_columns(expr: &Expr) -> bool {
+    let mut cols = HashSet::new();
+    expr_to_columns(expr, &mut cols).is_ok()
+        && cols
+            .iter()
+            .all(|c| columns::cost_of(&c.name) == Some(Cost::Listing))
+}
+
+/// Keeps the files for which every filter is true (filters use listing columns only).
+fn filter_files(
+    state: &dyn Session,
+    files: Vec<(ObjectMeta, String)>,
+    filters: &[Expr],
+) -> Result<Vec<(ObjectMeta, String)>> {
+    if filters.is_empty() || files.is_empty() {
+        return Ok(files);
+    }
+    let batch = columns::listing_batch(&files)?;
+    let df_schema = DFSchema::try_from(columns::listing_schema().as_ref().clone())?;
+    let mut mask: Option<BooleanArray> = None;
+    for filter in filters {
+        let expr = state.create_physical_expr(filter.clone(), &df_schema)?;
+        let values = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let Some(values) = values.as_any().downcast_ref::<BooleanArray>() else {
+            return plan_err!("filter {filter} is not a boolean expression");
+        };
+        mask = Some(match mask {
+            Some(m) => and_kleene(&m, values)?,
+            None => values.clone(),
+        });
+    }
+    let mask = mask.expect("at least one filter");
+    Ok(files
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mask.is_valid(*i) && mask.value(*i))
+        .map(|(_, f)| f)
+        .collect())
+}
+
+#[async_trait]
+impl TableProvider for AudioTable {
+    fn schema(&self) -> SchemaRef {
+        columns::schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if on_listing_columns(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let store = state.runtime_env().object_store_registry.get_store(&self.url)?;
+        let files = self.list(&store).await?;
+        let mut files = filter_files(state, files, filters)?;
+        // Every filter pushed here is exact, so a limit may cut the listing before probing.
+        if let Some(limit) = limit {
+            files.truncate(limit);
+        }
+        let projection = projection
+            .cloned()
+            .unwrap_or_else(|| (0..columns::schema().fields().len()).collect());
+        let partitions = state.config().target_partitions().max(1);
+        Ok(Arc::new(AudioScanExec::new(
+            store_url(&self.url),
+            self.url.to_string(),
+            files,
+            projection,
+            partitions,
+            Arc::clone(&self.progress),
+        )?))
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors of the engine. Each message says what was wrong, with which value, and what to do.
+
+use datafusion::error::DataFusionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "location '{location}' is outside the allowed locations ({allowed}); \
+         allow it with --allow or AudioLake::builder().allow_location(...)"
+    )]
+    LocationNotAllowed { location: String, allowed: String },
+
+    #[error("invalid location '{location}': {reason}")]
+    InvalidLocation { location: String, reason: String },
+
+    #[error("invalid option for AUDIO table: {0}")]
+    InvalidOption(String),
+
+    #[error("catalog in the store could not be {action}: {source}")]
+    Catalog {
+        action: &'static str,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<EngineError> for DataFusionError {
+    fn from(err: EngineError) -> Self {
+        match err {
+            EngineError::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}

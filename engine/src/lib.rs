@@ -1,0 +1,15 @@
+//! DataFusion integration of audiolake: the `AUDIO` table format and its scan, guarded object
+//! stores, the persisted catalog, and the [`Engine`] that runs statements over them.
+
+pub mod audio;
+mod catalog;
+mod engine;
+mod error;
+pub mod location;
+mod object_stores;
+mod progress;
+
+pub use catalog::TableRecord;
+pub use engine::{Engine, EngineConfig};
+pub use error::{EngineError, Result};
+pub use progress::ScanProgress;

@@ -1,0 +1,1 @@
+//! Pretrained networks (candle) arrive with the models issue.

@@ -1,0 +1,115 @@
+//! The `audiolake` command.
+
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use audiolake::AudioLake;
+use clap::{Args, Parser, Subcommand};
+
+use output::Format;
+
+/// audiolake: SQL over audio collections.
+///
+/// Folders and buckets of audio files become tables (CREATE EXTERNAL TABLE t STORED AS AUDIO
+/// LOCATION '...'); tables are recorded in the store and come back on the next run. Only the
+/// store and the allowed locations can be read or written.
+#[derive(Parser, Debug)]
+#[command(name = "audiolake", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run SQL statements (separated by `;`) in order and print the last result.
+    ///
+    /// Example: audiolake sql --music ~/Music "SELECT file_name, duration_s FROM music LIMIT 5"
+    Sql(SqlArgs),
+}
+
+/// Where data lives and what may be read; shared by every command that opens the engine.
+#[derive(Args, Debug)]
+struct EngineArgs {
+    /// Store for the catalog and results: a local directory or s3://bucket/prefix.
+    #[arg(long, env = "AUDIOLAKE_STORE", default_value = "./audiolake-data")]
+    store: String,
+
+    /// Allow reading (and writing) under this directory or s3:// prefix; repeatable.
+    #[arg(long = "allow", value_name = "URL")]
+    allow: Vec<String>,
+
+    /// Register table `music` over this directory (or s3:// prefix) for this run; implies --allow.
+    #[arg(long, value_name = "DIR")]
+    music: Option<String>,
+
+    /// Partitions per scan (default: number of cores).
+    #[arg(long, value_name = "N")]
+    partitions: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct SqlArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    /// Output format of the result.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+
+    /// The statements to run, e.g. "CREATE EXTERNAL TABLE ...; SELECT ...".
+    sql: String,
+}
+
+impl EngineArgs {
+    async fn open(&self) -> Result<AudioLake> {
+        let mut builder = AudioLake::builder().store(&self.store);
+        for location in self.allow.iter().chain(&self.music) {
+            builder = builder.allow_location(location);
+        }
+        if let Some(n) = self.partitions {
+            builder = builder.target_partitions(n);
+        }
+        let lake = builder.build().await.context("cannot open audiolake")?;
+        for warning in lake.engine().warnings() {
+            eprintln!("warning: {warning}");
+        }
+        if let Some(music) = &self.music {
+            lake.register_audio_table("music", music)
+                .await
+                .with_context(|| format!("cannot register table music over {music}"))?;
+        }
+        Ok(lake)
+    }
+}
+
+async fn run_sql(args: SqlArgs) -> Result<()> {
+    let lake = args.engine.open().await?;
+    let bar = progress::spawn(lake.engine().progress());
+    let result = async {
+        let frame = lake.sql(&args.sql).await?;
+        Ok::<_, anyhow::Error>((frame.schema().as_arrow().clone(), frame.collect().await?))
+    }
+    .await;
+    bar.finish().await;
+    let (schema, batches) = result?;
+    output::print(&schema, &batches, args.format)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sql(args) => run_sql(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The `audiolake` command as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")).unwrap()
+}
+
+fn audiolake(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_audiolake"))
+        .arg("sql")
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn music_folder_as_csv() {
+    let store = tempfile::tempdir().unwrap();
+    let out = audiolake(
+        store.path(),
+        &[
+            "--music",
+            fixtures().to_str().unwrap(),
+            "--format",
+            "csv",
+            "SELECT file_name, format, sample_rate, title FROM music \
+             WHERE file_name LIKE 'tagged%' ORDER BY file_name",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "file_name,format,sample_rate,title\n\
+         tagged.aiff,aiff,44100,Fixture AIFF\n\
+         tagged.flac,flac,48000,Fixture FLAC\n\
+         tagged.m4a,mp4,44100,Fixture M4A\n\
+         tagged.ogg,ogg,44100,Café Ünïcode\n"
+    );
+}
+
+#[test]
+fn json_and_table_formats() {
+    let store = tempfile::tempdir().unwrap();
+    let music = fixtures();
+    let sql = "SELECT file_name, channels FROM music WHERE file_name = 'plain.wav'";
+    let out = audiolake(store.path(), &["--music", music.to_str().unwrap(), "--format", "json", sql]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "[{\"file_name\":\"plain.wav\",\"channels\":1}]\n");
+
+    let out = audiolake(store.path(), &["--music", music.to_str().unwrap(), sql]);
+    assert_eq!(
+        stdout(&out),
+        "+-----------+----------+\n\
+         | file_name | channels |\n\
+         +-----------+----------+\n\
+         | plain.wav | 1        |\n\
+         +-----------+----------+\n"
+    );
+}
+
+#[test]
+fn tables_persist_between_runs() {
+    let store = tempfile::tempdir().unwrap();
+    let music = fixtures();
+    let create = format!(
+        "CREATE EXTERNAL TABLE lib STORED AS AUDIO LOCATION '{}' OPTIONS ('extensions' 'ogg,m4a')",
+        music.display()
+    );
+    let allow = ["--allow", music.to_str().unwrap()];
+    let out = audiolake(store.path(), &[allow[0], allow[1], &create]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = audiolake(
+        store.path(),
+        &[allow[0], allow[1], "--format", "csv", "SELECT count(*) AS n FROM lib"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "n\n2\n");
+}
+
+#[test]
+fn outside_locations_fail_with_a_clear_error() {
+    let store = tempfile::tempdir().unwrap();
+    let out = audiolake(
+        store.path(),
+        &["CREATE EXTERNAL TABLE p (line TEXT) STORED AS CSV LOCATION '/etc/passwd'"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(
+            "error: location 'file:///etc/passwd' is outside the allowed locations (file://"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_documents_the_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audiolake"))
+        .args(["sql", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    for option in ["--store", "--allow", "--music", "--format", "--partitions"] {
+        assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
+}

@@ -1,0 +1,86 @@
+//! audiolake: an embeddable analytics database for audio collections.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), audiolake::EngineError> {
+//! let lake = audiolake::AudioLake::builder()
+//!     .store("./audiolake-data")
+//!     .allow_location("/srv/music")
+//!     .build()
+//!     .await?;
+//! lake.sql("CREATE EXTERNAL TABLE music STORED AS AUDIO LOCATION '/srv/music/'").await?;
+//! let batches = lake
+//!     .sql("SELECT path, duration_s FROM music ORDER BY duration_s DESC")
+//!     .await?
+//!     .collect()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub use audiolake_engine::{
+    audio, location, Engine, EngineConfig, EngineError, Result, ScanProgress,
+};
+pub use audiolake_udf as udf;
+pub use datafusion;
+
+use datafusion::dataframe::DataFrame;
+
+/// An opened audiolake: a store, its tables, and the roots it may read.
+pub struct AudioLake {
+    engine: Engine,
+}
+
+impl AudioLake {
+    pub fn builder() -> AudioLakeBuilder {
+        AudioLakeBuilder::default()
+    }
+
+    /// Runs `;`-separated statements in order; returns the last one's result, ready to
+    /// `collect()` or stream. Tables created here are recorded in the store.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        self.engine.run(sql).await
+    }
+
+    /// Registers (or replaces) an AUDIO table for this session only, not recorded in the store.
+    pub async fn register_audio_table(&self, name: &str, location: &str) -> Result<()> {
+        self.engine.register_audio_table(name, location).await
+    }
+
+    /// The engine underneath, for its session, progress counters and warnings.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Settings of an [`AudioLake`]; every one has a default.
+#[derive(Debug, Clone, Default)]
+pub struct AudioLakeBuilder {
+    config: EngineConfig,
+}
+
+impl AudioLakeBuilder {
+    /// Where the catalog and results are kept: a local directory (default `./audiolake-data`)
+    /// or an `s3://bucket/prefix`.
+    pub fn store(mut self, location: impl Into<String>) -> Self {
+        self.config.store = location.into();
+        self
+    }
+
+    /// Allows reading and writing under `location` (a directory or bucket prefix). Nothing
+    /// outside the allowed locations and the store can be read or written.
+    pub fn allow_location(mut self, location: impl Into<String>) -> Self {
+        self.config.allowed.push(location.into());
+        self
+    }
+
+    /// Partitions per scan (default: the number of cores).
+    pub fn target_partitions(mut self, n: usize) -> Self {
+        self.config.target_partitions = Some(n);
+        self
+    }
+
+    pub async fn build(self) -> Result<AudioLake> {
+        Ok(AudioLake {
+            engine: Engine::open(self.config).await?,
+        })
+    }
+}

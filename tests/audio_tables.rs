@@ -1,0 +1,393 @@
+//! AUDIO tables through the embedded API: values against the fixtures' and the corpus' truth,
+//! what each kind of query reads, and the catalog across restarts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::AudioLake;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+fn fixtures() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
+}
+
+async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
+    let mut builder = AudioLake::builder()
+        .store(store.to_str().unwrap())
+        .target_partitions(2);
+    for a in allow {
+        builder = builder.allow_location(a.to_str().unwrap());
+    }
+    builder.build().await.unwrap()
+}
+
+async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
+    let frame = lake.sql(sql).await.unwrap();
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.unwrap();
+    concat_batches(&schema, &batches).unwrap()
+}
+
+fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
+    let array = batch.column_by_name(col).unwrap().as_string::<i32>();
+    (0..array.len())
+        .map(|i| array.is_valid(i).then(|| array.value(i).to_string()))
+        .collect()
+}
+
+/// Rows of a CSV file (fixtures.csv, truth.csv), keyed by column name.
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .deserialize()
+        .map(|row| row.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_values_match_fixtures_csv() {
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&fixtures()]).await;
+    let location = fixtures();
+    let batch = query(
+        &lake,
+        &format!(
+            "CREATE EXTERNAL TABLE fx STORED AS AUDIO LOCATION '{}'; \
+             SELECT path, format, codec, sample_rate, channels, bits_per_sample, duration_s, \
+             title, year, error FROM fx",
+            location.display()
+        ),
+    )
+    .await;
+    let expected = read_csv(&fixtures().join("fixtures.csv"));
+    assert_eq!(batch.num_rows(), expected.len());
+    let paths = strings(&batch, "path");
+    for row in &expected {
+        let url = format!("file://{}/{}", location.display(), row["file"]);
+        let i = paths
+            .iter()
+            .position(|p| p.as_deref() == Some(url.as_str()))
+            .unwrap_or_else(|| panic!("{url} not listed"));
+        let file = &row["file"];
+        let error = &strings(&batch, "error")[i];
+        if row["bad"] == "true" {
+            assert!(error.is_some(), "{file} should be an error row");
+            assert!(batch.column_by_name("sample_rate").unwrap().is_null(i));
+            assert!(batch.column_by_name("duration_s").unwrap().is_null(i));
+            continue;
+        }
+        assert_eq!(error, &None, "{file}");
+        assert_eq!(strings(&batch, "format")[i].as_deref(), Some(row["format"].as_str()), "{file}");
+        assert_eq!(strings(&batch, "codec")[i].as_deref(), Some(row["codec"].as_str()), "{file}");
+        let int = |col: &str| {
+            let a = batch.column_by_name(col).unwrap().as_primitive::<Int32Type>();
+            a.is_valid(i).then(|| a.value(i).to_string()).unwrap_or_default()
+        };
+        assert_eq!(int("sample_rate"), row["sample_rate"], "{file}");
+        assert_eq!(int("channels"), row["channels"], "{file}");
+        assert_eq!(int("bits_per_sample"), row["bits_per_sample"], "{file}");
+        assert_eq!(int("year"), row["year"], "{file}");
+        let duration = batch
+            .column_by_name("duration_s")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(i);
+        let truth: f64 = row["duration_s"].parse().unwrap();
+        // Lossless: exact. Lossy: the encoder's padding when no header says how much.
+        let tolerance = if row["bits_per_sample"].is_empty() { 0.05 } else { 1e-9 };
+        assert!(
+            (duration - truth).abs() <= tolerance,
+            "{file}: duration {duration} vs {truth}"
+        );
+        let title = strings(&batch, "title")[i].clone().unwrap_or_default();
+        assert_eq!(title, row["title"], "{file}");
+    }
+}
+
+/// Counts the bytes fetched and the files opened through it.
+#[derive(Debug)]
+struct CountingStore {
+    inner: LocalFileSystem,
+    reads: Mutex<HashMap<String, u64>>,
+}
+
+impl CountingStore {
+    fn new() -> Self {
+        Self {
+            inner: LocalFileSystem::new(),
+            reads: Mutex::default(),
+        }
+    }
+
+    fn take(&self) -> HashMap<String, u64> {
+        std::mem::take(&mut self.reads.lock().unwrap())
+    }
+}
+
+impl fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let result = self.inner.get_opts(location, options.clone()).await?;
+        let len = match options.range {
+            Some(GetRange::Bounded(r)) => r.end - r.start,
+            _ => result.meta.size,
+        };
+        if !options.head {
+            *self
+                .reads
+                .lock()
+                .unwrap()
+                .entry(location.to_string())
+                .or_default() += len;
+        }
+        Ok(result)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &ObjectPath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        let result = self.inner.get_ranges(location, ranges).await?;
+        let len: u64 = result.iter().map(|b| b.len() as u64).sum();
+        *self
+            .reads
+            .lock()
+            .unwrap()
+            .entry(location.to_string())
+            .or_default() += len;
+        Ok(result)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A 16-bit stereo WAV of `seconds` of a quiet 440 Hz tone.
+fn write_wav(path: &Path, seconds: u32) {
+    let rate = 44_100u32;
+    let frames = rate * seconds;
+    let mut out = Vec::with_capacity(44 + frames as usize * 4);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + frames * 4).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 2] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 4).to_le_bytes());
+    for v in [4u16, 16] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(frames * 4).to_le_bytes());
+    for n in 0..frames {
+        let s = ((n as f64 * 440.0 * std::f64::consts::TAU / rate as f64).sin() * 3000.0) as i16;
+        out.extend_from_slice(&s.to_le_bytes());
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cheap_columns_read_only_what_they_need() {
+    let music = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(music.path()).unwrap();
+    for i in 0..6 {
+        write_wav(&dir.join(format!("tone{i}.wav")), 12); // ~2 MB each
+    }
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&dir]).await;
+    let counting = Arc::new(CountingStore::new());
+    lake.engine().session().register_object_store(
+        &url::Url::parse("file:///").unwrap(),
+        Arc::clone(&counting) as Arc<dyn ObjectStore>,
+    );
+    lake.sql(&format!(
+        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    counting.take();
+
+    // Listing columns: no file is opened.
+    let batch = query(&lake, "SELECT path, file_name, size_bytes, last_modified FROM t").await;
+    assert_eq!(batch.num_rows(), 6);
+    assert_eq!(
+        batch.column_by_name("size_bytes").unwrap().as_primitive::<Int64Type>().value(0),
+        44 + 44_100 * 12 * 4
+    );
+    let reads = counting.take();
+    assert!(reads.is_empty(), "listing opened files: {reads:?}");
+
+    // Header columns: every file is opened, but only its header blocks are read.
+    let batch = query(&lake, "SELECT file_name, duration_s FROM t ORDER BY file_name").await;
+    let durations = batch.column(1).as_primitive::<Float64Type>();
+    assert!((0..6).all(|i| durations.value(i) == 12.0));
+    let reads = counting.take();
+    assert_eq!(reads.len(), 6);
+    let file_size = 44 + 44_100 * 12 * 4;
+    for (file, bytes) in &reads {
+        assert!(
+            *bytes <= 256 * 1024 && *bytes * 8 < file_size,
+            "{file}: {bytes} bytes read of {file_size}"
+        );
+    }
+
+    // A filter on a listing column runs before probing: only the matching file is opened.
+    let batch = query(&lake, "SELECT duration_s FROM t WHERE file_name = 'tone3.wav'").await;
+    assert_eq!(batch.num_rows(), 1);
+    let reads = counting.take();
+    assert_eq!(reads.keys().collect::<Vec<_>>().len(), 1, "{reads:?}");
+    assert!(reads.keys().all(|k| k.ends_with("tone3.wav")));
+
+    // LIMIT without other filters opens at most that many files.
+    let batch = query(&lake, "SELECT sample_rate FROM t LIMIT 2").await;
+    assert_eq!(batch.num_rows(), 2);
+    assert_eq!(counting.take().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_survive_a_restart_and_drop_is_recorded() {
+    let store = tempfile::tempdir().unwrap();
+    let location = fixtures();
+    {
+        let lake = open(store.path(), &[&location]).await;
+        lake.sql(&format!(
+            "CREATE EXTERNAL TABLE kept STORED AS AUDIO LOCATION '{}' OPTIONS ('extensions' 'flac'); \
+             CREATE EXTERNAL TABLE dropped STORED AS AUDIO LOCATION '{}'",
+            location.display(),
+            location.display()
+        ))
+        .await
+        .unwrap();
+    }
+    let lake = open(store.path(), &[&location]).await;
+    assert!(lake.engine().warnings().is_empty(), "{:?}", lake.engine().warnings());
+    let batch = query(&lake, "SELECT count(*) AS n FROM kept").await;
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 3);
+    query(&lake, "DROP TABLE dropped").await;
+    drop(lake);
+
+    let lake = open(store.path(), &[&location]).await;
+    let err = lake.sql("SELECT * FROM dropped").await.unwrap_err();
+    assert!(err.to_string().contains("table 'datafusion.public.dropped' not found"), "{err}");
+    drop(lake);
+
+    // Reopened without the allowed root, the table is not restored, and the user is told why.
+    let lake = open(store.path(), &[]).await;
+    assert_eq!(lake.engine().warnings().len(), 1);
+    assert!(
+        lake.engine().warnings()[0].starts_with("table kept was not restored: location 'file://"),
+        "{:?}",
+        lake.engine().warnings()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_headers_match_truth() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    if !corpus.join("truth.csv").exists() {
+        eprintln!("skipping: corpus not found at {}", corpus.display());
+        return;
+    }
+    let corpus = std::fs::canonicalize(corpus).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&corpus]).await;
+    let batch = query(
+        &lake,
+        &format!(
+            "CREATE EXTERNAL TABLE c STORED AS AUDIO LOCATION '{}'; \
+             SELECT file_name, format, sample_rate, channels, duration_s, error FROM c",
+            corpus.display()
+        ),
+    )
+    .await;
+    let truth = read_csv(&corpus.join("truth.csv"));
+    assert_eq!(batch.num_rows(), truth.len());
+    let names = strings(&batch, "file_name");
+    for row in &truth {
+        let file = &row["file"];
+        let i = names.iter().position(|n| n.as_deref() == Some(file.as_str())).unwrap();
+        assert_eq!(strings(&batch, "error")[i], None, "{file}");
+        let format = strings(&batch, "format")[i].clone().unwrap();
+        let expected_format = if row["format"] == "m4a" { "mp4" } else { row["format"].as_str() };
+        assert_eq!(format, expected_format, "{file}");
+        let rate = batch.column_by_name("sample_rate").unwrap().as_primitive::<Int32Type>().value(i);
+        assert_eq!(rate.to_string(), row["sample_rate"], "{file}");
+        let ch = batch.column_by_name("channels").unwrap().as_primitive::<Int32Type>().value(i);
+        assert_eq!(ch.to_string(), row["channels"], "{file}");
+        let d = batch.column_by_name("duration_s").unwrap().as_primitive::<Float64Type>().value(i);
+        let truth: f64 = row["duration_s"].parse().unwrap();
+        assert!((d - truth).abs() <= 0.05, "{file}: duration {d} vs {truth}");
+    }
+}

@@ -1,0 +1,447 @@
+//! Feature groups ("extractors") and the driver that feeds them from one decode.
+//!
+//! A group is named and versioned, declares the sample rate and channels it wants and its Arrow
+//! fields, consumes audio in chunks (`push`, then `finish`) and returns one value per field.
+//! [`analyze`] decodes a file once, resamples once per distinct rate, and feeds every group.
+//! [`to_arrays`] turns many files' results into Arrow columns, NULL where a file failed.
+
+mod loudness;
+mod rhythm;
+mod spectral;
+mod stft;
+mod timbre;
+mod tonal;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::builder::{Float32Builder, Float64Builder, Int64Builder, ListBuilder};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field};
+use symphonia::core::io::MediaSource;
+
+use crate::decode::{DecodeError, DecodeStream};
+use crate::resample::{ResampleError, StreamResampler};
+
+/// Names of every feature group, in the order [`extractor`] knows them.
+pub const GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre"];
+
+/// Builds a fresh extractor for the group called `name`.
+pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
+    Some(match name {
+        "rhythm" => Box::new(rhythm::Rhythm::new()),
+        "tonal" => Box::new(tonal::Tonal::new()),
+        "loudness" => Box::new(loudness::Loudness::new()),
+        "spectral" => Box::new(spectral::Spectral::new()),
+        "timbre" => Box::new(timbre::Timbre::new()),
+        _ => return None,
+    })
+}
+
+/// Which channels a group consumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    /// The average of all channels, resampled to the declared rate.
+    Mono,
+    /// Every channel at the file's own rate (loudness needs the channels, and resampling would
+    /// change true peak).
+    All,
+}
+
+/// The audio a group asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputSpec {
+    /// `None`: the file's own rate.
+    pub sample_rate: Option<u32>,
+    pub channels: Channels,
+}
+
+/// A piece of audio: one plane per channel (a single plane for mono groups).
+pub struct Chunk<'a> {
+    pub planes: &'a [&'a [f32]],
+    pub sample_rate: u32,
+}
+
+impl Chunk<'_> {
+    /// The first plane, which is the whole signal for mono groups.
+    pub fn mono(&self) -> &[f32] {
+        self.planes.first().copied().unwrap_or(&[])
+    }
+}
+
+/// One value of a result row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Float64(f64),
+    Int64(i64),
+    Utf8(String),
+    Float32List(Vec<f32>),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float64(v) => Some(*v),
+            Value::Int64(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Utf8(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_f32_list(&self) -> Option<&[f32]> {
+        match self {
+            Value::Float32List(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A float, or NULL when it is not finite (e.g. a statistic of an empty signal).
+    fn finite(v: f64) -> Value {
+        if v.is_finite() {
+            Value::Float64(v)
+        } else {
+            Value::Null
+        }
+    }
+}
+
+/// A named, versioned feature group.
+pub trait Extractor: Send {
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the group's output changes, so cached results are recomputed.
+    fn version(&self) -> u32;
+    fn input(&self) -> InputSpec;
+    /// The Arrow fields of the result, in the order `finish` returns values.
+    fn fields(&self) -> Vec<Field>;
+    fn push(&mut self, chunk: &Chunk<'_>);
+    fn finish(self: Box<Self>) -> Vec<Value>;
+}
+
+/// One group's result for one file.
+#[derive(Clone, Debug)]
+pub struct GroupResult {
+    pub name: &'static str,
+    pub version: u32,
+    pub fields: Vec<Field>,
+    pub values: Vec<Value>,
+}
+
+impl GroupResult {
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.fields
+            .iter()
+            .position(|f| f.name() == field)
+            .map(|i| &self.values[i])
+    }
+}
+
+/// Everything one decode of a file produced.
+#[derive(Clone, Debug)]
+pub struct AnalysisOutput {
+    pub groups: Vec<GroupResult>,
+    pub decoded_duration_s: f64,
+    pub decode_errors: u64,
+    pub sample_rate: u32,
+    pub channels: usize,
+}
+
+impl AnalysisOutput {
+    pub fn group(&self, name: &str) -> Option<&GroupResult> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+
+    /// A value by field name, searched across groups and the decode columns.
+    pub fn get(&self, field: &str) -> Option<Value> {
+        match field {
+            "decoded_duration_s" => Some(Value::Float64(self.decoded_duration_s)),
+            "decode_errors" => Some(Value::Int64(self.decode_errors as i64)),
+            _ => self.groups.iter().find_map(|g| g.get(field).cloned()),
+        }
+    }
+
+    /// The decode columns as a result row, matching [`decode_fields`].
+    pub fn decode_row(&self) -> GroupResult {
+        GroupResult {
+            name: "decode",
+            version: 1,
+            fields: decode_fields(),
+            values: vec![
+                Value::Float64(self.decoded_duration_s),
+                Value::Int64(self.decode_errors as i64),
+            ],
+        }
+    }
+}
+
+/// Fields that come from decoding itself rather than from a group.
+pub fn decode_fields() -> Vec<Field> {
+    vec![
+        Field::new("decoded_duration_s", DataType::Float64, true),
+        Field::new("decode_errors", DataType::Int64, true),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    #[error("unknown feature group {0:?}; known groups are {GROUPS:?}")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
+    #[error("no audio could be decoded ({errors} corrupt packets)")]
+    NoAudio { errors: u64 },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<AnalysisError>,
+    },
+    #[error("field {field:?} is {data_type}, which has no Arrow builder here")]
+    UnsupportedType { field: String, data_type: DataType },
+    #[error("field {field:?} of group {group:?} holds {value:?}, not a {data_type}")]
+    TypeMismatch {
+        group: String,
+        field: String,
+        data_type: DataType,
+        value: Value,
+    },
+}
+
+/// Groups that consume mono audio at the same rate share one resampler.
+struct Route {
+    rate: u32,
+    resampler: StreamResampler,
+    members: Vec<usize>,
+}
+
+/// Decodes `source` once and runs the named groups over it.
+pub fn analyze(
+    source: Box<dyn MediaSource>,
+    extension: Option<&str>,
+    groups: &[&str],
+) -> Result<AnalysisOutput, AnalysisError> {
+    let mut extractors = groups
+        .iter()
+        .map(|name| extractor(name).ok_or_else(|| AnalysisError::UnknownGroup(name.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stream = DecodeStream::open(source, extension)?;
+    let native = stream.sample_rate();
+
+    let mut routes: Vec<Route> = Vec::new();
+    let mut all_channels = Vec::new();
+    for (i, ex) in extractors.iter().enumerate() {
+        let spec = ex.input();
+        let rate = spec.sample_rate.unwrap_or(native);
+        match spec.channels {
+            Channels::All => all_channels.push(i),
+            Channels::Mono => match routes.iter_mut().find(|r| r.rate == rate) {
+                Some(route) => route.members.push(i),
+                None => routes.push(Route {
+                    rate,
+                    resampler: StreamResampler::new(native, rate)?,
+                    members: vec![i],
+                }),
+            },
+        }
+    }
+
+    let mut mono = Vec::new();
+    while let Some(block) = stream.next_block()? {
+        if !all_channels.is_empty() {
+            let plane_refs: Vec<&[f32]> = block.planes().iter().map(Vec::as_slice).collect();
+            let chunk = Chunk {
+                planes: &plane_refs,
+                sample_rate: native,
+            };
+            for &i in &all_channels {
+                extractors[i].push(&chunk);
+            }
+        }
+        if !routes.is_empty() {
+            block.downmix_into(&mut mono);
+            for route in &mut routes {
+                feed(route, &mono, &mut extractors, false)?;
+            }
+        }
+    }
+    for route in &mut routes {
+        feed(route, &[], &mut extractors, true)?;
+    }
+
+    if stream.decoded_frames() == 0 {
+        return Err(AnalysisError::NoAudio {
+            errors: stream.decode_errors(),
+        });
+    }
+    let results = extractors
+        .into_iter()
+        .map(|ex| {
+            let (name, version, fields) = (ex.name(), ex.version(), ex.fields());
+            GroupResult {
+                name,
+                version,
+                fields,
+                values: ex.finish(),
+            }
+        })
+        .collect();
+    Ok(AnalysisOutput {
+        groups: results,
+        decoded_duration_s: stream.decoded_duration_s(),
+        decode_errors: stream.decode_errors(),
+        sample_rate: native,
+        channels: stream.channels(),
+    })
+}
+
+fn feed(
+    route: &mut Route,
+    mono: &[f32],
+    extractors: &mut [Box<dyn Extractor>],
+    last: bool,
+) -> Result<(), ResampleError> {
+    let rate = route.rate;
+    let members = &route.members;
+    let mut sink = |samples: &[f32]| {
+        let planes = [samples];
+        let chunk = Chunk {
+            planes: &planes,
+            sample_rate: rate,
+        };
+        for &i in members {
+            extractors[i].push(&chunk);
+        }
+    };
+    if last {
+        route.resampler.finish(&mut sink)
+    } else {
+        route.resampler.process(mono, &mut sink)
+    }
+}
+
+/// [`analyze`] on a local file, with the file named in any error.
+pub fn analyze_path(path: &Path, groups: &[&str]) -> Result<AnalysisOutput, AnalysisError> {
+    let file = std::fs::File::open(path).map_err(|source| AnalysisError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let ext = path.extension().and_then(|e| e.to_str());
+    analyze(Box::new(file), ext, groups).map_err(|e| AnalysisError::File {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+/// Builds one Arrow array per field from many files' results (`None`: the file failed, so
+/// every field is NULL).
+pub fn to_arrays(
+    fields: &[Field],
+    rows: &[Option<&GroupResult>],
+) -> Result<Vec<ArrayRef>, AnalysisError> {
+    fields
+        .iter()
+        .map(|field| {
+            let values = rows
+                .iter()
+                .map(|row| row.and_then(|r| r.get(field.name()).map(|v| (r.name, v))));
+            column(field, values)
+        })
+        .collect()
+}
+
+fn column<'a>(
+    field: &Field,
+    values: impl Iterator<Item = Option<(&'static str, &'a Value)>>,
+) -> Result<ArrayRef, AnalysisError> {
+    let mismatch = |group: &str, v: &Value| AnalysisError::TypeMismatch {
+        group: group.to_owned(),
+        field: field.name().clone(),
+        data_type: field.data_type().clone(),
+        value: v.clone(),
+    };
+    match field.data_type() {
+        DataType::Float64 => {
+            let mut b = Float64Builder::new();
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Float64(x))) => b.append_value(*x),
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::Int64 => {
+            let mut b = Int64Builder::new();
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Int64(x))) => b.append_value(*x),
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::Utf8 => {
+            let mut b = StringBuilder::new();
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Utf8(s))) => b.append_value(s),
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::List(item) if item.data_type() == &DataType::Float32 => {
+            let mut b = ListBuilder::new(Float32Builder::new()).with_field(item.clone());
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Float32List(xs))) => {
+                        b.values().append_slice(xs);
+                        b.append(true);
+                    }
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        other => Err(AnalysisError::UnsupportedType {
+            field: field.name().clone(),
+            data_type: other.clone(),
+        }),
+    }
+}
+
+/// A nullable `float4[]` field.
+fn f32_list_field(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+        true,
+    )
+}
+
+fn f64_field(name: &str) -> Field {
+    Field::new(name, DataType::Float64, true)
+}
+
+fn utf8_field(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
