@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use datafusion::sql::parser::CreateExternalTable;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::location::resolve_location;
 
 /// One persisted table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -17,6 +19,60 @@ pub struct TableRecord {
     pub name: String,
     /// The statement that created it, replayed as is.
     pub definition: String,
+}
+
+/// The statement that recreates `create` anywhere: locations made absolute, `IF NOT EXISTS`
+/// and `OR REPLACE` dropped, columns, partitioning, order and options kept. (DataFusion's own
+/// rendering of the statement leaves out columns and options.)
+pub fn definition(create: &CreateExternalTable) -> Result<String> {
+    let join = |items: Vec<String>| items.join(", ");
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut sql = String::from("CREATE ");
+    if create.unbounded {
+        sql.push_str("UNBOUNDED ");
+    }
+    sql.push_str(&format!("EXTERNAL TABLE {}", create.name));
+    if !create.columns.is_empty() || !create.constraints.is_empty() {
+        let defs = create.columns.iter().map(|c| c.to_string());
+        let constraints = create.constraints.iter().map(|c| c.to_string());
+        sql.push_str(&format!(" ({})", join(defs.chain(constraints).collect())));
+    }
+    sql.push_str(&format!(" STORED AS {}", create.file_type));
+    if !create.table_partition_cols.is_empty() {
+        sql.push_str(&format!(" PARTITIONED BY ({})", join(create.table_partition_cols.clone())));
+    }
+    for order in &create.order_exprs {
+        let exprs = order.iter().map(|e| e.to_string()).collect();
+        sql.push_str(&format!(" WITH ORDER ({})", join(exprs)));
+    }
+    let mut locations = Vec::new();
+    for location in &create.locations {
+        let url = resolve_location(location)?;
+        let absolute = match url.to_file_path() {
+            Ok(path) if url.scheme() == "file" => {
+                let mut p = path.to_string_lossy().to_string();
+                if url.path().ends_with('/') && !p.ends_with('/') {
+                    p.push('/');
+                }
+                p
+            }
+            _ => url.to_string(),
+        };
+        locations.push(quote(&absolute));
+    }
+    match locations.as_slice() {
+        [one] => sql.push_str(&format!(" LOCATION {one}")),
+        many => sql.push_str(&format!(" LOCATION ({})", join(many.to_vec()))),
+    }
+    if !create.options.is_empty() {
+        let options = create
+            .options
+            .iter()
+            .map(|(k, v)| format!("{} {v}", quote(k)))
+            .collect();
+        sql.push_str(&format!(" OPTIONS ({})", join(options)));
+    }
+    Ok(sql)
 }
 
 /// Table definitions kept in the store.

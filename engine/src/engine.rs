@@ -15,7 +15,7 @@ use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use url::Url;
 
 use crate::audio::AudioTableFactory;
-use crate::catalog::{Catalog, TableRecord};
+use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
@@ -137,8 +137,12 @@ impl Engine {
         let last = statements.len() - 1;
         let mut result = None;
         for (i, statement) in statements.into_iter().enumerate() {
+            let definition = match &statement {
+                Statement::CreateExternalTable(create) => Some(catalog::definition(create)?),
+                _ => None,
+            };
             let plan = self.ctx.state().statement_to_plan(statement).await?;
-            let frame = self.execute(plan, persist).await?;
+            let frame = self.execute(plan, definition, persist).await?;
             if i == last {
                 result = Some(frame);
             } else {
@@ -158,14 +162,19 @@ impl Engine {
         Ok(DFParser::parse_sql_with_dialect(sql, dialect.as_ref())?)
     }
 
-    async fn execute(&self, plan: LogicalPlan, persist: Persist) -> Result<DataFrame> {
+    async fn execute(
+        &self,
+        plan: LogicalPlan,
+        definition: Option<String>,
+        persist: Persist,
+    ) -> Result<DataFrame> {
         self.check_locations(&plan)?;
-        let record = match &plan {
-            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+        let record = match (&plan, definition) {
+            (LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)), Some(definition)) => {
                 let skipped = cmd.if_not_exists && self.ctx.table_exist(cmd.name.clone())?;
                 (!skipped).then(|| TableRecord {
                     name: cmd.name.to_string(),
-                    definition: cmd.definition.clone().unwrap_or_default(),
+                    definition,
                 })
             }
             _ => None,
@@ -176,7 +185,7 @@ impl Engine {
         };
         let frame = self.ctx.execute_logical_plan(plan).await?;
         if persist == Persist::Yes {
-            if let Some(record) = record.filter(|r| !r.definition.is_empty()) {
+            if let Some(record) = record {
                 self.catalog.save(&record).await?;
             }
             if let Some(name) = dropped {

@@ -249,13 +249,8 @@ fn count_packet_frames(reader: &mut dyn FormatReader, track_id: u32) -> Option<u
     let mut frames = 0u64;
     loop {
         match reader.next_packet() {
-            Ok(Some(packet)) if packet.track_id == track_id => {
-                let trimmed = packet
-                    .dur
-                    .get()
-                    .saturating_sub(packet.trim_start.get() + packet.trim_end.get());
-                frames += trimmed;
-            }
+            // Untrimmed: the reader's trims derive from its bitrate estimate of the length.
+            Ok(Some(packet)) if packet.track_id == track_id => frames += packet.dur.get(),
             Ok(Some(_)) => {}
             Ok(None) => break,
             // A damaged tail ends the count; what was counted is the playable part.
