@@ -33,7 +33,10 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { files: 3000, runs: 3 };
+    let mut args = Args {
+        files: 3000,
+        runs: 3,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| -> usize {
@@ -75,7 +78,11 @@ fn populate(dir: &Path, data: &Path, files: usize) -> u64 {
             (bytes, ext)
         })
         .collect();
-    assert!(!sources.is_empty(), "no good fixtures in {}", data.display());
+    assert!(
+        !sources.is_empty(),
+        "no good fixtures in {}",
+        data.display()
+    );
     let mut total = 0;
     for i in 0..files {
         let (bytes, ext) = &sources[i % sources.len()];
@@ -175,12 +182,19 @@ fn time_ffprobe(files: &[PathBuf], parallelism: usize) -> Duration {
                 let text = String::from_utf8_lossy(&out.stdout);
                 // csv: `stream,<rate>,<channels>` and `format,<duration>[,<title>]`.
                 let has_rate = text.lines().any(|l| l.starts_with("stream,"));
-                let has_duration = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("format,"))
-                    .any(|rest| rest.split(',').next().is_some_and(|d| d.parse::<f64>().is_ok()));
+                let has_duration =
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("format,"))
+                        .any(|rest| {
+                            rest.split(',')
+                                .next()
+                                .is_some_and(|d| d.parse::<f64>().is_ok())
+                        });
                 if !out.status.success() || !has_rate || !has_duration {
-                    failures.lock().unwrap().push(format!("{}: {text}", file.display()));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{}: {text}", file.display()));
                 }
             });
         }
@@ -251,7 +265,10 @@ fn main() {
         .await;
 
         let count = time_query(&lake, "SELECT count(*) FROM t", args.runs, |b| {
-            assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), files as i64);
+            assert_eq!(
+                b[0].column(0).as_primitive::<Int64Type>().value(0),
+                files as i64
+            );
         })
         .await;
         let listing = time_query(&lake, "SELECT path, size_bytes FROM t", args.runs, |b| {
@@ -274,8 +291,18 @@ fn main() {
         )
         .await;
         vec![
-            Row { who: "audiolake", what: "SELECT count(*)", files, time: count },
-            Row { who: "audiolake", what: "SELECT path, size_bytes", files, time: listing },
+            Row {
+                who: "audiolake",
+                what: "SELECT count(*)",
+                files,
+                time: count,
+            },
+            Row {
+                who: "audiolake",
+                what: "SELECT path, size_bytes",
+                files,
+                time: listing,
+            },
             Row {
                 who: "audiolake",
                 what: "SELECT path, duration_s, sample_rate, title",

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -91,11 +91,24 @@ async fn fixture_values_match_fixtures_csv() {
             continue;
         }
         assert_eq!(error, &None, "{file}");
-        assert_eq!(strings(&batch, "format")[i].as_deref(), Some(row["format"].as_str()), "{file}");
-        assert_eq!(strings(&batch, "codec")[i].as_deref(), Some(row["codec"].as_str()), "{file}");
+        assert_eq!(
+            strings(&batch, "format")[i].as_deref(),
+            Some(row["format"].as_str()),
+            "{file}"
+        );
+        assert_eq!(
+            strings(&batch, "codec")[i].as_deref(),
+            Some(row["codec"].as_str()),
+            "{file}"
+        );
         let int = |col: &str| {
-            let a = batch.column_by_name(col).unwrap().as_primitive::<Int32Type>();
-            a.is_valid(i).then(|| a.value(i).to_string()).unwrap_or_default()
+            let a = batch
+                .column_by_name(col)
+                .unwrap()
+                .as_primitive::<Int32Type>();
+            a.is_valid(i)
+                .then(|| a.value(i).to_string())
+                .unwrap_or_default()
         };
         assert_eq!(int("sample_rate"), row["sample_rate"], "{file}");
         assert_eq!(int("channels"), row["channels"], "{file}");
@@ -108,7 +121,11 @@ async fn fixture_values_match_fixtures_csv() {
             .value(i);
         let truth: f64 = row["duration_s"].parse().unwrap();
         // Lossless: exact. Lossy: the encoder's padding when no header says how much.
-        let tolerance = if row["bits_per_sample"].is_empty() { 0.05 } else { 1e-9 };
+        let tolerance = if row["bits_per_sample"].is_empty() {
+            0.05
+        } else {
+            1e-9
+        };
         assert!(
             (duration - truth).abs() <= tolerance,
             "{file}: duration {duration} vs {truth}"
@@ -207,7 +224,10 @@ impl ObjectStore for CountingStore {
         self.inner.delete_stream(locations)
     }
 
-    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.inner.list(prefix)
     }
 
@@ -280,17 +300,29 @@ async fn cheap_columns_read_only_what_they_need() {
     counting.take();
 
     // Listing columns: no file is opened.
-    let batch = query(&lake, "SELECT path, file_name, size_bytes, last_modified FROM t").await;
+    let batch = query(
+        &lake,
+        "SELECT path, file_name, size_bytes, last_modified FROM t",
+    )
+    .await;
     assert_eq!(batch.num_rows(), 6);
     assert_eq!(
-        batch.column_by_name("size_bytes").unwrap().as_primitive::<Int64Type>().value(0),
+        batch
+            .column_by_name("size_bytes")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
         44 + 44_100 * 12 * 4
     );
     let reads = counting.take();
     assert!(reads.is_empty(), "listing opened files: {reads:?}");
 
     // Header columns: every file is opened, but only its header blocks are read.
-    let batch = query(&lake, "SELECT file_name, duration_s FROM t ORDER BY file_name").await;
+    let batch = query(
+        &lake,
+        "SELECT file_name, duration_s FROM t ORDER BY file_name",
+    )
+    .await;
     let durations = batch.column(1).as_primitive::<Float64Type>();
     assert!((0..6).all(|i| durations.value(i) == 12.0));
     let reads = counting.take();
@@ -304,7 +336,11 @@ async fn cheap_columns_read_only_what_they_need() {
     }
 
     // A filter on a listing column runs before probing: only the matching file is opened.
-    let batch = query(&lake, "SELECT duration_s FROM t WHERE file_name = 'tone3.wav'").await;
+    let batch = query(
+        &lake,
+        "SELECT duration_s FROM t WHERE file_name = 'tone3.wav'",
+    )
+    .await;
     assert_eq!(batch.num_rows(), 1);
     let reads = counting.take();
     assert_eq!(reads.keys().collect::<Vec<_>>().len(), 1, "{reads:?}");
@@ -332,7 +368,11 @@ async fn tables_survive_a_restart_and_drop_is_recorded() {
         .unwrap();
     }
     let lake = open(store.path(), &[&location]).await;
-    assert!(lake.engine().warnings().is_empty(), "{:?}", lake.engine().warnings());
+    assert!(
+        lake.engine().warnings().is_empty(),
+        "{:?}",
+        lake.engine().warnings()
+    );
     let batch = query(&lake, "SELECT count(*) AS n FROM kept").await;
     assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 3);
     query(&lake, "DROP TABLE dropped").await;
@@ -340,7 +380,11 @@ async fn tables_survive_a_restart_and_drop_is_recorded() {
 
     let lake = open(store.path(), &[&location]).await;
     let err = lake.sql("SELECT * FROM dropped").await.unwrap_err();
-    assert!(err.to_string().contains("table 'datafusion.public.dropped' not found"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("table 'datafusion.public.dropped' not found"),
+        "{err}"
+    );
     drop(lake);
 
     // Reopened without the allowed root, the table is not restored, and the user is told why.
@@ -377,16 +421,35 @@ async fn corpus_headers_match_truth() {
     let names = strings(&batch, "file_name");
     for row in &truth {
         let file = &row["file"];
-        let i = names.iter().position(|n| n.as_deref() == Some(file.as_str())).unwrap();
+        let i = names
+            .iter()
+            .position(|n| n.as_deref() == Some(file.as_str()))
+            .unwrap();
         assert_eq!(strings(&batch, "error")[i], None, "{file}");
         let format = strings(&batch, "format")[i].clone().unwrap();
-        let expected_format = if row["format"] == "m4a" { "mp4" } else { row["format"].as_str() };
+        let expected_format = if row["format"] == "m4a" {
+            "mp4"
+        } else {
+            row["format"].as_str()
+        };
         assert_eq!(format, expected_format, "{file}");
-        let rate = batch.column_by_name("sample_rate").unwrap().as_primitive::<Int32Type>().value(i);
+        let rate = batch
+            .column_by_name("sample_rate")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(i);
         assert_eq!(rate.to_string(), row["sample_rate"], "{file}");
-        let ch = batch.column_by_name("channels").unwrap().as_primitive::<Int32Type>().value(i);
+        let ch = batch
+            .column_by_name("channels")
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(i);
         assert_eq!(ch.to_string(), row["channels"], "{file}");
-        let d = batch.column_by_name("duration_s").unwrap().as_primitive::<Float64Type>().value(i);
+        let d = batch
+            .column_by_name("duration_s")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(i);
         let truth: f64 = row["duration_s"].parse().unwrap();
         assert!((d - truth).abs() <= 0.05, "{file}: duration {d} vs {truth}");
     }

@@ -20,10 +20,7 @@ use moto::{fixtures, upload_fixtures, Moto};
 const BUCKET: &str = "audiolake-music";
 
 async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame
         .collect()
@@ -40,14 +37,20 @@ fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
 }
 
 fn ints(batch: &RecordBatch, col: &str) -> Vec<Option<i32>> {
-    let array = batch.column_by_name(col).unwrap().as_primitive::<Int32Type>();
+    let array = batch
+        .column_by_name(col)
+        .unwrap()
+        .as_primitive::<Int32Type>();
     (0..array.len())
         .map(|i| array.is_valid(i).then(|| array.value(i)))
         .collect()
 }
 
 fn floats(batch: &RecordBatch, col: &str) -> Vec<Option<f64>> {
-    let array = batch.column_by_name(col).unwrap().as_primitive::<Float64Type>();
+    let array = batch
+        .column_by_name(col)
+        .unwrap()
+        .as_primitive::<Float64Type>();
     (0..array.len())
         .map(|i| array.is_valid(i).then(|| array.value(i)))
         .collect()
@@ -148,7 +151,11 @@ fn assert_matches_fixtures(batch: &RecordBatch) {
         if row["bad"] == "true" {
             let error = error.unwrap_or_else(|| panic!("{file}: bad file without an error"));
             assert!(!error.trim().is_empty(), "{file}: empty error message");
-            for col in text_columns.iter().chain(&int_columns).chain(&["duration_s"]) {
+            for col in text_columns
+                .iter()
+                .chain(&int_columns)
+                .chain(&["duration_s"])
+            {
                 assert!(
                     batch.column_by_name(col).unwrap().is_null(i),
                     "{file}: {col} should be NULL on an error row"
@@ -169,8 +176,8 @@ fn assert_matches_fixtures(batch: &RecordBatch) {
                 .map(|v| v.parse::<i32>().unwrap());
             assert_eq!(ints(batch, col)[i], want, "{file}: {col}");
         }
-        let duration = floats(batch, "duration_s")[i]
-            .unwrap_or_else(|| panic!("{file}: duration_s is NULL"));
+        let duration =
+            floats(batch, "duration_s")[i].unwrap_or_else(|| panic!("{file}: duration_s is NULL"));
         let truth: f64 = row["duration_s"].parse().unwrap();
         let lossless = !row["bits_per_sample"].is_empty();
         // Lossless: frames / rate exactly. Lossy: within a frame or two of encoder padding.
@@ -311,7 +318,10 @@ async fn s3_locations_outside_the_allowed_roots_are_refused() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("table 'datafusion.public.refused' not found"), "{err}");
+    assert!(
+        err.contains("table 'datafusion.public.refused' not found"),
+        "{err}"
+    );
 
     // The same bucket is readable once allowed: the refusal above was the guard's.
     let lake = AudioLake::builder()

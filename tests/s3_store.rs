@@ -20,10 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 const BUCKET: &str = "audiolake-store";
 
 async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake
-        .sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame
         .collect()
@@ -62,12 +59,24 @@ async fn check_music(lake: &AudioLake) {
          WHERE file_name IN ('tagged.flac', 'nested.flac', 'garbage.ogg') ORDER BY file_name",
     )
     .await;
-    let names = batch.column_by_name("file_name").unwrap().as_string::<i32>();
+    let names = batch
+        .column_by_name("file_name")
+        .unwrap()
+        .as_string::<i32>();
     let names: Vec<&str> = (0..names.len()).map(|i| names.value(i)).collect();
     assert_eq!(names, ["garbage.ogg", "nested.flac", "tagged.flac"]);
-    let rates = batch.column_by_name("sample_rate").unwrap().as_primitive::<Int32Type>();
-    let channels = batch.column_by_name("channels").unwrap().as_primitive::<Int32Type>();
-    let durations = batch.column_by_name("duration_s").unwrap().as_primitive::<Float64Type>();
+    let rates = batch
+        .column_by_name("sample_rate")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let channels = batch
+        .column_by_name("channels")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let durations = batch
+        .column_by_name("duration_s")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     let titles = batch.column_by_name("title").unwrap().as_string::<i32>();
     let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
     // garbage.ogg: an error row.
@@ -123,7 +132,10 @@ async fn run(moto: &Moto) {
     {
         let lake = open(true).await;
         assert!(lake.engine().warnings().is_empty());
-        assert_eq!(lake.engine().store_url().as_str(), format!("s3://{BUCKET}/lake"));
+        assert_eq!(
+            lake.engine().store_url().as_str(),
+            format!("s3://{BUCKET}/lake")
+        );
         // No aws.* options: the table reads with the same environment as the store.
         query(
             &lake,
@@ -134,7 +146,10 @@ async fn run(moto: &Moto) {
     }
 
     // The catalog was written into the bucket, next to nothing else.
-    assert_eq!(catalog_keys(&client).await, ["lake/catalog/tables/music.json"]);
+    assert_eq!(
+        catalog_keys(&client).await,
+        ["lake/catalog/tables/music.json"]
+    );
     let record = client
         .get(&ObjectPath::from("lake/catalog/tables/music.json"))
         .await
@@ -179,6 +194,13 @@ async fn run(moto: &Moto) {
     }
     assert!(catalog_keys(&client).await.is_empty());
     let lake = open(true).await;
-    let err = lake.sql("SELECT * FROM music").await.unwrap_err().to_string();
-    assert!(err.contains("table 'datafusion.public.music' not found"), "{err}");
+    let err = lake
+        .sql("SELECT * FROM music")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("table 'datafusion.public.music' not found"),
+        "{err}"
+    );
 }

@@ -33,7 +33,12 @@ impl AsyncDB for Lake {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| EngineError::DataFusion(e.into()))?;
             for row in 0..batch.num_rows() {
-                rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
+                rows.push(
+                    formatters
+                        .iter()
+                        .map(|f| f.value(row).to_string())
+                        .collect(),
+                );
             }
         }
         Ok(DBOutput::Rows {
@@ -79,7 +84,10 @@ async fn sqllogictest_files() {
             }
         });
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        if let Err(e) = runner.run_script_with_name_async(&script, name.as_str()).await {
+        if let Err(e) = runner
+            .run_script_with_name_async(&script, name.as_str())
+            .await
+        {
             panic!("{name}: {e}");
         }
     }

@@ -39,7 +39,10 @@ pub fn definition(create: &CreateExternalTable) -> Result<String> {
     }
     sql.push_str(&format!(" STORED AS {}", create.file_type));
     if !create.table_partition_cols.is_empty() {
-        sql.push_str(&format!(" PARTITIONED BY ({})", join(create.table_partition_cols.clone())));
+        sql.push_str(&format!(
+            " PARTITIONED BY ({})",
+            join(create.table_partition_cols.clone())
+        ));
     }
     for order in &create.order_exprs {
         let exprs = order.iter().map(|e| e.to_string()).collect();

@@ -91,7 +91,10 @@ impl Engine {
         );
         let ctx = SessionContext::new_with_state(state);
 
-        let catalog = Catalog::new(runtime.object_store_registry.get_store(&store_url)?, &object_path(&store_url)?);
+        let catalog = Catalog::new(
+            runtime.object_store_registry.get_store(&store_url)?,
+            &object_path(&store_url)?,
+        );
         let mut engine = Self {
             ctx,
             roots,
@@ -240,10 +243,12 @@ impl Engine {
 fn open_store_url(store: &str) -> Result<Url> {
     let url = resolve_location(store)?;
     if url.scheme() == "file" {
-        let path = url.to_file_path().map_err(|_| EngineError::InvalidLocation {
-            location: store.to_string(),
-            reason: "not a local directory".to_string(),
-        })?;
+        let path = url
+            .to_file_path()
+            .map_err(|_| EngineError::InvalidLocation {
+                location: store.to_string(),
+                reason: "not a local directory".to_string(),
+            })?;
         std::fs::create_dir_all(&path).map_err(|e| EngineError::InvalidLocation {
             location: store.to_string(),
             reason: format!("cannot create the store directory: {e}"),

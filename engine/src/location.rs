@@ -30,7 +30,9 @@ pub fn resolve_location(location: &str) -> Result<Url> {
         }
         "s3" => {
             if url.host_str().is_none_or(str::is_empty) {
-                return Err(invalid("an s3:// URL needs a bucket: s3://bucket/prefix/".into()));
+                return Err(invalid(
+                    "an s3:// URL needs a bucket: s3://bucket/prefix/".into(),
+                ));
             }
             Ok(url)
         }

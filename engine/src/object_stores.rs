@@ -30,7 +30,10 @@ pub const S3_OPTIONS: &[(&str, AmazonS3ConfigKey)] = &[
     ("aws.session_token", AmazonS3ConfigKey::Token),
     ("aws.region", AmazonS3ConfigKey::Region),
     ("aws.endpoint", AmazonS3ConfigKey::Endpoint),
-    ("aws.allow_http", AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp)),
+    (
+        "aws.allow_http",
+        AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp),
+    ),
 ];
 
 /// Builds an S3 client for `bucket` from the standard `AWS_*` environment variables, overridden
@@ -77,11 +80,9 @@ impl GuardedRegistry {
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => Arc::new(LocalFileSystem::new()),
             "s3" => s3_store(url.host_str().unwrap_or_default(), &[])?,
-            other => {
-                return Err(DataFusionError::Configuration(format!(
-                    "no object store for scheme '{other}' ({url}); use a local path, file:// or s3://"
-                )))
-            }
+            other => return Err(DataFusionError::Configuration(format!(
+                "no object store for scheme '{other}' ({url}); use a local path, file:// or s3://"
+            ))),
         };
         let mut stores = self.stores.write().expect("registry lock");
         Ok(Arc::clone(stores.entry(key).or_insert(store)))
@@ -95,7 +96,10 @@ impl ObjectStoreRegistry for GuardedRegistry {
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
         let key = store_url(url).to_string();
-        self.stores.write().expect("registry lock").insert(key, store)
+        self.stores
+            .write()
+            .expect("registry lock")
+            .insert(key, store)
     }
 
     fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
@@ -271,7 +275,8 @@ mod tests {
         let outside = Path::from("etc/passwd");
         let err = store.get(&outside).await.unwrap_err();
         assert!(
-            err.to_string().contains("location 'file:///etc/passwd' is outside the allowed"),
+            err.to_string()
+                .contains("location 'file:///etc/passwd' is outside the allowed"),
             "{err}"
         );
         let err = store

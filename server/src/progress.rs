@@ -20,7 +20,10 @@ pub struct Bar {
 /// Starts watching `progress`; nothing is drawn unless stderr is a terminal.
 pub fn spawn(progress: Arc<ScanProgress>) -> Bar {
     if !std::io::stderr().is_terminal() {
-        return Bar { stop: None, task: None };
+        return Bar {
+            stop: None,
+            task: None,
+        };
     }
     let (stop, mut stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -48,7 +51,10 @@ pub fn spawn(progress: Arc<ScanProgress>) -> Bar {
         }
         bar.finish_and_clear();
     });
-    Bar { stop: Some(stop), task: Some(task) }
+    Bar {
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 impl Bar {

@@ -55,9 +55,15 @@ fn json_and_table_formats() {
     let store = tempfile::tempdir().unwrap();
     let music = fixtures();
     let sql = "SELECT file_name, channels FROM music WHERE file_name = 'plain.wav'";
-    let out = audiolake(store.path(), &["--music", music.to_str().unwrap(), "--format", "json", sql]);
+    let out = audiolake(
+        store.path(),
+        &["--music", music.to_str().unwrap(), "--format", "json", sql],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "[{\"file_name\":\"plain.wav\",\"channels\":1}]\n");
+    assert_eq!(
+        stdout(&out),
+        "[{\"file_name\":\"plain.wav\",\"channels\":1}]\n"
+    );
 
     let out = audiolake(store.path(), &["--music", music.to_str().unwrap(), sql]);
     assert_eq!(
@@ -83,7 +89,13 @@ fn tables_persist_between_runs() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = audiolake(
         store.path(),
-        &[allow[0], allow[1], "--format", "csv", "SELECT count(*) AS n FROM lib"],
+        &[
+            allow[0],
+            allow[1],
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM lib",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     // tagged.ogg, tagged.m4a and garbage.ogg (an error row)

@@ -173,7 +173,10 @@ impl ExecutionPlan for AudioScanExec {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
 
-        let store = context.runtime_env().object_store_registry.get_store(&self.store_url)?;
+        let store = context
+            .runtime_env()
+            .object_store_registry
+            .get_store(&self.store_url)?;
         let bytes_read = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
         let files_opened = MetricBuilder::new(&self.metrics).counter("files_opened", partition);
         let progress = Arc::clone(&self.progress);

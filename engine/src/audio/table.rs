@@ -251,7 +251,10 @@ impl TableProvider for AudioTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let store = state.runtime_env().object_store_registry.get_store(&self.url)?;
+        let store = state
+            .runtime_env()
+            .object_store_registry
+            .get_store(&self.url)?;
         let files = self.list(&store).await?;
         let mut files = filter_files(state, files, filters)?;
         // Every filter pushed here is exact, so a limit may cut the listing before probing.
