@@ -80,9 +80,11 @@ impl GuardedRegistry {
         let store: Arc<dyn ObjectStore> = match url.scheme() {
             "file" => Arc::new(LocalFileSystem::new()),
             "s3" => s3_store(url.host_str().unwrap_or_default(), &[])?,
-            other => return Err(DataFusionError::Configuration(format!(
-                "no object store for scheme '{other}' ({url}); use a local path, file:// or s3://"
-            ))),
+            other => {
+                let hint = "use a local path, file:// or s3://";
+                let msg = format!("no object store for scheme '{other}' ({url}); {hint}");
+                return Err(DataFusionError::Configuration(msg));
+            }
         };
         let mut stores = self.stores.write().expect("registry lock");
         Ok(Arc::clone(stores.entry(key).or_insert(store)))
