@@ -12,7 +12,8 @@
 //!
 //! and ffprobe doing the same header probing of the same files (duration, sample rate,
 //! channels, title), one process per file, with as many processes at once as audiolake has
-//! partitions (the number of cores). AudioLake figures are the median of `--runs` runs after
+//! partitions (the number of cores); a last row times `ffprobe -version` alone, to show how
+//! much of that is process start-up. AudioLake figures are the median of `--runs` runs after
 //! one warm-up; ffprobe runs once after the same warm page cache. Every run checks its
 //! results (row counts, no error rows, ffprobe output per file), so a broken run cannot
 //! report a fast time.
@@ -210,6 +211,28 @@ fn time_ffprobe(files: &[PathBuf], parallelism: usize) -> Duration {
     elapsed
 }
 
+/// `count` runs of `ffprobe -version` with `parallelism` at once: the cost of starting it.
+fn time_ffprobe_startup(count: usize, parallelism: usize) -> Duration {
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..parallelism {
+            scope.spawn(|| {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let status = Command::new("ffprobe")
+                        .arg("-version")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .expect("ffprobe runs");
+                    assert!(status.success());
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
 struct Row {
     who: &'static str,
     what: &'static str,
@@ -327,7 +350,18 @@ fn main() {
         None
     };
     let peer_rate = peer.as_ref().map(Row::files_per_s);
+    let has_peer = peer.is_some();
     table.extend(peer);
+    if has_peer {
+        // Context for the ratio: how much of ffprobe's time is process start-up alone.
+        let starts = files.min(300);
+        table.push(Row {
+            who: "ffprobe",
+            what: "context: `ffprobe -version` only (start-up)",
+            files: starts,
+            time: time_ffprobe_startup(starts, cores),
+        });
+    }
 
     println!();
     println!(
