@@ -18,7 +18,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStore};
 use url::Url;
 
@@ -211,9 +211,7 @@ impl ExecutionPlan for AudioScanExec {
                         .collect();
                     columns::batch(&rows, &projection)
                 }
-            })
-            .into_stream()
-            .map_err(|e| e);
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
