@@ -9,7 +9,7 @@
 use arrow_schema::Field;
 use ebur128::{EbuR128, Mode};
 
-use super::{f64_field, Channels, Chunk, Extractor, InputSpec, Value};
+use super::{f64_field, Chunk, Extractor, Input, Value};
 
 /// Oversampling factor and one-sided length (input samples) of the interpolation filter.
 const OVERSAMPLE: usize = 4;
@@ -116,11 +116,8 @@ impl Extractor for Loudness {
         1
     }
 
-    fn input(&self) -> InputSpec {
-        InputSpec {
-            sample_rate: None,
-            channels: Channels::All,
-        }
+    fn input(&self) -> Input {
+        Input::AllChannels
     }
 
     fn fields(&self) -> Vec<Field> {

@@ -1,8 +1,9 @@
 //! Feature groups ("extractors") and the driver that feeds them from one decode.
 //!
-//! A group is named and versioned, declares the sample rate and channels it wants and its Arrow
-//! fields, consumes audio in chunks (`push`, then `finish`) and returns one value per field.
-//! [`analyze`] decodes a file once, resamples once per distinct rate, and feeds every group.
+//! A group is named and versioned, declares the input it wants and its Arrow fields, consumes
+//! that input (audio chunks or STFT frames, then `finish`) and returns one value per field.
+//! [`analyze`] decodes a file once, resamples once per distinct rate, runs one STFT per distinct
+//! rate and shape, and feeds every group.
 //! [`to_arrays`] turns many files' results into Arrow columns, NULL where a file failed.
 
 mod loudness;
@@ -23,6 +24,8 @@ use symphonia::core::io::MediaSource;
 
 use crate::decode::{DecodeError, DecodeStream};
 use crate::resample::{ResampleError, StreamResampler};
+use stft::Stft;
+pub use stft::{Frame, StftShape};
 
 /// Names of every feature group, in the order [`extractor`] knows them.
 pub const GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre"];
@@ -39,35 +42,21 @@ pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
     })
 }
 
-/// Which channels a group consumes.
+/// The input a group consumes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Channels {
-    /// The average of all channels, resampled to the declared rate.
-    Mono,
-    /// Every channel at the file's own rate (loudness needs the channels, and resampling would
-    /// change true peak).
-    All,
+pub enum Input {
+    /// Every channel at the file's own rate, in chunks (loudness needs the channels, and
+    /// resampling would change true peak).
+    AllChannels,
+    /// STFT frames of the average of the channels resampled to `rate`. Groups asking for the
+    /// same rate and shape share one resampler and one transform.
+    Frames { rate: u32, shape: StftShape },
 }
 
-/// The audio a group asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InputSpec {
-    /// `None`: the file's own rate.
-    pub sample_rate: Option<u32>,
-    pub channels: Channels,
-}
-
-/// A piece of audio: one plane per channel (a single plane for mono groups).
+/// A piece of audio: one plane per channel.
 pub struct Chunk<'a> {
     pub planes: &'a [&'a [f32]],
     pub sample_rate: u32,
-}
-
-impl Chunk<'_> {
-    /// The first plane, which is the whole signal for mono groups.
-    pub fn mono(&self) -> &[f32] {
-        self.planes.first().copied().unwrap_or(&[])
-    }
 }
 
 /// One value of a result row.
@@ -118,10 +107,13 @@ pub trait Extractor: Send {
     fn name(&self) -> &'static str;
     /// Bumped whenever the group's output changes, so cached results are recomputed.
     fn version(&self) -> u32;
-    fn input(&self) -> InputSpec;
+    fn input(&self) -> Input;
     /// The Arrow fields of the result, in the order `finish` returns values.
     fn fields(&self) -> Vec<Field>;
-    fn push(&mut self, chunk: &Chunk<'_>);
+    /// Audio, for groups whose input is [`Input::AllChannels`].
+    fn push(&mut self, _chunk: &Chunk<'_>) {}
+    /// A frame, for groups whose input is [`Input::Frames`].
+    fn frame(&mut self, _frame: &Frame<'_>) {}
     fn finish(self: Box<Self>) -> Vec<Value>;
 }
 
@@ -222,11 +214,17 @@ pub enum AnalysisError {
     },
 }
 
-/// Groups that consume mono audio at the same rate share one resampler.
+/// Groups fed by one STFT.
+struct Transform {
+    stft: Stft,
+    members: Vec<usize>,
+}
+
+/// Everything fed at one analysis rate: one resampler, then one STFT per shape.
 struct Route {
     rate: u32,
     resampler: StreamResampler,
-    members: Vec<usize>,
+    transforms: Vec<Transform>,
 }
 
 /// Decodes `source` once and runs the named groups over it.
@@ -245,18 +243,34 @@ pub fn analyze(
     let mut routes: Vec<Route> = Vec::new();
     let mut all_channels = Vec::new();
     for (i, ex) in extractors.iter().enumerate() {
-        let spec = ex.input();
-        let rate = spec.sample_rate.unwrap_or(native);
-        match spec.channels {
-            Channels::All => all_channels.push(i),
-            Channels::Mono => match routes.iter_mut().find(|r| r.rate == rate) {
-                Some(route) => route.members.push(i),
-                None => routes.push(Route {
+        let (rate, shape) = match ex.input() {
+            Input::AllChannels => {
+                all_channels.push(i);
+                continue;
+            }
+            Input::Frames { rate, shape } => (rate, shape),
+        };
+        let route = match routes.iter().position(|r| r.rate == rate) {
+            Some(r) => &mut routes[r],
+            None => {
+                routes.push(Route {
                     rate,
                     resampler: StreamResampler::new(native, rate)?,
-                    members: vec![i],
-                }),
-            },
+                    transforms: Vec::new(),
+                });
+                routes.last_mut().expect("just pushed")
+            }
+        };
+        match route
+            .transforms
+            .iter_mut()
+            .find(|t| t.stft.shape() == shape)
+        {
+            Some(t) => t.members.push(i),
+            None => route.transforms.push(Transform {
+                stft: Stft::new(shape),
+                members: vec![i],
+            }),
         }
     }
 
@@ -309,29 +323,53 @@ pub fn analyze(
     })
 }
 
+/// Resamples `mono` for one route and runs its transforms; `last` flushes everything.
 fn feed(
     route: &mut Route,
     mono: &[f32],
     extractors: &mut [Box<dyn Extractor>],
     last: bool,
 ) -> Result<(), ResampleError> {
-    let rate = route.rate;
-    let members = &route.members;
+    let Route {
+        resampler,
+        transforms,
+        ..
+    } = route;
     let mut sink = |samples: &[f32]| {
-        let planes = [samples];
-        let chunk = Chunk {
-            planes: &planes,
-            sample_rate: rate,
-        };
-        for &i in members {
-            extractors[i].push(&chunk);
+        for t in transforms.iter_mut() {
+            t.stft.push(samples, &mut |f| {
+                for &i in &t.members {
+                    extractors[i].frame(f);
+                }
+            });
         }
     };
-    if last {
-        route.resampler.finish(&mut sink)
-    } else {
-        route.resampler.process(mono, &mut sink)
+    if !last {
+        return resampler.process(mono, &mut sink);
     }
+    resampler.finish(&mut sink)?;
+    for t in transforms.iter_mut() {
+        t.stft.finish(&mut |f| {
+            for &i in &t.members {
+                extractors[i].frame(f);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Runs one frame-fed group over a signal already at its rate, fed in pieces.
+#[cfg(test)]
+fn run_frames(mut ex: Box<dyn Extractor>, signal: &[f32], piece: usize) -> Vec<Value> {
+    let Input::Frames { shape, .. } = ex.input() else {
+        panic!("{} takes no frames", ex.name());
+    };
+    let mut stft = Stft::new(shape);
+    for part in signal.chunks(piece) {
+        stft.push(part, &mut |f| ex.frame(f));
+    }
+    stft.finish(&mut |f| ex.frame(f));
+    ex.finish()
 }
 
 /// [`analyze`] on a local file, with the file named in any error.

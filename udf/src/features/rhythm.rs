@@ -11,8 +11,8 @@
 
 use arrow_schema::Field;
 
-use super::stft::{mel_filterbank, Filter, Frame, Stft};
-use super::{f64_field, Channels, Chunk, Extractor, InputSpec, Value};
+use super::stft::{mel_filterbank, Filter, Frame, StftShape};
+use super::{f64_field, Extractor, Input, Value};
 
 const RATE: u32 = 22_050;
 const N_FFT: usize = 1024;
@@ -47,7 +47,6 @@ fn lag_of(bpm: f64) -> f64 {
 }
 
 pub struct Rhythm {
-    stft: Stft,
     onset: OnsetEnvelope,
     periodicity: Periodicity,
     peaks: PeakPicker,
@@ -56,7 +55,6 @@ pub struct Rhythm {
 impl Rhythm {
     pub fn new() -> Self {
         Self {
-            stft: Stft::new(N_FFT, HOP),
             onset: OnsetEnvelope::new(),
             periodicity: Periodicity::new(),
             peaks: PeakPicker::new(),
@@ -297,19 +295,6 @@ impl PeakPicker {
     }
 }
 
-impl Rhythm {
-    fn frame(
-        onset: &mut OnsetEnvelope,
-        periodicity: &mut Periodicity,
-        peaks: &mut PeakPicker,
-        frame: &Frame,
-    ) {
-        let value = onset.next(frame);
-        periodicity.push(value);
-        peaks.push(value);
-    }
-}
-
 impl Extractor for Rhythm {
     fn name(&self) -> &'static str {
         "rhythm"
@@ -319,10 +304,13 @@ impl Extractor for Rhythm {
         1
     }
 
-    fn input(&self) -> InputSpec {
-        InputSpec {
-            sample_rate: Some(RATE),
-            channels: Channels::Mono,
+    fn input(&self) -> Input {
+        Input::Frames {
+            rate: RATE,
+            shape: StftShape {
+                n_fft: N_FFT,
+                hop: HOP,
+            },
         }
     }
 
@@ -334,26 +322,16 @@ impl Extractor for Rhythm {
         ]
     }
 
-    fn push(&mut self, chunk: &Chunk<'_>) {
-        let Self {
-            stft,
-            onset,
-            periodicity,
-            peaks,
-        } = self;
-        stft.push(chunk.mono(), &mut |f| {
-            Self::frame(onset, periodicity, peaks, f)
-        });
+    fn frame(&mut self, frame: &Frame<'_>) {
+        let value = self.onset.next(frame);
+        self.periodicity.push(value);
+        self.peaks.push(value);
     }
 
     fn finish(mut self: Box<Self>) -> Vec<Value> {
         let Self {
-            stft,
-            onset,
-            periodicity,
-            peaks,
+            periodicity, peaks, ..
         } = &mut *self;
-        stft.finish(&mut |f| Self::frame(onset, periodicity, peaks, f));
         periodicity.finish();
         let seconds = periodicity.total_frames as f64 / frame_rate();
         let onset_rate = if seconds > 0.0 {
@@ -372,6 +350,7 @@ impl Extractor for Rhythm {
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_frames;
     use super::*;
 
     /// Decaying noise bursts (a hi-hat-like click) on every beat, with a louder downbeat.
@@ -400,14 +379,7 @@ mod tests {
     }
 
     fn analyse(signal: &[f32]) -> Vec<Value> {
-        let mut ex = Box::new(Rhythm::new());
-        for part in signal.chunks(4096) {
-            ex.push(&Chunk {
-                planes: &[part],
-                sample_rate: RATE,
-            });
-        }
-        ex.finish()
+        run_frames(Box::new(Rhythm::new()), signal, 4096)
     }
 
     #[test]

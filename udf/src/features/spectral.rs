@@ -3,12 +3,16 @@
 
 use arrow_schema::Field;
 
-use super::stft::{bin_hz, Frame, Stft};
-use super::{f64_field, Channels, Chunk, Extractor, InputSpec, Value};
+use super::stft::{bin_hz, Frame, StftShape};
+use super::{f64_field, Extractor, Input, Value};
 
-const RATE: u32 = 22_050;
+pub(super) const RATE: u32 = 22_050;
 const N_FFT: usize = 2048;
-const HOP: usize = 512;
+/// Timbre uses the same frames, so the two share one transform.
+pub(super) const SHAPE: StftShape = StftShape {
+    n_fft: N_FFT,
+    hop: 512,
+};
 const ROLLOFF: f32 = 0.85;
 /// Frames quieter than this (mean magnitude) are silence and left out of the means, so that
 /// leading or trailing silence does not drag every statistic towards zero.
@@ -25,7 +29,6 @@ struct Sums {
 }
 
 pub struct Spectral {
-    stft: Stft,
     freqs: Vec<f32>,
     sums: Sums,
 }
@@ -33,7 +36,6 @@ pub struct Spectral {
 impl Spectral {
     pub fn new() -> Self {
         Self {
-            stft: Stft::new(N_FFT, HOP),
             freqs: (0..=N_FFT / 2).map(|k| bin_hz(k, RATE, N_FFT)).collect(),
             sums: Sums::default(),
         }
@@ -66,10 +68,10 @@ fn accumulate(sums: &mut Sums, freqs: &[f32], frame: &Frame) {
     // product of 8 floored powers stays within f64's range).
     let mut log_sum = 0.0f64;
     let mut power_sum = 0.0f64;
-    for group in mag.chunks(8) {
+    for group in frame.power.chunks(8) {
         let mut product = 1.0f64;
-        for &m in group {
-            let power = f64::from(m * m).max(1e-10);
+        for &p in group {
+            let power = f64::from(p).max(1e-10);
             product *= power;
             power_sum += power;
         }
@@ -97,13 +99,13 @@ impl Extractor for Spectral {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
-    fn input(&self) -> InputSpec {
-        InputSpec {
-            sample_rate: Some(RATE),
-            channels: Channels::Mono,
+    fn input(&self) -> Input {
+        Input::Frames {
+            rate: RATE,
+            shape: SHAPE,
         }
     }
 
@@ -117,14 +119,12 @@ impl Extractor for Spectral {
         ]
     }
 
-    fn push(&mut self, chunk: &Chunk<'_>) {
-        let Self { stft, freqs, sums } = self;
-        stft.push(chunk.mono(), &mut |f| accumulate(sums, freqs, f));
+    fn frame(&mut self, frame: &Frame<'_>) {
+        accumulate(&mut self.sums, &self.freqs, frame);
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<Value> {
-        let Self { stft, freqs, sums } = &mut *self;
-        stft.finish(&mut |f| accumulate(sums, freqs, f));
+    fn finish(self: Box<Self>) -> Vec<Value> {
+        let sums = &self.sums;
         if sums.frames == 0 {
             return vec![Value::Null; 5];
         }
@@ -144,17 +144,14 @@ impl Extractor for Spectral {
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_frames;
     use super::*;
 
     fn run(signal: &[f32]) -> Vec<f64> {
-        let mut ex = Box::new(Spectral::new());
-        for part in signal.chunks(1000) {
-            ex.push(&Chunk {
-                planes: &[part],
-                sample_rate: RATE,
-            });
-        }
-        ex.finish().iter().map(|v| v.as_f64().unwrap()).collect()
+        run_frames(Box::new(Spectral::new()), signal, 1000)
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
     }
 
     #[test]

@@ -5,10 +5,19 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
+/// The size and hop of an STFT, in samples.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StftShape {
+    pub n_fft: usize,
+    pub hop: usize,
+}
+
 /// One analysis frame handed to a group.
 pub struct Frame<'a> {
     /// Magnitudes of bins `0..=n_fft/2`.
     pub magnitude: &'a [f32],
+    /// Their squares (power spectrum).
+    pub power: &'a [f32],
     /// The frame's samples before windowing (for time-domain features).
     pub samples: &'a [f32],
 }
@@ -16,8 +25,7 @@ pub struct Frame<'a> {
 /// Streaming STFT with a periodic Hann window. Frames are centred like librosa's: frame `i`
 /// is centred on sample `i * hop` (the signal is padded with `n_fft / 2` zeros at both ends).
 pub struct Stft {
-    n_fft: usize,
-    hop: usize,
+    shape: StftShape,
     window: Vec<f32>,
     fft: Arc<dyn RealToComplex<f32>>,
     pending: Vec<f32>,
@@ -25,10 +33,12 @@ pub struct Stft {
     spectrum: Vec<Complex<f32>>,
     scratch: Vec<Complex<f32>>,
     magnitude: Vec<f32>,
+    power: Vec<f32>,
 }
 
 impl Stft {
-    pub fn new(n_fft: usize, hop: usize) -> Self {
+    pub fn new(shape: StftShape) -> Self {
+        let StftShape { n_fft, hop } = shape;
         assert!(
             hop > 0 && hop <= n_fft && n_fft.is_multiple_of(2),
             "bad STFT shape"
@@ -43,39 +53,43 @@ impl Stft {
         let mut pending = Vec::with_capacity(2 * n_fft);
         pending.resize(n_fft / 2, 0.0);
         Self {
-            n_fft,
-            hop,
+            shape,
             window,
             spectrum: fft.make_output_vec(),
             scratch: fft.make_scratch_vec(),
             windowed: vec![0.0; n_fft],
             magnitude: vec![0.0; n_fft / 2 + 1],
+            power: vec![0.0; n_fft / 2 + 1],
             fft,
             pending,
         }
     }
 
+    pub fn shape(&self) -> StftShape {
+        self.shape
+    }
+
     pub fn push(&mut self, mut samples: &[f32], on_frame: &mut dyn FnMut(&Frame)) {
         while !samples.is_empty() {
-            let take = (self.n_fft - self.pending.len()).min(samples.len());
+            let take = (self.shape.n_fft - self.pending.len()).min(samples.len());
             self.pending.extend_from_slice(&samples[..take]);
             samples = &samples[take..];
-            if self.pending.len() == self.n_fft {
+            if self.pending.len() == self.shape.n_fft {
                 self.emit(on_frame);
-                self.pending.drain(..self.hop);
+                self.pending.drain(..self.shape.hop);
             }
         }
     }
 
     /// Pads the end with zeros so the last samples are centred in a frame.
     pub fn finish(&mut self, on_frame: &mut dyn FnMut(&Frame)) {
-        let mut remaining_centres = self.pending.len().saturating_sub(self.n_fft / 2);
+        let mut remaining_centres = self.pending.len().saturating_sub(self.shape.n_fft / 2);
         // Frames still to come are those whose centre lies within the real signal.
         while remaining_centres > 0 {
-            self.pending.resize(self.n_fft, 0.0);
+            self.pending.resize(self.shape.n_fft, 0.0);
             self.emit(on_frame);
-            self.pending.drain(..self.hop);
-            remaining_centres = remaining_centres.saturating_sub(self.hop);
+            self.pending.drain(..self.shape.hop);
+            remaining_centres = remaining_centres.saturating_sub(self.shape.hop);
         }
     }
 
@@ -91,12 +105,19 @@ impl Stft {
         self.fft
             .process_with_scratch(&mut self.windowed, &mut self.spectrum, &mut self.scratch)
             .expect("FFT buffers are sized by the planner");
-        for (m, c) in self.magnitude.iter_mut().zip(&self.spectrum) {
-            *m = (c.re * c.re + c.im * c.im).sqrt();
+        for ((m, p), c) in self
+            .magnitude
+            .iter_mut()
+            .zip(&mut self.power)
+            .zip(&self.spectrum)
+        {
+            *p = c.re * c.re + c.im * c.im;
+            *m = p.sqrt();
         }
         on_frame(&Frame {
             magnitude: &self.magnitude,
-            samples: &self.pending[..self.n_fft],
+            power: &self.power,
+            samples: &self.pending[..self.shape.n_fft],
         });
     }
 }
@@ -240,7 +261,7 @@ mod tests {
         let signal: Vec<f32> = (0..1000)
             .map(|n| (std::f32::consts::TAU * 1000.0 * n as f32 / sr as f32).sin())
             .collect();
-        let mut stft = Stft::new(n_fft, hop);
+        let mut stft = Stft::new(StftShape { n_fft, hop });
         let mut peaks = Vec::new();
         let mut on_frame = |f: &Frame| {
             let (k, _) = f

@@ -3,30 +3,22 @@
 
 use arrow_schema::Field;
 
-use super::spectral::SILENT_FRAME;
-use super::stft::{mel_filterbank, ChromaMap, Filter, Frame, Stft};
-use super::{f32_list_field, Channels, Chunk, Extractor, InputSpec, Value};
+use super::spectral::{RATE, SHAPE, SILENT_FRAME};
+use super::stft::{mel_filterbank, ChromaMap, Filter, Frame};
+use super::{f32_list_field, Extractor, Input, Value};
 
-const RATE: u32 = 22_050;
-const N_FFT: usize = 2048;
-const HOP: usize = 512;
+const N_FFT: usize = SHAPE.n_fft;
 const N_MELS: usize = 128;
 const N_MFCC: usize = 13;
 
-struct State {
+pub struct Timbre {
     mel: Vec<Filter>,
     dct: Vec<[f32; N_MELS]>,
     chroma_map: ChromaMap,
-    power: Vec<f32>,
     mel_db: Vec<f32>,
     mfcc_sum: [f64; N_MFCC],
     chroma_sum: [f64; 12],
     frames: u64,
-}
-
-pub struct Timbre {
-    stft: Stft,
-    state: State,
 }
 
 impl Timbre {
@@ -48,46 +40,14 @@ impl Timbre {
             })
             .collect();
         Self {
-            stft: Stft::new(N_FFT, HOP),
-            state: State {
-                mel: mel_filterbank(RATE, N_FFT, N_MELS, 0.0, RATE as f32 / 2.0),
-                dct,
-                chroma_map: ChromaMap::new(RATE, N_FFT, 65.0, 5000.0),
-                power: vec![0.0; N_FFT / 2 + 1],
-                mel_db: vec![0.0; N_MELS],
-                mfcc_sum: [0.0; N_MFCC],
-                chroma_sum: [0.0; 12],
-                frames: 0,
-            },
+            mel: mel_filterbank(RATE, N_FFT, N_MELS, 0.0, RATE as f32 / 2.0),
+            dct,
+            chroma_map: ChromaMap::new(RATE, N_FFT, 65.0, 5000.0),
+            mel_db: vec![0.0; N_MELS],
+            mfcc_sum: [0.0; N_MFCC],
+            chroma_sum: [0.0; 12],
+            frames: 0,
         }
-    }
-}
-
-impl State {
-    fn frame(&mut self, frame: &Frame) {
-        let mag = frame.magnitude;
-        if mag.iter().sum::<f32>() / (mag.len() as f32) < SILENT_FRAME {
-            return;
-        }
-        for (p, m) in self.power.iter_mut().zip(mag) {
-            *p = m * m;
-        }
-        for (db, filter) in self.mel_db.iter_mut().zip(&self.mel) {
-            *db = 10.0 * filter.apply(&self.power).max(1e-10).log10();
-        }
-        for (sum, row) in self.mfcc_sum.iter_mut().zip(&self.dct) {
-            let c: f32 = row.iter().zip(&self.mel_db).map(|(w, x)| w * x).sum();
-            *sum += f64::from(c);
-        }
-        let mut chroma = [0.0f32; 12];
-        self.chroma_map.accumulate(&self.power, &mut chroma, |p| p);
-        let max = chroma.iter().copied().fold(0.0f32, f32::max);
-        if max > 0.0 {
-            for (sum, c) in self.chroma_sum.iter_mut().zip(chroma) {
-                *sum += f64::from(c / max);
-            }
-        }
-        self.frames += 1;
     }
 }
 
@@ -97,13 +57,13 @@ impl Extractor for Timbre {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
-    fn input(&self) -> InputSpec {
-        InputSpec {
-            sample_rate: Some(RATE),
-            channels: Channels::Mono,
+    fn input(&self) -> Input {
+        Input::Frames {
+            rate: RATE,
+            shape: SHAPE,
         }
     }
 
@@ -111,36 +71,46 @@ impl Extractor for Timbre {
         vec![f32_list_field("mfcc"), f32_list_field("chroma")]
     }
 
-    fn push(&mut self, chunk: &Chunk<'_>) {
-        let Self { stft, state } = self;
-        stft.push(chunk.mono(), &mut |f| state.frame(f));
+    fn frame(&mut self, frame: &Frame<'_>) {
+        let mag = frame.magnitude;
+        if mag.iter().sum::<f32>() / (mag.len() as f32) < SILENT_FRAME {
+            return;
+        }
+        for (db, filter) in self.mel_db.iter_mut().zip(&self.mel) {
+            *db = 10.0 * filter.apply(frame.power).max(1e-10).log10();
+        }
+        for (sum, row) in self.mfcc_sum.iter_mut().zip(&self.dct) {
+            let c: f32 = row.iter().zip(&self.mel_db).map(|(w, x)| w * x).sum();
+            *sum += f64::from(c);
+        }
+        let mut chroma = [0.0f32; 12];
+        self.chroma_map.accumulate(frame.power, &mut chroma, |p| p);
+        let max = chroma.iter().copied().fold(0.0f32, f32::max);
+        if max > 0.0 {
+            for (sum, c) in self.chroma_sum.iter_mut().zip(chroma) {
+                *sum += f64::from(c / max);
+            }
+        }
+        self.frames += 1;
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<Value> {
-        let Self { stft, state } = &mut *self;
-        stft.finish(&mut |f| state.frame(f));
-        if state.frames == 0 {
+    fn finish(self: Box<Self>) -> Vec<Value> {
+        if self.frames == 0 {
             return vec![Value::Null, Value::Null];
         }
-        let n = state.frames as f64;
+        let n = self.frames as f64;
         let mean = |sums: &[f64]| Value::Float32List(sums.iter().map(|s| (s / n) as f32).collect());
-        vec![mean(&state.mfcc_sum), mean(&state.chroma_sum)]
+        vec![mean(&self.mfcc_sum), mean(&self.chroma_sum)]
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_frames;
     use super::*;
 
     fn run(signal: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let mut ex = Box::new(Timbre::new());
-        for part in signal.chunks(3000) {
-            ex.push(&Chunk {
-                planes: &[part],
-                sample_rate: RATE,
-            });
-        }
-        let v = ex.finish();
+        let v = run_frames(Box::new(Timbre::new()), signal, 3000);
         (
             v[0].as_f32_list().unwrap().to_vec(),
             v[1].as_f32_list().unwrap().to_vec(),

@@ -8,8 +8,8 @@
 
 use arrow_schema::Field;
 
-use super::stft::{semitones_above_c, Frame, Stft};
-use super::{f64_field, utf8_field, Channels, Chunk, Extractor, InputSpec, Value};
+use super::stft::{semitones_above_c, Frame, StftShape};
+use super::{f64_field, utf8_field, Extractor, Input, Value};
 
 const RATE: u32 = 11_025;
 const N_FFT: usize = 4096;
@@ -40,14 +40,12 @@ const MINOR: [f64; 12] = [
 ];
 
 pub struct Tonal {
-    stft: Stft,
     hpcp: Hpcp,
 }
 
 impl Tonal {
     pub fn new() -> Self {
         Self {
-            stft: Stft::new(N_FFT, HOP),
             hpcp: Hpcp {
                 sum: [0.0; 12],
                 frames: 0,
@@ -158,10 +156,13 @@ impl Extractor for Tonal {
         1
     }
 
-    fn input(&self) -> InputSpec {
-        InputSpec {
-            sample_rate: Some(RATE),
-            channels: Channels::Mono,
+    fn input(&self) -> Input {
+        Input::Frames {
+            rate: RATE,
+            shape: StftShape {
+                n_fft: N_FFT,
+                hop: HOP,
+            },
         }
     }
 
@@ -173,14 +174,12 @@ impl Extractor for Tonal {
         ]
     }
 
-    fn push(&mut self, chunk: &Chunk<'_>) {
-        let Self { stft, hpcp } = self;
-        stft.push(chunk.mono(), &mut |f| hpcp.frame(f));
+    fn frame(&mut self, frame: &Frame<'_>) {
+        self.hpcp.frame(frame);
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<Value> {
-        let Self { stft, hpcp } = &mut *self;
-        stft.finish(&mut |f| hpcp.frame(f));
+    fn finish(self: Box<Self>) -> Vec<Value> {
+        let hpcp = &self.hpcp;
         if hpcp.frames == 0 {
             return vec![Value::Null; 3];
         }
@@ -195,6 +194,7 @@ impl Extractor for Tonal {
 
 #[cfg(test)]
 mod tests {
+    use super::super::run_frames;
     use super::*;
 
     /// Renders MIDI notes (each a list sounding together) as harmonic tones with a decay, one
@@ -222,14 +222,7 @@ mod tests {
 
     fn key_of(events: &[&[u8]]) -> (String, String) {
         let signal = render(events, 0.5);
-        let mut ex = Box::new(Tonal::new());
-        for part in signal.chunks(2000) {
-            ex.push(&Chunk {
-                planes: &[part],
-                sample_rate: RATE,
-            });
-        }
-        let v = ex.finish();
+        let v = run_frames(Box::new(Tonal::new()), &signal, 2000);
         assert!(v[2].as_f64().unwrap() > 0.5, "strength {:?}", v[2]);
         (
             v[0].as_str().unwrap().to_owned(),
