@@ -350,6 +350,29 @@ async fn cheap_columns_read_only_what_they_need() {
     let batch = query(&lake, "SELECT sample_rate FROM t LIMIT 2").await;
     assert_eq!(batch.num_rows(), 2);
     assert_eq!(counting.take().len(), 2);
+
+    // Analysis columns decode each file once, whole, through only the groups they need.
+    let plan = query(&lake, "EXPLAIN SELECT rms_dbfs, bpm FROM t").await;
+    let plan: Vec<String> = strings(&plan, "plan").into_iter().flatten().collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("reads=audio (rhythm, loudness)"), "{plan}");
+    let batch = query(&lake, "SELECT rms_dbfs FROM t").await;
+    // A sine of amplitude 3000/32768 in both channels: 20 log10(3000 / 32768 / sqrt 2).
+    let expected = 20.0 * (3000.0f64 / 32768.0 / 2f64.sqrt()).log10();
+    let rms = batch.column(0).as_primitive::<Float64Type>();
+    assert!(
+        (0..6).all(|i| (rms.value(i) - expected).abs() < 0.01),
+        "{rms:?} vs {expected}"
+    );
+    let reads = counting.take();
+    assert_eq!(reads.len(), 6);
+    for (file, bytes) in &reads {
+        // The whole file, and at most one block more (the header is read before seeking back).
+        assert!(
+            (file_size..file_size + 64 * 1024).contains(bytes),
+            "{file}: {bytes} bytes read of {file_size}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,4 +476,91 @@ async fn corpus_headers_match_truth() {
         let truth: f64 = row["duration_s"].parse().unwrap();
         assert!((d - truth).abs() <= 0.05, "{file}: duration {d} vs {truth}");
     }
+}
+
+/// Pitch class of a key name such as `C#` or `Eb`.
+fn pitch_class(name: &str) -> Option<i32> {
+    let base = match name.chars().next()? {
+        'C' => 0,
+        'D' => 2,
+        'E' => 4,
+        'F' => 5,
+        'G' => 7,
+        'A' => 9,
+        'B' => 11,
+        _ => return None,
+    };
+    let shift: i32 = name[1..]
+        .chars()
+        .map(|c| match c {
+            '#' => 1,
+            'b' => -1,
+            _ => 0,
+        })
+        .sum();
+    Some((base + shift).rem_euclid(12))
+}
+
+/// The analysis columns through SQL on the whole corpus: every file analysed without error,
+/// tempo and key at the floors the udf crate's corpus test holds its extractors to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_analysis_matches_truth() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    if !corpus.join("truth.csv").exists() {
+        eprintln!("skipping: corpus not found at {}", corpus.display());
+        return;
+    }
+    let corpus = std::fs::canonicalize(corpus).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&corpus]).await;
+    let batch = query(
+        &lake,
+        &format!(
+            "CREATE EXTERNAL TABLE c STORED AS AUDIO LOCATION '{}'; \
+             SELECT file_name, bpm, key, mode, loudness_lufs, error FROM c",
+            corpus.display()
+        ),
+    )
+    .await;
+    let truth = read_csv(&corpus.join("truth.csv"));
+    assert_eq!(batch.num_rows(), truth.len());
+    let names = strings(&batch, "file_name");
+    let (keys, modes) = (strings(&batch, "key"), strings(&batch, "mode"));
+    let bpm = batch
+        .column_by_name("bpm")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let lufs = batch
+        .column_by_name("loudness_lufs")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let (mut tempo_hits, mut key_hits, mut keyed) = (0, 0, 0);
+    for row in &truth {
+        let file = &row["file"];
+        let i = names
+            .iter()
+            .position(|n| n.as_deref() == Some(file.as_str()))
+            .unwrap();
+        assert_eq!(strings(&batch, "error")[i], None, "{file}");
+        assert!(lufs.is_valid(i) && bpm.is_valid(i), "{file}");
+        let truth_bpm: f64 = row["bpm"].parse().unwrap();
+        let estimate = bpm.value(i);
+        if [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]
+            .iter()
+            .any(|f| (estimate - truth_bpm * f).abs() <= 0.04 * truth_bpm * f)
+        {
+            tempo_hits += 1;
+        }
+        if matches!(row["mode"].as_str(), "major" | "minor") {
+            keyed += 1;
+            let same_tonic = keys[i].as_deref().and_then(pitch_class) == pitch_class(&row["key"]);
+            if same_tonic && modes[i].as_deref() == Some(row["mode"].as_str()) {
+                key_hits += 1;
+            }
+        }
+    }
+    let acc2 = f64::from(tempo_hits) / truth.len() as f64;
+    let exact = f64::from(key_hits) / f64::from(keyed);
+    assert!(acc2 >= 0.80, "tempo Accuracy2 {acc2:.3}");
+    assert!(exact >= 0.80, "key exact {exact:.3}");
 }

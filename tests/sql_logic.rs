@@ -1,6 +1,7 @@
 //! Runs every `sql/*.slt` file (sqllogictest) against a fresh audiolake over the fixtures.
 //!
-//! Scripts may use `${FIXTURES}` (absolute path of tests/data) and `${STORE}` (a fresh store).
+//! Scripts may use `${FIXTURES}` (absolute path of tests/data), `${MUSIC}` (tests/music, the
+//! songs with a known tempo and key) and `${STORE}` (a fresh store).
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +55,10 @@ fn fixtures() -> PathBuf {
     std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
 }
 
+fn music() -> PathBuf {
+    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictest_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
@@ -69,6 +74,7 @@ async fn sqllogictest_files() {
         let script = std::fs::read_to_string(&file)
             .unwrap()
             .replace("${FIXTURES}", fixtures().to_str().unwrap())
+            .replace("${MUSIC}", music().to_str().unwrap())
             .replace("${STORE}", store.path().to_str().unwrap());
         let store_path = store.path().to_str().unwrap().to_string();
         let mut runner = Runner::new(move || {
@@ -77,6 +83,7 @@ async fn sqllogictest_files() {
                 let lake = AudioLake::builder()
                     .store(store_path)
                     .allow_location(fixtures().to_str().unwrap())
+                    .allow_location(music().to_str().unwrap())
                     .target_partitions(2)
                     .build()
                     .await?;

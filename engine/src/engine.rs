@@ -17,6 +17,7 @@ use url::Url;
 use crate::audio::AudioTableFactory;
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
+use crate::functions::path_functions;
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
 use crate::progress::ScanProgress;
@@ -90,6 +91,9 @@ impl Engine {
             Arc::new(AudioTableFactory::new(Arc::clone(&progress))),
         );
         let ctx = SessionContext::new_with_state(state);
+        for function in path_functions(Arc::clone(&runtime.object_store_registry)) {
+            ctx.register_udf(function);
+        }
 
         let catalog = Catalog::new(
             runtime.object_store_registry.get_store(&store_url)?,

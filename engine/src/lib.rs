@@ -1,10 +1,12 @@
-//! DataFusion integration of audiolake: the `AUDIO` table format and its scan, guarded object
-//! stores, the persisted catalog, and the [`Engine`] that runs statements over them.
+//! DataFusion integration of audiolake: the `AUDIO` table format and its scan, the SQL functions
+//! on paths, guarded object stores, the persisted catalog, and the [`Engine`] that runs
+//! statements over them.
 
 pub mod audio;
 mod catalog;
 mod engine;
 mod error;
+mod functions;
 pub mod location;
 mod object_stores;
 mod progress;

@@ -18,9 +18,9 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
 /// Why a stream could not be opened or decoded at all.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("unrecognised or unsupported container (hint {hint:?}): {source}")]
+    #[error("unrecognised or unsupported container (file extension {extension}): {source}")]
     Probe {
-        hint: Option<String>,
+        extension: String,
         #[source]
         source: SymphoniaError,
     },
@@ -107,7 +107,7 @@ impl DecodeStream {
                 MetadataOptions::default(),
             )
             .map_err(|source| DecodeError::Probe {
-                hint: extension.map(str::to_owned),
+                extension: extension.unwrap_or("none").to_owned(),
                 source,
             })?;
         let track = format

@@ -5,3 +5,4 @@ pub mod decode;
 pub mod features;
 pub mod probe;
 pub mod resample;
+pub mod samples;

@@ -2,13 +2,16 @@
 
 use std::sync::{Arc, LazyLock};
 
+use audiolake_udf::features::{self, AnalysisOutput, GroupResult};
 use audiolake_udf::probe::AudioHeader;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, RecordBatchOptions,
+    StringArray, StringBuilder, StructArray, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::error::Result;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit,
+};
+use datafusion::error::{DataFusionError, Result};
 use object_store::ObjectMeta;
 
 /// What it takes to fill a column.
@@ -18,44 +21,82 @@ pub enum Cost {
     Listing,
     /// Read from the file's headers and tags (no audio is decoded).
     Header,
+    /// The whole file is decoded and analysed.
+    Decode,
 }
 
-/// (name, type, nullable, cost). `path` is the full URL of the file.
-static COLUMNS: LazyLock<Vec<(&str, DataType, bool, Cost)>> = LazyLock::new(|| {
-    vec![
-        ("path", DataType::Utf8, false, Cost::Listing),
-        ("file_name", DataType::Utf8, false, Cost::Listing),
-        ("size_bytes", DataType::Int64, false, Cost::Listing),
-        (
+/// One column: its field, its cost, and for analysis columns the feature group that fills it
+/// (`DECODE_GROUP` for what decoding itself measures).
+pub struct Column {
+    pub field: FieldRef,
+    pub cost: Cost,
+    pub group: Option<&'static str>,
+}
+
+/// The pseudo-group of `decoded_duration_s` and `decode_errors`: a decode with no extractor.
+const DECODE_GROUP: &str = "decode";
+
+const UTC: &str = "UTC";
+
+/// Listing and header columns first, then every feature group's fields in the order of
+/// [`features::GROUPS`], the decode columns, and `error` last. `path` is the file's full URL.
+static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
+    let plain = |name: &str, ty: DataType, nullable: bool, cost: Cost| Column {
+        field: Arc::new(Field::new(name, ty, nullable)),
+        cost,
+        group: None,
+    };
+    let mut columns = vec![
+        plain("path", DataType::Utf8, false, Cost::Listing),
+        plain("file_name", DataType::Utf8, false, Cost::Listing),
+        plain("size_bytes", DataType::Int64, false, Cost::Listing),
+        plain(
             "last_modified",
             DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
             false,
             Cost::Listing,
         ),
-        ("format", DataType::Utf8, true, Cost::Header),
-        ("codec", DataType::Utf8, true, Cost::Header),
-        ("sample_rate", DataType::Int32, true, Cost::Header),
-        ("channels", DataType::Int32, true, Cost::Header),
-        ("bits_per_sample", DataType::Int32, true, Cost::Header),
-        ("duration_s", DataType::Float64, true, Cost::Header),
-        ("bitrate_kbps", DataType::Float64, true, Cost::Header),
-        ("title", DataType::Utf8, true, Cost::Header),
-        ("artist", DataType::Utf8, true, Cost::Header),
-        ("album", DataType::Utf8, true, Cost::Header),
-        ("genre", DataType::Utf8, true, Cost::Header),
-        ("track_number", DataType::Int32, true, Cost::Header),
-        ("year", DataType::Int32, true, Cost::Header),
-        ("error", DataType::Utf8, true, Cost::Header),
-    ]
+        plain("format", DataType::Utf8, true, Cost::Header),
+        plain("codec", DataType::Utf8, true, Cost::Header),
+        plain("sample_rate", DataType::Int32, true, Cost::Header),
+        plain("channels", DataType::Int32, true, Cost::Header),
+        plain("bits_per_sample", DataType::Int32, true, Cost::Header),
+        plain("duration_s", DataType::Float64, true, Cost::Header),
+        plain("bitrate_kbps", DataType::Float64, true, Cost::Header),
+        plain("title", DataType::Utf8, true, Cost::Header),
+        plain("artist", DataType::Utf8, true, Cost::Header),
+        plain("album", DataType::Utf8, true, Cost::Header),
+        plain("genre", DataType::Utf8, true, Cost::Header),
+        plain("track_number", DataType::Int32, true, Cost::Header),
+        plain("year", DataType::Int32, true, Cost::Header),
+    ];
+    let analysed = features::GROUPS
+        .iter()
+        .map(|name| (*name, group_fields(name)))
+        .chain([(DECODE_GROUP, features::decode_fields())]);
+    for (group, fields) in analysed {
+        columns.extend(fields.into_iter().map(|field| Column {
+            field: Arc::new(field),
+            cost: Cost::Decode,
+            group: Some(group),
+        }));
+    }
+    columns.push(plain("error", DataType::Utf8, true, Cost::Header));
+    columns
 });
 
-const UTC: &str = "UTC";
+/// The fields a feature group produces.
+fn group_fields(name: &str) -> Vec<Field> {
+    features::extractor(name)
+        .expect("every name in GROUPS has an extractor")
+        .fields()
+}
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(
         COLUMNS
             .iter()
-            .map(|(name, ty, nullable, _)| Field::new(*name, ty.clone(), *nullable))
+            .map(|c| Arc::clone(&c.field))
             .collect::<Vec<_>>(),
     ))
 });
@@ -69,32 +110,75 @@ pub fn schema() -> SchemaRef {
 pub fn listing_schema() -> SchemaRef {
     let fields = COLUMNS
         .iter()
-        .zip(SCHEMA.fields())
-        .filter(|((.., cost), _)| *cost == Cost::Listing)
-        .map(|(_, f)| Arc::clone(f))
+        .filter(|c| c.cost == Cost::Listing)
+        .map(|c| Arc::clone(&c.field))
         .collect::<Vec<_>>();
     Arc::new(Schema::new(fields))
 }
 
 /// The cost of the column called `name`, if there is one.
 pub fn cost_of(name: &str) -> Option<Cost> {
-    COLUMNS.iter().find(|c| c.0 == name).map(|c| c.3)
-}
-
-/// The highest cost among the columns at `indices`.
-pub fn cost_of_indices(indices: &[usize]) -> Cost {
-    indices
+    COLUMNS
         .iter()
-        .map(|&i| COLUMNS[i].3)
-        .max()
-        .unwrap_or(Cost::Listing)
+        .find(|c| c.field.name() == name)
+        .map(|c| c.cost)
 }
 
-/// What is known about one file: its listing, and its probe result when the query needs it.
+/// What a scan must do for the columns at `indices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Work {
+    /// Open the file and read its header and tags.
+    pub probe: bool,
+    /// Decode the file (feature groups to run, possibly none when only the decode columns are
+    /// wanted).
+    pub decode: Option<Vec<&'static str>>,
+}
+
+impl Work {
+    pub fn of(indices: &[usize]) -> Self {
+        let probe = indices.iter().any(|&i| COLUMNS[i].cost == Cost::Header);
+        let mut groups: Vec<&'static str> = Vec::new();
+        let mut decode = false;
+        for &i in indices {
+            if let Some(group) = COLUMNS[i].group {
+                decode = true;
+                if group != DECODE_GROUP && !groups.contains(&group) {
+                    groups.push(group);
+                }
+            }
+        }
+        Self {
+            probe,
+            decode: decode.then_some(groups),
+        }
+    }
+
+    /// True when the listing alone answers the query.
+    pub fn listing_only(&self) -> bool {
+        !self.probe && self.decode.is_none()
+    }
+}
+
+/// What is known about one file: its listing, and its probe and analysis results when the
+/// query needs them.
 pub struct FileRow<'a> {
     pub meta: &'a ObjectMeta,
     pub url: &'a str,
     pub header: Option<&'a Result<AudioHeader, String>>,
+    pub analysis: Option<&'a Result<AnalysisOutput, String>>,
+}
+
+impl FileRow<'_> {
+    /// Why the file has no values: the header's reason first, since it explains the rest.
+    fn error(&self) -> Option<String> {
+        if let Some(Err(e)) = self.header {
+            return Some(e.clone());
+        }
+        match self.analysis {
+            Some(Err(e)) => Some(format!("analysis failed: {e}")),
+            _ => None,
+        }
+    }
 }
 
 /// Builds the listing columns of `files` (schema: [`listing_schema`]).
@@ -105,22 +189,123 @@ pub fn listing_batch(files: &[(ObjectMeta, String)]) -> Result<RecordBatch> {
             meta,
             url,
             header: None,
+            analysis: None,
         })
         .collect();
-    let columns = build_columns(&rows);
+    let columns = header_columns(&rows);
     Ok(RecordBatch::try_new(
         listing_schema(),
         columns.into_iter().take(4).collect(),
     )?)
 }
 
-/// Builds a batch of the whole table schema, projected to `projection`.
+/// Builds a batch of the whole table schema, projected to `projection`; analysis columns are
+/// built only for the groups the projection names.
 pub fn batch(rows: &[FileRow<'_>], projection: &[usize]) -> Result<RecordBatch> {
-    let full = RecordBatch::try_new(schema(), build_columns(rows))?;
-    Ok(full.project(projection)?)
+    let mut arrays: Vec<Option<ArrayRef>> = vec![None; COLUMNS.len()];
+    for (i, array) in header_columns(rows).into_iter().enumerate() {
+        arrays[i] = Some(array);
+    }
+    let error: Vec<Option<String>> = rows.iter().map(FileRow::error).collect();
+    arrays[COLUMNS.len() - 1] = Some(Arc::new(error.into_iter().collect::<StringArray>()));
+
+    let analyses: Vec<_> = rows.iter().map(|row| row.analysis).collect();
+    for (i, array) in analysis_columns(&analyses, projection)? {
+        arrays[i] = Some(array);
+    }
+
+    let schema = Arc::new(schema().project(projection)?);
+    let columns = projection
+        .iter()
+        .map(|&i| {
+            arrays[i].clone().ok_or_else(|| {
+                DataFusionError::Internal(format!("column {} was not built", COLUMNS[i].field))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // The row count matters when no column is projected (`count(*)`).
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
 }
 
-fn build_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
+/// The analysis columns among `indices`, one array each, NULL where a file was not analysed.
+fn analysis_columns(
+    analyses: &[Option<&Result<AnalysisOutput, String>>],
+    indices: &[usize],
+) -> Result<Vec<(usize, ArrayRef)>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for &i in indices {
+        let Some(group) = COLUMNS[i].group else {
+            continue;
+        };
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((group, vec![i])),
+        }
+    }
+    let mut built = Vec::new();
+    for (group, members) in groups {
+        let results: Vec<Option<GroupResult>> = analyses
+            .iter()
+            .map(|analysis| match analysis {
+                Some(Ok(out)) if group == DECODE_GROUP => Some(out.decode_row()),
+                Some(Ok(out)) => out.group(group).cloned(),
+                _ => None,
+            })
+            .collect();
+        let refs: Vec<Option<&GroupResult>> = results.iter().map(Option::as_ref).collect();
+        let fields: Vec<Field> = members
+            .iter()
+            .map(|&i| COLUMNS[i].field.as_ref().clone())
+            .collect();
+        let arrays = features::to_arrays(&fields, &refs)
+            .map_err(|e| DataFusionError::Internal(format!("building {group} columns: {e}")))?;
+        built.extend(members.into_iter().zip(arrays));
+    }
+    Ok(built)
+}
+
+/// The fields of `analyze(path)`: every analysis column, then `error`.
+pub fn analysis_struct_fields() -> Fields {
+    COLUMNS
+        .iter()
+        .filter(|c| c.group.is_some() || c.field.name() == "error")
+        .map(|c| Arc::clone(&c.field))
+        .collect()
+}
+
+/// One `analyze(path)` struct per file: NULL fields and the reason in `error` for a file that
+/// could not be analysed.
+pub fn analysis_struct(analyses: &[Result<AnalysisOutput, String>]) -> Result<StructArray> {
+    let refs: Vec<_> = analyses.iter().map(Some).collect();
+    let indices: Vec<usize> = (0..COLUMNS.len())
+        .filter(|&i| COLUMNS[i].group.is_some())
+        .collect();
+    let mut arrays: Vec<ArrayRef> = analysis_columns(&refs, &indices)?
+        .into_iter()
+        .map(|(_, array)| array)
+        .collect();
+    let error: StringArray = analyses.iter().map(|a| a.as_ref().err()).collect();
+    arrays.push(Arc::new(error));
+    Ok(StructArray::try_new(
+        analysis_struct_fields(),
+        arrays,
+        None,
+    )?)
+}
+
+/// The field of the column called `name`.
+pub fn field(name: &str) -> Option<FieldRef> {
+    COLUMNS
+        .iter()
+        .find(|c| c.field.name() == name)
+        .map(|c| Arc::clone(&c.field))
+}
+
+/// The listing and header columns, in table order.
+fn header_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
     let n = rows.len();
     let mut path = StringBuilder::with_capacity(n, n * 64);
     let mut file_name = StringBuilder::with_capacity(n, n * 24);
@@ -139,7 +324,6 @@ fn build_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
     let mut genre = StringBuilder::new();
     let mut track = Int32Builder::with_capacity(n);
     let mut year = Int32Builder::with_capacity(n);
-    let mut error = StringBuilder::new();
 
     let int = |v: Option<u32>| v.and_then(|v| i32::try_from(v).ok());
     for row in rows {
@@ -147,11 +331,7 @@ fn build_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
         file_name.append_value(row.meta.location.filename().unwrap_or_default());
         size.append_value(i64::try_from(row.meta.size).unwrap_or(i64::MAX));
         modified.append_value(row.meta.last_modified.timestamp_micros());
-        let (header, err) = match row.header {
-            Some(Ok(h)) => (Some(h), None),
-            Some(Err(e)) => (None, Some(e.as_str())),
-            None => (None, None),
-        };
+        let header = row.header.and_then(|h| h.as_ref().ok());
         format.append_option(header.map(|h| &h.format));
         codec.append_option(header.map(|h| &h.codec));
         sample_rate.append_option(int(header.and_then(|h| h.sample_rate)));
@@ -165,7 +345,6 @@ fn build_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
         genre.append_option(header.and_then(|h| h.tags.genre.as_ref()));
         track.append_option(int(header.and_then(|h| h.tags.track_number)));
         year.append_option(header.and_then(|h| h.tags.year));
-        error.append_option(err);
     }
     vec![
         Arc::new(path.finish()),
@@ -185,6 +364,5 @@ fn build_columns(rows: &[FileRow<'_>]) -> Vec<ArrayRef> {
         Arc::new(genre.finish()),
         Arc::new(track.finish()),
         Arc::new(year.finish()),
-        Arc::new(error.finish()),
     ]
 }

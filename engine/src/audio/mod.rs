@@ -1,6 +1,7 @@
 //! Audio files as rows: the AUDIO table format (listing, header probing, the scan).
 
 pub mod columns;
+pub(crate) mod read;
 mod scan;
 mod source;
 mod table;

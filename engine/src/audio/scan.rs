@@ -1,36 +1,37 @@
-//! The physical scan of an AUDIO table: files spread over partitions, probed in small batches on
-//! blocking threads, one row per file whatever happens to it.
+//! The physical scan of an AUDIO table: files spread over partitions, probed or analysed in
+//! small batches on blocking threads, one row per file whatever happens to it.
 
 use std::fmt;
 use std::sync::Arc;
 
-use audiolake_udf::probe::{panic_message, probe, AudioHeader};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{
-    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
-};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use object_store::{ObjectMeta, ObjectStore};
+use object_store::ObjectMeta;
 use url::Url;
 
-use super::columns::{self, Cost, FileRow};
-use super::source::ObjectSource;
+use super::columns::{self, FileRow, Work};
+use super::read::{analyze_object, probe_object};
 use crate::progress::ScanProgress;
 
-/// Files per output batch when files are opened: small, so partitions stay busy and results
+/// Files per output batch when headers are read: small, so partitions stay busy and results
 /// stream early.
-const FILES_PER_BATCH: usize = 16;
-/// Files opened at once per partition (hides object-store latency).
+const PROBED_PER_BATCH: usize = 16;
+/// Headers read at once per partition (hides object-store latency).
 const PROBES_IN_FLIGHT: usize = 4;
+/// Files per output batch when files are decoded (seconds each, so fewer).
+const ANALYSED_PER_BATCH: usize = 4;
+/// Decodes at once per partition: CPU-bound, so one per core, plus one to hide reads.
+const ANALYSES_IN_FLIGHT: usize = 2;
 
 type Listed = (ObjectMeta, String);
 
@@ -41,7 +42,7 @@ pub struct AudioScanExec {
     partitions: Vec<Arc<Vec<Listed>>>,
     projection: Vec<usize>,
     schema: SchemaRef,
-    probe: bool,
+    work: Work,
     progress: Arc<ScanProgress>,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
@@ -57,12 +58,12 @@ impl AudioScanExec {
         progress: Arc<ScanProgress>,
     ) -> Result<Self> {
         let schema = Arc::new(columns::schema().project(&projection)?);
-        let probe = columns::cost_of_indices(&projection) >= Cost::Header;
+        let work = Work::of(&projection);
         // Listing-only scans are cheap: one partition is enough.
-        let n = if probe {
-            target_partitions.min(files.len()).max(1)
-        } else {
+        let n = if work.listing_only() {
             1
+        } else {
+            target_partitions.min(files.len()).max(1)
         };
         let mut partitions = vec![Vec::new(); n];
         for (i, file) in files.into_iter().enumerate() {
@@ -80,7 +81,7 @@ impl AudioScanExec {
             partitions: partitions.into_iter().map(Arc::new).collect(),
             projection,
             schema,
-            probe,
+            work,
             progress,
             metrics: ExecutionPlanMetricsSet::new(),
             properties,
@@ -100,7 +101,12 @@ impl DisplayAs for AudioScanExec {
             self.location,
             self.file_count(),
             self.partitions.len(),
-            if self.probe { "headers" } else { "listing" }
+            match (&self.work.decode, self.work.probe) {
+                (Some(groups), _) if groups.is_empty() => "audio (decode only)".to_string(),
+                (Some(groups), _) => format!("audio ({})", groups.join(", ")),
+                (None, true) => "headers".to_string(),
+                (None, false) => "listing".to_string(),
+            }
         )
     }
 }
@@ -153,7 +159,7 @@ impl ExecutionPlan for AudioScanExec {
         let schema = Arc::clone(&self.schema);
         let projection = self.projection.clone();
 
-        if !self.probe {
+        if self.work.listing_only() {
             let batch_size = context.session_config().batch_size().max(1);
             let batches: Vec<Result<_>> = files
                 .chunks(batch_size)
@@ -164,6 +170,7 @@ impl ExecutionPlan for AudioScanExec {
                             meta,
                             url,
                             header: None,
+                            analysis: None,
                         })
                         .collect();
                     columns::batch(&rows, &projection)
@@ -182,59 +189,57 @@ impl ExecutionPlan for AudioScanExec {
         let progress = Arc::clone(&self.progress);
         progress.add_total(files.len() as u64);
 
+        let (in_flight, per_batch) = if self.work.decode.is_some() {
+            (ANALYSES_IN_FLIGHT, ANALYSED_PER_BATCH)
+        } else {
+            (PROBES_IN_FLIGHT, PROBED_PER_BATCH)
+        };
+        let work = self.work.clone();
         let indices = 0..files.len();
         let stream = futures::stream::iter(indices)
             .map(move |i| {
                 let (store, files) = (Arc::clone(&store), Arc::clone(&files));
                 let (bytes_read, progress) = (bytes_read.clone(), Arc::clone(&progress));
                 let files_opened = files_opened.clone();
+                let work = work.clone();
                 async move {
-                    let meta = files[i].0.clone();
-                    let header = probe_file(store, meta, bytes_read).await;
+                    let meta = &files[i].0;
+                    let header = match work.probe {
+                        true => Some(
+                            probe_object(store.clone(), meta.clone(), bytes_read.clone()).await,
+                        ),
+                        false => None,
+                    };
+                    // A file whose header cannot be read cannot be decoded either.
+                    let analysis = match work.decode {
+                        Some(_) if matches!(header, Some(Err(_))) => None,
+                        Some(groups) => {
+                            Some(analyze_object(store, meta.clone(), groups, bytes_read).await)
+                        }
+                        None => None,
+                    };
                     files_opened.add(1);
                     progress.file_done();
-                    (i, header)
+                    (i, header, analysis)
                 }
             })
-            .buffered(PROBES_IN_FLIGHT)
-            .chunks(FILES_PER_BATCH)
+            .buffered(in_flight)
+            .chunks(per_batch)
             .map({
                 let files = Arc::clone(&self.partitions[partition]);
-                move |probed| {
-                    let rows: Vec<FileRow<'_>> = probed
+                move |read| {
+                    let rows: Vec<FileRow<'_>> = read
                         .iter()
-                        .map(|(i, header)| FileRow {
+                        .map(|(i, header, analysis)| FileRow {
                             meta: &files[*i].0,
                             url: &files[*i].1,
-                            header: Some(header),
+                            header: header.as_ref(),
+                            analysis: analysis.as_ref(),
                         })
                         .collect();
                     columns::batch(&rows, &projection)
                 }
             });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
-    }
-}
-
-/// Probes one file on a blocking thread. Every failure, a panic included, becomes the message
-/// of the row's `error` column.
-async fn probe_file(
-    store: Arc<dyn ObjectStore>,
-    meta: ObjectMeta,
-    bytes_read: Count,
-) -> std::result::Result<AudioHeader, String> {
-    let runtime = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || {
-        let extension = meta.location.extension().map(str::to_lowercase);
-        let source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
-        probe(Box::new(source), extension.as_deref()).map_err(|e| e.to_string())
-    });
-    match task.await {
-        Ok(result) => result,
-        Err(join) if join.is_panic() => Err(format!(
-            "reader panicked: {}",
-            panic_message(join.into_panic().as_ref())
-        )),
-        Err(join) => Err(format!("probe was cancelled: {join}")),
     }
 }

@@ -1,5 +1,6 @@
 //! A symphonia `MediaSource` over an object store: ranged reads in blocks, so that probing a
-//! header fetches the first blocks (and the tail, for trailing tags) rather than the file.
+//! header fetches the first blocks (and the tail, for trailing tags) rather than the file, while
+//! a decode reading straight through grows its blocks to keep requests few.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -11,8 +12,10 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use symphonia::core::io::MediaSource;
 use tokio::runtime::Handle;
 
-/// Bytes fetched per request; symphonia's own read-ahead buffer is of the same size.
+/// Bytes fetched by a request after a seek; symphonia's own read-ahead buffer is of the same size.
 const BLOCK: u64 = 64 * 1024;
+/// Sequential reads double the block up to this size.
+const MAX_BLOCK: u64 = 4 * 1024 * 1024;
 
 /// Read + Seek over one object. Blocking: use it from a blocking thread (`spawn_blocking`).
 pub struct ObjectSource {
@@ -22,6 +25,7 @@ pub struct ObjectSource {
     pos: u64,
     block: Bytes,
     block_start: u64,
+    next_block: u64,
     runtime: Handle,
     bytes_read: Count,
 }
@@ -42,13 +46,21 @@ impl ObjectSource {
             pos: 0,
             block: Bytes::new(),
             block_start: 0,
+            next_block: BLOCK,
             runtime,
             bytes_read,
         }
     }
 
     fn fetch(&mut self, want: usize) -> io::Result<()> {
-        let end = self.len.min(self.pos + BLOCK.max(want as u64));
+        let sequential =
+            !self.block.is_empty() && self.pos == self.block_start + self.block.len() as u64;
+        self.next_block = if sequential {
+            (self.next_block * 2).min(MAX_BLOCK)
+        } else {
+            BLOCK
+        };
+        let end = self.len.min(self.pos + self.next_block.max(want as u64));
         let range = self.pos..end;
         let bytes = self
             .runtime

@@ -1,0 +1,72 @@
+//! Reading one audio object on a blocking thread: its header, or a full decode through the
+//! feature groups, or to plain samples. Every failure, a panic included, comes back as a message.
+
+use std::sync::Arc;
+
+use audiolake_udf::features::{analyze, AnalysisOutput};
+use audiolake_udf::probe::{panic_message, probe, AudioHeader};
+use audiolake_udf::samples::decode_mono;
+use datafusion::physical_plan::metrics::Count;
+use object_store::{ObjectMeta, ObjectStore};
+
+use super::source::ObjectSource;
+
+/// Reads the header and tags of `meta`.
+pub async fn probe_object(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    bytes_read: Count,
+) -> Result<AudioHeader, String> {
+    blocking("probe", store, meta, bytes_read, |source, ext| {
+        probe(source, ext).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Decodes `meta` once and runs the named feature groups over it.
+pub async fn analyze_object(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    groups: Vec<&'static str>,
+    bytes_read: Count,
+) -> Result<AnalysisOutput, String> {
+    blocking("analysis", store, meta, bytes_read, move |source, ext| {
+        analyze(source, ext, &groups).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Decodes `meta` to mono samples at `rate` (`None`: the file's own rate).
+pub async fn decode_object(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    rate: Option<u32>,
+) -> Result<(Vec<f32>, u32), String> {
+    blocking("decode", store, meta, Count::new(), move |source, ext| {
+        decode_mono(source, ext, rate).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    bytes_read: Count,
+    read: impl FnOnce(Box<ObjectSource>, Option<&str>) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let extension = meta.location.extension().map(str::to_lowercase);
+        let source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
+        read(Box::new(source), extension.as_deref())
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => Err(format!(
+            "{what} panicked: {}",
+            panic_message(join.into_panic().as_ref())
+        )),
+        Err(join) => Err(format!("{what} was cancelled: {join}")),
+    }
+}

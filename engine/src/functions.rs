@@ -1,0 +1,322 @@
+//! SQL functions on a file's path or URL: `analyze`, `bpm`, `musical_key`, `loudness_lufs`,
+//! `mfcc`, `chroma` and `decode`. They run the same extractors as the AUDIO table's columns and
+//! read through the engine's guarded object stores, so the allowed locations apply.
+//!
+//! A path that is not a valid location, or lies outside the allowed ones, fails the query: that
+//! is a mistake in the statement. A file that cannot be read or analysed gives NULL, and its
+//! reason in `analyze(path).error`.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use audiolake_udf::features::{self, AnalysisOutput, GroupResult, Value};
+use audiolake_udf::samples::MAX_RATE;
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray, StringBuilder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use crate::audio::columns;
+use crate::audio::read::{analyze_object, decode_object};
+use crate::location::{object_path, resolve_location};
+
+/// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
+const IN_FLIGHT: usize = 2;
+
+/// Every path function, reading through `registry`.
+pub fn path_functions(registry: Arc<dyn ObjectStoreRegistry>) -> Vec<ScalarUDF> {
+    let field = |name: &'static str, group: &'static str| Kind::Field { name, group };
+    [
+        ("analyze", Kind::Analyze),
+        ("bpm", field("bpm", "rhythm")),
+        ("musical_key", Kind::Key),
+        ("loudness_lufs", field("loudness_lufs", "loudness")),
+        ("mfcc", field("mfcc", "timbre")),
+        ("chroma", field("chroma", "timbre")),
+        ("decode", Kind::Decode),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        let function = PathFunction::new(name, kind, Arc::clone(&registry));
+        AsyncScalarUDF::new(Arc::new(function)).into_scalar_udf()
+    })
+    .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Every analysis column as one struct, plus `error`.
+    Analyze,
+    /// One analysis column.
+    Field {
+        name: &'static str,
+        group: &'static str,
+    },
+    /// Key and mode as one text, e.g. `A minor`.
+    Key,
+    /// Mono samples, optionally resampled.
+    Decode,
+}
+
+impl Kind {
+    fn groups(self) -> Vec<&'static str> {
+        match self {
+            Kind::Analyze => features::GROUPS.to_vec(),
+            Kind::Field { group, .. } => vec![group],
+            Kind::Key => vec!["tonal"],
+            Kind::Decode => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PathFunction {
+    name: &'static str,
+    kind: Kind,
+    signature: Signature,
+    registry: Arc<dyn ObjectStoreRegistry>,
+}
+
+impl PartialEq for PathFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.registry, &other.registry)
+    }
+}
+
+impl Eq for PathFunction {}
+
+impl Hash for PathFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl PathFunction {
+    fn new(name: &'static str, kind: Kind, registry: Arc<dyn ObjectStoreRegistry>) -> Self {
+        let path = TypeSignature::String(1);
+        let signature = match kind {
+            Kind::Decode => TypeSignature::OneOf(vec![
+                path,
+                TypeSignature::Exact(vec![DataType::Utf8, DataType::Int64]),
+            ]),
+            _ => path,
+        };
+        Self {
+            name,
+            kind,
+            // Volatile: the answer depends on the file, so it must never be folded at plan time.
+            signature: Signature::new(signature, Volatility::Volatile),
+            registry,
+        }
+    }
+
+    /// The file behind `path`. A bad or forbidden location is an error of the query; a missing
+    /// or unreadable file is the row's error.
+    async fn locate(
+        &self,
+        path: &str,
+    ) -> Result<std::result::Result<(Arc<dyn ObjectStore>, ObjectMeta), String>> {
+        let url = resolve_location(path)?;
+        let store = self.registry.get_store(&url)?;
+        match store.head(&object_path(&url)?).await {
+            Ok(meta) => Ok(Ok((store, meta))),
+            Err(object_store::Error::PermissionDenied { source, .. }) => {
+                Err(DataFusionError::External(source))
+            }
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    async fn analyze(&self, path: &str) -> Result<std::result::Result<AnalysisOutput, String>> {
+        Ok(match self.locate(path).await? {
+            Ok((store, meta)) => {
+                let bytes_read = Default::default();
+                analyze_object(store, meta, self.kind.groups(), bytes_read).await
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn decode(
+        &self,
+        path: &str,
+        rate: Option<u32>,
+    ) -> Result<std::result::Result<Vec<f32>, String>> {
+        Ok(match self.locate(path).await? {
+            Ok((store, meta)) => decode_object(store, meta, rate).await.map(|(s, _)| s),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Analyses every path (NULL paths give NULL) and builds the result column.
+    async fn analyze_all(&self, paths: &StringArray) -> Result<ArrayRef> {
+        // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
+        let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
+        let outputs: Vec<std::result::Result<AnalysisOutput, String>> =
+            futures::stream::iter(owned)
+                .map(|path| async move {
+                    match path {
+                        Some(path) => self.analyze(&path).await,
+                        None => Ok(Err("path is NULL".to_string())),
+                    }
+                })
+                .buffered(IN_FLIGHT)
+                .try_collect()
+                .await?;
+        Ok(match self.kind {
+            Kind::Analyze => Arc::new(columns::analysis_struct(&outputs)?),
+            Kind::Field { name, group } => {
+                let field = columns::field(name).expect("analysis fields are columns");
+                let rows: Vec<Option<&GroupResult>> = outputs
+                    .iter()
+                    .map(|o| o.as_ref().ok().and_then(|out| out.group(group)))
+                    .collect();
+                let mut arrays = features::to_arrays(&[field.as_ref().clone()], &rows)
+                    .map_err(|e| DataFusionError::Internal(e.to_string()))?;
+                arrays.remove(0)
+            }
+            Kind::Key => {
+                let mut keys = StringBuilder::new();
+                for output in &outputs {
+                    let out = output.as_ref().ok();
+                    match (
+                        out.and_then(|o| o.get("key")),
+                        out.and_then(|o| o.get("mode")),
+                    ) {
+                        (Some(Value::Utf8(key)), Some(Value::Utf8(mode))) => {
+                            keys.append_value(format!("{key} {mode}"))
+                        }
+                        _ => keys.append_null(),
+                    }
+                }
+                Arc::new(keys.finish())
+            }
+            Kind::Decode => unreachable!("decode has its own path"),
+        })
+    }
+
+    async fn decode_all(
+        &self,
+        paths: &StringArray,
+        rates: Option<&Int64Array>,
+    ) -> Result<ArrayRef> {
+        let jobs = (0..paths.len()).map(|i| {
+            let path = paths.is_valid(i).then(|| paths.value(i).to_owned());
+            let rate = match rates {
+                Some(r) if r.is_null(i) => Err(()),
+                Some(r) => Ok(Some(r.value(i))),
+                None => Ok(None),
+            };
+            (path, rate)
+        });
+        let decoded: Vec<Option<Vec<f32>>> = futures::stream::iter(jobs)
+            .map(|(path, rate)| async move {
+                let (Some(path), Ok(rate)) = (path, rate) else {
+                    return Ok(None);
+                };
+                let rate = rate.map(check_rate).transpose()?;
+                Ok::<_, DataFusionError>(self.decode(&path, rate).await?.ok())
+            })
+            .buffered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut list = ListBuilder::new(Float32Builder::new())
+            .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+        for samples in decoded {
+            match samples {
+                Some(samples) => {
+                    list.values().append_slice(&samples);
+                    list.append(true);
+                }
+                None => list.append_null(),
+            }
+        }
+        Ok(Arc::new(list.finish()))
+    }
+}
+
+/// A sample rate for `decode`, refused with the range when it makes no sense.
+fn check_rate(rate: i64) -> Result<u32> {
+    u32::try_from(rate)
+        .ok()
+        .filter(|r| (1..=MAX_RATE).contains(r))
+        .ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "decode: sample_rate must be between 1 and {MAX_RATE} Hz, not {rate}"
+            ))
+        })
+}
+
+impl ScalarUDFImpl for PathFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.kind {
+            Kind::Analyze => DataType::Struct(columns::analysis_struct_fields()),
+            Kind::Field { name, .. } => columns::field(name)
+                .expect("analysis fields are columns")
+                .data_type()
+                .clone(),
+            Kind::Key => DataType::Utf8,
+            Kind::Decode => {
+                DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
+            }
+        })
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Err(DataFusionError::Internal(format!(
+            "{} runs asynchronously and cannot be called directly",
+            self.name
+        )))
+    }
+}
+
+#[async_trait]
+impl AsyncScalarUDFImpl for PathFunction {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let mut arrays = args
+            .args
+            .iter()
+            .map(|arg| arg.to_array(rows))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let paths = cast(&arrays.next().expect("one path argument"), &DataType::Utf8)?;
+        let paths = paths
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8 gives a StringArray");
+        let result = match self.kind {
+            Kind::Decode => {
+                let rates = arrays
+                    .next()
+                    .map(|rates| cast(&rates, &DataType::Int64))
+                    .transpose()?;
+                let rates = rates
+                    .as_ref()
+                    .map(|r| r.as_any().downcast_ref::<Int64Array>().expect("Int64"));
+                self.decode_all(paths, rates).await?
+            }
+            _ => self.analyze_all(paths).await?,
+        };
+        Ok(ColumnarValue::Array(result))
+    }
+}
