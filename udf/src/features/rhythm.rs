@@ -1,15 +1,24 @@
 //! Rhythm: tempo (`bpm`, `bpm_confidence`) and `onset_rate`.
 //!
-//! Onset strength is the half-wave rectified flux of log-compressed mel bands, compared with
-//! the band-wise maximum of the previous frame (SuperFlux) so vibrato and slow glides do not
-//! read as onsets. Periodicity is the autocorrelation of that envelope, computed window by
-//! window against the envelope's recent past and normalised per window, so loud passages do
-//! not outvote quiet ones. The tempo is the autocorrelation peak under a log-normal prior
-//! centred on 120 BPM, moved up an octave when the faster level pulses more strongly, then
-//! refined with a comb over lag multiples for sub-frame precision. Memory is bounded by the
-//! window plus the longest lag.
+//! Two onset strength envelopes: the half-wave rectified flux of log-compressed mel bands,
+//! compared with the band-wise maximum of the previous frame (SuperFlux) so vibrato and slow
+//! glides do not read as onsets; and the plain flux of log magnitudes on the linear frequency
+//! axis, which also sees a new note that stays inside the mel band of the last one. Each
+//! envelope's periodicity is its autocorrelation, computed window by window against the
+//! envelope's recent past and normalised per window, so loud passages do not outvote quiet
+//! ones; the two are averaged.
+//!
+//! A tempo's salience is the geometric mean of two combs: the autocorrelation at multiples of
+//! its lag (which also rewards slower levels) and the envelope's power spectrum, the cosine
+//! transform of the autocorrelation, at multiples of its frequency (which also rewards faster
+//! levels); only the true metrical family scores in both. The tempo is the salience peak under
+//! a log-normal prior, then moved an octave when the chosen level is not a pulse of its own:
+//! up when its spectral line is more than 20 dB under the faster level's, down when its lag
+//! holds less than a quarter of the slower level's correlation. A comb over lag multiples
+//! refines it to sub-frame precision. Memory is bounded by the window plus the longest lag.
 
 use arrow_schema::Field;
+use realfft::RealFftPlanner;
 
 use super::stft::{mel_filterbank, Filter, Frame, StftShape};
 use super::{f64_field, Extractor, Input, Value};
@@ -22,17 +31,25 @@ const N_BANDS: usize = 40;
 const GAMMA: f32 = 1000.0;
 const MIN_BPM: f64 = 40.0;
 const MAX_BPM: f64 = 250.0;
-/// Centre and width (octaves) of the tempo prior.
-const PRIOR_BPM: f64 = 120.0;
-const PRIOR_OCTAVES: f64 = 1.0;
-/// Relative pulse strength the level twice as fast needs to be chosen instead.
-const OCTAVE_UP: f64 = 1.05;
+/// Centre and width (octaves) of the tempo prior. Even streams of quavers give the level twice
+/// as fast as the beat as much salience as the beat, so the prior decides; centred under
+/// 120 BPM it keeps slow airs and chorales at their beat rather than their quavers.
+const PRIOR_BPM: f64 = 100.0;
+const PRIOR_OCTAVES: f64 = 0.7;
+/// Lag multiples and spectral harmonics in the salience combs.
+const COMB_TEETH: usize = 4;
+/// A level whose spectral line is this far (dB) under the next faster level's is not a pulse.
+const OCTAVE_UP_DB: f64 = 20.0;
+/// A level whose lag correlates less than this fraction of the slower level's is not a pulse.
+const OCTAVE_DOWN_RATIO: f64 = 0.25;
 /// Comb harmonics used to refine the tempo to sub-frame precision.
 const REFINE_HARMONICS: usize = 8;
 /// Longest lag kept, in beats of the slowest tempo.
 const MAX_LAG_BEATS: f64 = 4.0;
 /// Autocorrelation window, in seconds of envelope.
 const WINDOW_S: f64 = 8.0;
+/// FFT size for the envelope spectrum (zero-padded lags): about 0.6 BPM per bin.
+const SPECTRUM_FFT: usize = 8192;
 /// Onset peak picking: frames each side a peak must dominate, and the minimum gap between
 /// onsets.
 const PEAK_RADIUS: usize = 3;
@@ -48,7 +65,8 @@ fn lag_of(bpm: f64) -> f64 {
 
 pub struct Rhythm {
     onset: OnsetEnvelope,
-    periodicity: Periodicity,
+    linear: LinearFlux,
+    periodicity: [Periodicity; 2],
     peaks: PeakPicker,
 }
 
@@ -56,7 +74,8 @@ impl Rhythm {
     pub fn new() -> Self {
         Self {
             onset: OnsetEnvelope::new(),
-            periodicity: Periodicity::new(),
+            linear: LinearFlux::new(),
+            periodicity: [Periodicity::new(), Periodicity::new()],
             peaks: PeakPicker::new(),
         }
     }
@@ -65,6 +84,8 @@ impl Rhythm {
 /// Spectral flux on log-compressed mel bands, one value per STFT frame.
 struct OnsetEnvelope {
     bands: Vec<Filter>,
+    /// Each band's inverse weight sum, so a band reads the magnitude of a sine inside it.
+    norms: Vec<f32>,
     previous: Vec<f32>,
     current: Vec<f32>,
     first: bool,
@@ -72,8 +93,14 @@ struct OnsetEnvelope {
 
 impl OnsetEnvelope {
     fn new() -> Self {
+        let bands = mel_filterbank(RATE, N_FFT, N_BANDS, 30.0, 11_000.0);
+        let norms = bands
+            .iter()
+            .map(|b| 1.0 / b.weights.iter().sum::<f32>().max(f32::EPSILON))
+            .collect();
         Self {
-            bands: mel_filterbank(RATE, N_FFT, N_BANDS, 30.0, 11_000.0),
+            bands,
+            norms,
             previous: vec![0.0; N_BANDS],
             current: vec![0.0; N_BANDS],
             first: true,
@@ -83,10 +110,8 @@ impl OnsetEnvelope {
     fn next(&mut self, frame: &Frame) -> f32 {
         // Normalise so a full-scale sine has magnitude 1 whatever the FFT size.
         let scale = 2.0 / (N_FFT as f32 / 2.0);
-        for (c, band) in self.current.iter_mut().zip(&self.bands) {
-            let weight: f32 = band.weights.iter().sum();
-            let m = band.apply(frame.magnitude) * scale / weight.max(f32::EPSILON);
-            *c = (GAMMA * m).ln_1p();
+        for ((c, band), norm) in self.current.iter_mut().zip(&self.bands).zip(&self.norms) {
+            *c = ln_fast(1.0 + GAMMA * band.apply(frame.magnitude) * scale * norm);
         }
         let flux = if self.first {
             0.0
@@ -109,11 +134,59 @@ impl OnsetEnvelope {
     }
 }
 
-/// Windowed autocorrelation of the onset envelope, summed over the file.
+/// Spectral flux of log-compressed magnitudes, bin by bin on the linear frequency axis.
+struct LinearFlux {
+    previous: Vec<f32>,
+    current: Vec<f32>,
+    first: bool,
+}
+
+impl LinearFlux {
+    fn new() -> Self {
+        Self {
+            previous: vec![0.0; N_FFT / 2 + 1],
+            current: vec![0.0; N_FFT / 2 + 1],
+            first: true,
+        }
+    }
+
+    fn next(&mut self, frame: &Frame) -> f32 {
+        let scale = GAMMA * 2.0 / (N_FFT as f32 / 2.0);
+        for (c, &m) in self.current.iter_mut().zip(frame.magnitude) {
+            *c = ln_fast(1.0 + scale * m);
+        }
+        let flux = if self.first {
+            0.0
+        } else {
+            self.current
+                .iter()
+                .zip(&self.previous)
+                .map(|(c, p)| (c - p).max(0.0))
+                .sum()
+        };
+        self.first = false;
+        std::mem::swap(&mut self.previous, &mut self.current);
+        flux
+    }
+}
+
+/// Natural logarithm of `x >= 1` within 1e-4: libm's logarithm on every bin of every frame
+/// cost more than the rest of the group; this one is branch-free and vectorises.
+fn ln_fast(x: f32) -> f32 {
+    // log2(1 + t) = t + t (t - 1) p(t) on [0, 1), p fitted by least squares.
+    const P: [f32; 3] = [-0.438_073_25, 0.236_693_42, -0.080_307_3];
+    let bits = x.to_bits();
+    let exponent = (bits >> 23) as i32 - 127;
+    let t = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000) - 1.0;
+    let log2 = exponent as f32 + t + t * (t - 1.0) * (P[0] + t * (P[1] + t * P[2]));
+    log2 * std::f32::consts::LN_2
+}
+
+/// Windowed autocorrelation of an onset envelope, summed over the file.
 struct Periodicity {
     max_lag: usize,
     window: usize,
-    /// The last `window + max_lag` envelope values (oldest first).
+    /// At least the last `window + max_lag` envelope values (oldest first), at most twice that.
     history: Vec<f32>,
     /// Envelope values not yet correlated (the tail of `history`).
     fresh: usize,
@@ -124,12 +197,12 @@ struct Periodicity {
 
 impl Periodicity {
     fn new() -> Self {
-        let max_lag = (lag_of(MIN_BPM) * MAX_LAG_BEATS).ceil() as usize + 2;
+        let max_lag = max_lag();
         let window = (WINDOW_S * frame_rate()).round() as usize;
         Self {
             max_lag,
             window,
-            history: Vec::with_capacity(window + max_lag),
+            history: Vec::with_capacity(2 * (window + max_lag)),
             fresh: 0,
             acf: vec![0.0; max_lag + 1],
             windows: 0,
@@ -138,8 +211,10 @@ impl Periodicity {
     }
 
     fn push(&mut self, value: f32) {
-        if self.history.len() == self.window + self.max_lag {
-            self.history.remove(0);
+        // Drop old values in batches: shifting the buffer every frame was a visible cost.
+        let keep = self.window + self.max_lag;
+        if self.history.len() == 2 * keep {
+            self.history.drain(..keep);
         }
         self.history.push(value);
         self.fresh += 1;
@@ -151,15 +226,20 @@ impl Periodicity {
 
     /// Correlates the fresh values with everything before them, up to `max_lag`.
     fn correlate(&mut self) {
-        let n = self.history.len();
+        let recent = &self.history[self
+            .history
+            .len()
+            .saturating_sub(self.window + self.max_lag)..];
+        let n = recent.len();
         let start = n - self.fresh;
         self.fresh = 0;
-        let mean = self.history.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
-        let x: Vec<f64> = self.history.iter().map(|&v| f64::from(v) - mean).collect();
+        let mean = recent.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let x: Vec<f64> = recent.iter().map(|&v| f64::from(v) - mean).collect();
         let mut r = vec![0.0; self.max_lag + 1];
-        for (lag, r) in r.iter_mut().enumerate() {
+        // Lags beyond a short history correlate nothing and stay 0.
+        for (lag, r) in r.iter_mut().enumerate().take(n) {
             let first = start.max(lag);
-            *r = (first..n).map(|i| x[i] * x[i - lag]).sum();
+            *r = dot(&x[first..], &x[first - lag..n - lag]);
         }
         if r[0] > 0.0 {
             let energy = r[0];
@@ -176,15 +256,96 @@ impl Periodicity {
             self.correlate();
         }
     }
+}
 
-    /// Linear interpolation of the summed autocorrelation at a fractional lag.
+/// Dot product with four running sums, which the compiler can vectorise.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = a4
+        .remainder()
+        .iter()
+        .zip(b4.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut sums = [0.0; 4];
+    for (p, q) in a4.zip(b4) {
+        for ((s, x), y) in sums.iter_mut().zip(p).zip(q) {
+            *s += x * y;
+        }
+    }
+    sums.iter().sum::<f64>() + tail
+}
+
+fn max_lag() -> usize {
+    (lag_of(MIN_BPM) * MAX_LAG_BEATS).ceil() as usize + 2
+}
+
+/// The envelopes' mean autocorrelation and its power spectrum, and the tempo read from them.
+struct Tempogram {
+    /// Mean normalised autocorrelation by lag (1 at lag 0).
+    acf: Vec<f64>,
+    /// Power spectrum of the envelopes, bin `k` at `k * frame_rate / SPECTRUM_FFT` Hz.
+    spectrum: Vec<f64>,
+}
+
+impl Tempogram {
+    fn new(parts: &[Periodicity]) -> Option<Self> {
+        let max_lag = max_lag();
+        let mut acf = vec![0.0; max_lag + 1];
+        let mut used = 0;
+        for p in parts.iter().filter(|p| p.windows > 0) {
+            for (a, v) in acf.iter_mut().zip(&p.acf) {
+                *a += v / f64::from(p.windows);
+            }
+            used += 1;
+        }
+        if used == 0 {
+            return None;
+        }
+        acf.iter_mut().for_each(|a| *a /= f64::from(used));
+        // Wiener-Khinchin: the spectrum is the transform of the (tapered, even) autocorrelation.
+        let mut even = vec![0.0; SPECTRUM_FFT];
+        for (lag, &a) in acf.iter().enumerate() {
+            let taper =
+                0.5 + 0.5 * (std::f64::consts::PI * lag as f64 / (max_lag + 1) as f64).cos();
+            even[lag] = a * taper;
+            if lag > 0 {
+                even[SPECTRUM_FFT - lag] = a * taper;
+            }
+        }
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(SPECTRUM_FFT);
+        let mut out = fft.make_output_vec();
+        fft.process(&mut even, &mut out).ok()?;
+        let spectrum = out.iter().map(|c| c.re.max(0.0)).collect();
+        Some(Self { acf, spectrum })
+    }
+
+    /// Linear interpolation of the autocorrelation at a fractional lag.
     fn at(&self, lag: f64) -> Option<f64> {
         let i = lag.floor() as usize;
-        if i + 1 > self.max_lag {
+        if i + 1 >= self.acf.len() {
             return None;
         }
         let frac = lag - i as f64;
         Some(self.acf[i] * (1.0 - frac) + self.acf[i + 1] * frac)
+    }
+
+    /// Spectral power at the frequency of `bpm`, interpolated between bins.
+    fn power(&self, bpm: f64) -> f64 {
+        let bin = bpm / 60.0 / frame_rate() * SPECTRUM_FFT as f64;
+        let i = bin.floor() as usize;
+        if i + 1 >= self.spectrum.len() {
+            return 0.0;
+        }
+        let frac = bin - i as f64;
+        self.spectrum[i] * (1.0 - frac) + self.spectrum[i + 1] * frac
+    }
+
+    /// The strongest spectral power within 2 % of `bpm`.
+    fn line(&self, bpm: f64) -> f64 {
+        (-10..=10)
+            .map(|i| self.power(bpm * (1.0 + f64::from(i) * 0.002)))
+            .fold(0.0, f64::max)
     }
 
     fn comb(&self, bpm: f64, harmonics: usize) -> f64 {
@@ -192,19 +353,25 @@ impl Periodicity {
         (1..=harmonics).map_while(|k| self.at(lag * k as f64)).sum()
     }
 
-    /// The strongest autocorrelation within 2 % of the lag of `bpm`.
-    fn peak(&self, bpm: f64) -> f64 {
+    /// Geometric mean of the lag comb and the harmonic comb.
+    fn salience(&self, bpm: f64) -> f64 {
         let lag = lag_of(bpm);
-        (-10..=10)
-            .filter_map(|i| self.at(lag * (1.0 + f64::from(i) * 0.002)))
-            .fold(f64::MIN, f64::max)
+        let (sum, teeth) = (1..=COMB_TEETH)
+            .map_while(|k| self.at(lag * k as f64))
+            .fold((0.0, 0), |(sum, n), r| (sum + r.max(0.0), n + 1));
+        if teeth == 0 {
+            return 0.0;
+        }
+        let lags = sum / f64::from(teeth);
+        let harmonics = (1..=COMB_TEETH)
+            .map(|h| self.power(bpm * h as f64))
+            .sum::<f64>()
+            / COMB_TEETH as f64;
+        (lags * harmonics).sqrt()
     }
 
-    /// The tempo and how strongly periodic the envelope is at it (0..1).
+    /// The tempo and how strongly periodic the envelopes are at it (0..1).
     fn tempo(&self) -> Option<(f64, f64)> {
-        if self.windows == 0 {
-            return None;
-        }
         let prior = |bpm: f64| {
             let octaves = (bpm / PRIOR_BPM).log2() / PRIOR_OCTAVES;
             (-0.5 * octaves * octaves).exp()
@@ -212,7 +379,7 @@ impl Periodicity {
         let mut best = (0.0, 0.0);
         let mut bpm = MIN_BPM;
         while bpm <= MAX_BPM {
-            let score = self.at(lag_of(bpm)).unwrap_or(0.0) * prior(bpm);
+            let score = self.salience(bpm) * prior(bpm);
             if score > best.1 {
                 best = (bpm, score);
             }
@@ -221,15 +388,19 @@ impl Periodicity {
         if best.1 <= 0.0 {
             return None;
         }
-        // The prior favours the slower of two equally strong levels; move to the faster one
-        // when it pulses more strongly (an isochronous pulse is its own beat). Moving down as
-        // well lost more files of the corpus than it won.
+        // Lags and harmonics reward other octaves of an isochronous pulse as well; the beat
+        // is a level that shows in both its own spectral line and its own lag.
         let mut tempo = best.0;
-        while tempo * 2.0 <= MAX_BPM && self.peak(tempo * 2.0) >= OCTAVE_UP * self.peak(tempo) {
+        let up = 10f64.powf(-OCTAVE_UP_DB / 10.0);
+        while tempo * 2.0 <= MAX_BPM && self.line(tempo) < up * self.line(tempo * 2.0) {
             tempo *= 2.0;
         }
+        let own = |t: f64| self.at(lag_of(t)).unwrap_or(0.0);
+        while tempo / 2.0 >= MIN_BPM && own(tempo) < OCTAVE_DOWN_RATIO * own(tempo / 2.0) {
+            tempo /= 2.0;
+        }
         // The same number of harmonics for every candidate, all within the kept lags.
-        let harmonics = ((self.max_lag - 1) as f64 / lag_of(tempo * 0.98))
+        let harmonics = ((self.acf.len() - 2) as f64 / lag_of(tempo * 0.98))
             .floor()
             .clamp(1.0, REFINE_HARMONICS as f64) as usize;
         let mut refined = (tempo, f64::MIN);
@@ -241,7 +412,7 @@ impl Periodicity {
             }
             bpm += 0.01;
         }
-        let strength = self.at(lag_of(refined.0)).unwrap_or(0.0) / f64::from(self.windows);
+        let strength = self.at(lag_of(refined.0)).unwrap_or(0.0);
         Some((refined.0, strength.clamp(0.0, 1.0)))
     }
 }
@@ -301,7 +472,7 @@ impl Extractor for Rhythm {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn input(&self) -> Input {
@@ -324,7 +495,8 @@ impl Extractor for Rhythm {
 
     fn frame(&mut self, frame: &Frame<'_>) {
         let value = self.onset.next(frame);
-        self.periodicity.push(value);
+        self.periodicity[0].push(value);
+        self.periodicity[1].push(self.linear.next(frame));
         self.peaks.push(value);
     }
 
@@ -332,14 +504,14 @@ impl Extractor for Rhythm {
         let Self {
             periodicity, peaks, ..
         } = &mut *self;
-        periodicity.finish();
-        let seconds = periodicity.total_frames as f64 / frame_rate();
+        periodicity.iter_mut().for_each(Periodicity::finish);
+        let seconds = periodicity[0].total_frames as f64 / frame_rate();
         let onset_rate = if seconds > 0.0 {
             Value::Float64(peaks.onsets as f64 / seconds)
         } else {
             Value::Null
         };
-        match periodicity.tempo() {
+        match Tempogram::new(periodicity).and_then(|t| t.tempo()) {
             Some((bpm, confidence)) => {
                 vec![Value::Float64(bpm), Value::Float64(confidence), onset_rate]
             }
@@ -398,6 +570,14 @@ mod tests {
                 (rate / (bpm / 60.0) - 1.0).abs() < 0.1,
                 "{bpm} BPM: {rate} onsets/s"
             );
+        }
+    }
+
+    #[test]
+    fn fast_logarithm_is_close() {
+        for i in 0..10_000 {
+            let x = 1.0 + i as f32 * 0.37;
+            assert!((ln_fast(x) - x.ln()).abs() < 2e-4, "{x}");
         }
     }
 
