@@ -76,8 +76,8 @@ fn corpus_accuracy_floors() {
     let exact = exact as f64 / keyed as f64;
     let mirex = mirex / keyed as f64;
     println!("tempo Acc1 {acc1:.3} Acc2 {acc2:.3}; key exact {exact:.3} MIREX {mirex:.3}");
-    assert!(acc1 >= 0.65, "tempo Accuracy1 {acc1:.3}");
-    assert!(acc2 >= 0.80, "tempo Accuracy2 {acc2:.3}");
+    assert!(acc1 >= 0.88, "tempo Accuracy1 {acc1:.3}");
+    assert!(acc2 >= 0.98, "tempo Accuracy2 {acc2:.3}");
     assert!(exact >= 0.80, "key exact {exact:.3}");
     assert!(mirex >= 0.85, "key MIREX {mirex:.3}");
 }
