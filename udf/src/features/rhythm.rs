@@ -574,6 +574,15 @@ mod tests {
     }
 
     #[test]
+    fn a_clip_shorter_than_a_window_still_reads_its_tempo() {
+        for bpm in [70.0, 120.0, 180.0] {
+            let v = analyse(&click_track(bpm, 4.0));
+            let got = v[0].as_f64().expect("a tempo");
+            assert!((got / bpm - 1.0).abs() < 0.04, "{bpm} BPM read as {got}");
+        }
+    }
+
+    #[test]
     fn fast_logarithm_is_close() {
         for i in 0..10_000 {
             let x = 1.0 + i as f32 * 0.37;
