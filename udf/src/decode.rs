@@ -2,7 +2,10 @@
 //!
 //! Memory is bounded by one decoded packet: nothing is buffered across packets. Samples are
 //! kept as decoded, above full scale included (AAC overshoots), because clipping would bias
-//! loudness and true peak. Corrupt packets are skipped and counted, as ffmpeg does.
+//! loudness and true peak. Corrupt packets are skipped and counted, as ffmpeg does: those the
+//! demuxer or decoder reports, those betrayed by a jump in timestamps, and, where the header
+//! states the frame count (FLAC, MP3 with a Xing/LAME frame, MP4), those missing at the end,
+//! because some demuxers (MP3) resynchronise past junk leaving no other trace.
 
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
@@ -82,6 +85,10 @@ pub struct DecodeStream {
     planes: Vec<Vec<f32>>,
     frames: u64,
     errors: u64,
+    /// Frames the header says the track has, if it says.
+    declared_frames: Option<u64>,
+    /// Most frames seen in one packet: the unit in which a shortfall is counted.
+    packet_frames: u64,
     /// The latest the next packet may start if nothing was skipped (track time base units).
     expected_ts: Option<i64>,
     finished: bool,
@@ -124,6 +131,7 @@ impl DecodeStream {
             .make_audio_decoder(params, &AudioDecoderOptions::default())
             .map_err(DecodeError::UnsupportedCodec)?;
         let track_id = track.id;
+        let declared_frames = track.num_frames;
         Ok(Self {
             format,
             decoder,
@@ -133,6 +141,8 @@ impl DecodeStream {
             planes: Vec::new(),
             frames: 0,
             errors: 0,
+            declared_frames,
+            packet_frames: 0,
             expected_ts: None,
             finished: false,
         })
@@ -218,6 +228,7 @@ impl DecodeStream {
                     buf.copy_to_vecs_planar::<f32>(&mut self.planes);
                     self.channels = self.planes.len();
                     self.frames += buf.frames() as u64;
+                    self.packet_frames = self.packet_frames.max(buf.frames() as u64);
                     return Ok(true);
                 }
                 Err(SymphoniaError::DecodeError(_)) | Err(SymphoniaError::IoError(_)) => {
@@ -233,7 +244,27 @@ impl DecodeStream {
                 Err(e) => return Err(DecodeError::Fatal(e)),
             }
         }
+        self.count_shortfall();
         Ok(false)
+    }
+
+    /// At the end: packets the header promised but the stream did not deliver were lost, even
+    /// when nothing reported them. Each lost packet is usually also one reported error, so the
+    /// larger of the two counts stands rather than their sum.
+    fn count_shortfall(&mut self) {
+        let (Some(declared), Some(unit)) = (
+            self.declared_frames,
+            std::num::NonZeroU64::new(self.packet_frames),
+        ) else {
+            return;
+        };
+        let missing = declared.saturating_sub(self.frames);
+        // A few samples short is rounding of encoder delay and padding; from a quarter of a
+        // packet on, a packet was lost (a damaged MP3 frame can cost its neighbour part of
+        // its bit reservoir, so the loss need not be whole packets).
+        let lost = (missing + unit.get() * 3 / 4) / unit.get();
+        self.errors = self.errors.max(lost);
+        self.declared_frames = None;
     }
 }
 

@@ -2,6 +2,10 @@
 //! The files in `tests/data` are a 2 s, 22.05 kHz stereo 440 Hz tone (left at half scale, right
 //! at quarter scale) made with ffmpeg, whose ebur128 filter reads -8.7 LUFS on the lossless ones.
 
+#[allow(dead_code)] // only `dir` is used here
+#[path = "common/corpus.rs"]
+mod corpus;
+
 use std::io::Cursor;
 use std::path::PathBuf;
 
@@ -51,19 +55,16 @@ fn corrupt_middle(bytes: &mut [u8], len: usize) {
     }
 }
 
-/// Not yet covered:
-/// - MP3: symphonia's reader skips junk between frames without any trace (no error; timestamps
-///   count frames, so there is no gap) and its decoder does not report damaged main data, so
-///   the loss goes uncounted.
-/// - Ogg: a damaged page in the middle of a longer file is skipped by symphonia's reader and
-///   counted here through the timestamp gap it leaves (checked by hand on a corpus file). But
-///   `tone.ogg` has only two audio pages, and the damage lands in the first, which symphonia's
-///   `OggReader` reads while opening (it reads pages up to the first audio packet without
-///   resynchronising), so the file fails to open. Counting that case needs a CRC-checking page
-///   filter in front of symphonia.
+/// MP3 damage leaves no trace in the demuxer (it resynchronises past junk) and is counted
+/// from the frames the Xing/LAME header promised but the stream lacked.
+///
+/// Ogg is not covered by this fixture: `tone.ogg` has only two audio pages and the damage lands
+/// in the first, which symphonia's `OggReader` reads while opening without resynchronising, so
+/// the file fails to open (an error row). A damaged page in a longer file is skipped and counted
+/// through the timestamp gap it leaves (`damaged_ogg_page_is_skipped_and_counted` below).
 #[test]
 fn corrupt_middle_is_skipped_and_counted() {
-    for ext in ["flac", "m4a"] {
+    for ext in ["flac", "m4a", "mp3"] {
         let mut bytes = std::fs::read(data(&format!("tone.{ext}"))).unwrap();
         corrupt_middle(&mut bytes, 300);
         let out = analyze(
@@ -80,6 +81,28 @@ fn corrupt_middle_is_skipped_and_counted() {
         );
         assert!(out.get("loudness_lufs").and_then(|v| v.as_f64()).is_some());
     }
+}
+
+#[test]
+fn damaged_ogg_page_is_skipped_and_counted() {
+    let path = corpus::dir().join("m21_oneill_kitty_ohara.ogg");
+    let Ok(mut bytes) = std::fs::read(&path) else {
+        eprintln!("skipping: {} is absent", path.display());
+        return;
+    };
+    let intact = analyze(
+        Box::new(Cursor::new(bytes.clone())),
+        Some("ogg"),
+        &["loudness"],
+    )
+    .unwrap();
+    assert_eq!(intact.decode_errors, 0);
+    corrupt_middle(&mut bytes, 300);
+    let out = analyze(Box::new(Cursor::new(bytes)), Some("ogg"), &["loudness"]).unwrap();
+    assert!(out.decode_errors > 0, "a damaged page went unnoticed");
+    // One page of Vorbis is a second or so: the rest of the file is still decoded.
+    let lost = intact.decoded_duration_s - out.decoded_duration_s;
+    assert!(lost > 0.0 && lost < 3.0, "{lost} s lost");
 }
 
 #[test]
