@@ -17,7 +17,8 @@
 //! ```
 
 pub use audiolake_engine::{
-    audio, location, Engine, EngineConfig, EngineError, Result, ScanProgress,
+    audio, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError, FlushPolicy,
+    Result, ScanProgress, StoreStats,
 };
 pub use audiolake_udf as udf;
 pub use datafusion;
@@ -43,6 +44,18 @@ impl AudioLake {
     /// Registers (or replaces) an AUDIO table for this session only, not recorded in the store.
     pub async fn register_audio_table(&self, name: &str, location: &str) -> Result<()> {
         self.engine.register_audio_table(name, location).await
+    }
+
+    /// Analyses every file of an AUDIO table into the feature store (see
+    /// [`Engine::analyze_table`]).
+    pub async fn analyze_table(&self, table: &str) -> Result<AnalyzeReport> {
+        self.engine.analyze_table(table).await
+    }
+
+    /// Publishes analysis results still buffered; call before dropping the lake after queries
+    /// that stopped early (`LIMIT`).
+    pub async fn flush(&self) -> Result<()> {
+        self.engine.flush().await
     }
 
     /// The engine underneath, for its session, progress counters and warnings.
@@ -75,6 +88,13 @@ impl AudioLakeBuilder {
     /// Partitions per scan (default: the number of cores).
     pub fn target_partitions(mut self, n: usize) -> Self {
         self.config.target_partitions = Some(n);
+        self
+    }
+
+    /// When analysis results are published to the feature store (default: every 64 files or
+    /// 10 seconds, and at the end of each scan).
+    pub fn flush_policy(mut self, policy: FlushPolicy) -> Self {
+        self.config.flush = policy;
         self
     }
 

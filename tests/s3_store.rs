@@ -1,5 +1,6 @@
-//! The store itself on S3 (`.store("s3://bucket/lake")`), configured only by the standard
-//! `AWS_*` environment variables, against a real S3 API server (moto's server mode).
+//! The store itself on S3 (`.store("s3://bucket/lake")`): the catalog and the feature store,
+//! configured only by the standard `AWS_*` environment variables, against a real S3 API server
+//! (moto's server mode).
 //!
 //! Environment variables are process-wide, so this binary holds a single test that sets them
 //! before any runtime thread exists. Without `moto_server` on the PATH it prints why and passes.
@@ -124,7 +125,11 @@ fn store_on_s3_from_environment_variables() {
         .block_on(run(&moto));
 }
 
+/// Analysis columns of every file (the fixtures that are not audio give NULLs).
+const ANALYSIS: &str = "SELECT file_name, rms_dbfs, decoded_duration_s FROM music ORDER BY path";
+
 async fn run(moto: &Moto) {
+    let analysed;
     moto.create_bucket(BUCKET);
     let client = moto.client(BUCKET);
     moto::upload_fixtures(&client, "music").await;
@@ -143,7 +148,22 @@ async fn run(moto: &Moto) {
         )
         .await;
         check_music(&lake).await;
+        analysed = query(&lake, ANALYSIS).await;
+        let stats = lake.engine().feature_store().stats();
+        assert_eq!((stats.analysed(), stats.from_store()), (14, 0));
     }
+
+    // The results went to the bucket as Parquet parts.
+    let parts: Vec<String> = client
+        .list(Some(&ObjectPath::from("lake/features/loudness/v1")))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        !parts.is_empty() && parts.iter().all(|p| p.ends_with(".parquet")),
+        "{parts:?}"
+    );
 
     // The catalog was written into the bucket, next to nothing else.
     assert_eq!(
@@ -172,6 +192,12 @@ async fn run(moto: &Moto) {
             lake.engine().warnings()
         );
         check_music(&lake).await;
+        // ... and the analysis results: nothing is decoded again.
+        assert_eq!(query(&lake, ANALYSIS).await, analysed);
+        let stats = lake.engine().feature_store().stats();
+        assert_eq!((stats.analysed(), stats.from_store()), (0, 14));
+        let stored = query(&lake, "SELECT count(*) FROM features_loudness").await;
+        assert_eq!(stored.column(0).as_primitive::<Int64Type>().value(0), 14);
     }
 
     // Without the music prefix allowed the table is not restored, and the warning says why.

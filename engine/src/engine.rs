@@ -5,6 +5,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use audiolake_udf::features;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -18,9 +21,11 @@ use crate::audio::AudioTableFactory;
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
+use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
 use crate::progress::ScanProgress;
+use crate::store::{register_feature_tables, CompactReport, FeatureStore, FlushPolicy};
 
 /// How to open an [`Engine`].
 #[derive(Debug, Clone)]
@@ -31,6 +36,8 @@ pub struct EngineConfig {
     pub allowed: Vec<String>,
     /// Partitions per scan; defaults to the number of cores.
     pub target_partitions: Option<usize>,
+    /// When analysis results are published to the feature store.
+    pub flush: FlushPolicy,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +46,7 @@ impl Default for EngineConfig {
             store: "./audiolake-data".to_string(),
             allowed: Vec::new(),
             target_partitions: None,
+            flush: FlushPolicy::default(),
         }
     }
 }
@@ -55,6 +63,8 @@ pub struct Engine {
     roots: Arc<AllowedRoots>,
     catalog: Catalog,
     progress: Arc<ScanProgress>,
+    features: Arc<FeatureStore>,
+    jobs: Arc<Jobs>,
     store_url: Url,
     warnings: Vec<String>,
 }
@@ -81,6 +91,13 @@ impl Engine {
             session = session.with_target_partitions(n.max(1));
         }
         let progress = Arc::new(ScanProgress::default());
+        let store = runtime.object_store_registry.get_store(&store_url)?;
+        let store_prefix = object_path(&store_url)?;
+        let features = Arc::new(FeatureStore::new(
+            Arc::clone(&store),
+            &store_prefix,
+            config.flush,
+        ));
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(Arc::clone(&runtime))
@@ -88,22 +105,31 @@ impl Engine {
             .build();
         state.table_factories_mut().insert(
             "AUDIO".to_string(),
-            Arc::new(AudioTableFactory::new(Arc::clone(&progress))),
+            Arc::new(AudioTableFactory::new(
+                Arc::clone(&progress),
+                Arc::clone(&features),
+            )),
         );
         let ctx = SessionContext::new_with_state(state);
-        for function in path_functions(Arc::clone(&runtime.object_store_registry)) {
+        let registry = Arc::clone(&runtime.object_store_registry);
+        for function in path_functions(registry, Arc::clone(&features)) {
             ctx.register_udf(function);
         }
+        register_feature_tables(&ctx, &store_url)?;
+        let jobs = Arc::new(Jobs::default());
+        ctx.register_table(
+            "audiolake_progress",
+            Arc::new(ProgressTable::new(Arc::clone(&jobs), Arc::clone(&progress))),
+        )?;
 
-        let catalog = Catalog::new(
-            runtime.object_store_registry.get_store(&store_url)?,
-            &object_path(&store_url)?,
-        );
+        let catalog = Catalog::new(store, &store_prefix);
         let mut engine = Self {
             ctx,
             roots,
             catalog,
             progress,
+            features,
+            jobs,
             store_url,
             warnings: Vec::new(),
         };
@@ -235,6 +261,68 @@ impl Engine {
     /// Files probed so far and files announced by running scans.
     pub fn progress(&self) -> Arc<ScanProgress> {
         Arc::clone(&self.progress)
+    }
+
+    /// The feature store, for its counters.
+    pub fn feature_store(&self) -> &FeatureStore {
+        &self.features
+    }
+
+    /// Publishes analysis results still buffered (scans publish theirs as they end; a query
+    /// stopped early, e.g. by `LIMIT`, may leave some).
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.features.flush().await?)
+    }
+
+    /// Analyses every file of the AUDIO table `table` with every feature group, keeping the
+    /// results in the feature store; files already analysed are not decoded again. Progress is
+    /// in [`Engine::progress`] and in the `audiolake_progress` table.
+    pub async fn analyze_table(&self, table: &str) -> Result<AnalyzeReport> {
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let count = format!("SELECT count(*) FROM {quoted}");
+        let files = self.run_with(&count, Persist::No).await?.collect().await?;
+        let files = files
+            .first()
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
+            .map_or(0, |c| c.value(0));
+        // One column of each group is enough: a group is computed whole.
+        let per_group: Vec<String> = features::group_schemas()
+            .iter()
+            .map(|g| format!("count(\"{}\")", g.fields[0].name()))
+            .collect();
+        let query = format!(
+            "SELECT count(decoded_duration_s), {} FROM {quoted}",
+            per_group.join(", ")
+        );
+        let stats = self.features.stats();
+        let before = (stats.analysed(), stats.from_store());
+        let job = self
+            .jobs
+            .start(table, u64::try_from(files).unwrap_or(0), &self.progress);
+        let started = std::time::Instant::now();
+        let outcome = async {
+            self.run_with(&query, Persist::No).await?.collect().await?;
+            self.flush().await
+        }
+        .await;
+        self.jobs.finish(
+            &job,
+            outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        outcome?;
+        Ok(AnalyzeReport {
+            table: table.to_owned(),
+            files: u64::try_from(files).unwrap_or(0),
+            analysed: stats.analysed() - before.0,
+            from_store: stats.from_store() - before.1,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Merges the feature store's small parts and removes results of versions no longer in
+    /// use; safe while queries run.
+    pub async fn compact_store(&self) -> Result<CompactReport> {
+        Ok(self.features.compact().await?)
     }
 
     /// Problems met while opening (tables that could not be restored).

@@ -28,14 +28,19 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::audio::columns;
-use crate::audio::read::{analyze_object, decode_object};
+use crate::audio::read::decode_object;
 use crate::location::{object_path, resolve_location};
+use crate::store::{analyze_cached, FeatureStore};
 
 /// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
 const IN_FLIGHT: usize = 2;
 
-/// Every path function, reading through `registry`.
-pub fn path_functions(registry: Arc<dyn ObjectStoreRegistry>) -> Vec<ScalarUDF> {
+/// Every path function, reading through `registry` and, for analyses, through the feature
+/// store, which they share with the AUDIO tables.
+pub fn path_functions(
+    registry: Arc<dyn ObjectStoreRegistry>,
+    features: Arc<FeatureStore>,
+) -> Vec<ScalarUDF> {
     let field = |name: &'static str, group: &'static str| Kind::Field { name, group };
     [
         ("analyze", Kind::Analyze),
@@ -48,7 +53,7 @@ pub fn path_functions(registry: Arc<dyn ObjectStoreRegistry>) -> Vec<ScalarUDF> 
     ]
     .into_iter()
     .map(|(name, kind)| {
-        let function = PathFunction::new(name, kind, Arc::clone(&registry));
+        let function = PathFunction::new(name, kind, Arc::clone(&registry), Arc::clone(&features));
         AsyncScalarUDF::new(Arc::new(function)).into_scalar_udf()
     })
     .collect()
@@ -86,6 +91,7 @@ struct PathFunction {
     kind: Kind,
     signature: Signature,
     registry: Arc<dyn ObjectStoreRegistry>,
+    features: Arc<FeatureStore>,
 }
 
 impl PartialEq for PathFunction {
@@ -103,7 +109,12 @@ impl Hash for PathFunction {
 }
 
 impl PathFunction {
-    fn new(name: &'static str, kind: Kind, registry: Arc<dyn ObjectStoreRegistry>) -> Self {
+    fn new(
+        name: &'static str,
+        kind: Kind,
+        registry: Arc<dyn ObjectStoreRegistry>,
+        features: Arc<FeatureStore>,
+    ) -> Self {
         let path = TypeSignature::String(1);
         let signature = match kind {
             Kind::Decode => TypeSignature::OneOf(vec![
@@ -118,6 +129,7 @@ impl PathFunction {
             // Volatile: the answer depends on the file, so it must never be folded at plan time.
             signature: Signature::new(signature, Volatility::Volatile),
             registry,
+            features,
         }
     }
 
@@ -126,11 +138,11 @@ impl PathFunction {
     async fn locate(
         &self,
         path: &str,
-    ) -> Result<std::result::Result<(Arc<dyn ObjectStore>, ObjectMeta), String>> {
+    ) -> Result<std::result::Result<(Arc<dyn ObjectStore>, ObjectMeta, String), String>> {
         let url = resolve_location(path)?;
         let store = self.registry.get_store(&url)?;
         match store.head(&object_path(&url)?).await {
-            Ok(meta) => Ok(Ok((store, meta))),
+            Ok(meta) => Ok(Ok((store, meta, url.to_string()))),
             Err(object_store::Error::PermissionDenied { source, .. }) => {
                 Err(DataFusionError::External(source))
             }
@@ -139,13 +151,14 @@ impl PathFunction {
     }
 
     async fn analyze(&self, path: &str) -> Result<std::result::Result<AnalysisOutput, String>> {
-        Ok(match self.locate(path).await? {
-            Ok((store, meta)) => {
+        match self.locate(path).await? {
+            Ok((store, meta, url)) => {
+                let groups = self.kind.groups();
                 let bytes_read = Default::default();
-                analyze_object(store, meta, self.kind.groups(), bytes_read).await
+                analyze_cached(&self.features, store, &meta, &url, &groups, bytes_read).await
             }
-            Err(e) => Err(e),
-        })
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     async fn decode(
@@ -154,7 +167,7 @@ impl PathFunction {
         rate: Option<u32>,
     ) -> Result<std::result::Result<Vec<f32>, String>> {
         Ok(match self.locate(path).await? {
-            Ok((store, meta)) => decode_object(store, meta, rate).await.map(|(s, _)| s),
+            Ok((store, meta, _)) => decode_object(store, meta, rate).await.map(|(s, _)| s),
             Err(e) => Err(e),
         })
     }
@@ -163,6 +176,7 @@ impl PathFunction {
     async fn analyze_all(&self, paths: &StringArray) -> Result<ArrayRef> {
         // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
         let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
+        self.features.refresh(&self.kind.groups()).await?;
         let outputs: Vec<std::result::Result<AnalysisOutput, String>> =
             futures::stream::iter(owned)
                 .map(|path| async move {
@@ -174,6 +188,7 @@ impl PathFunction {
                 .buffered(IN_FLIGHT)
                 .try_collect()
                 .await?;
+        self.features.flush().await?;
         Ok(match self.kind {
             Kind::Analyze => Arc::new(columns::analysis_struct(&outputs)?),
             Kind::Field { name, group } => {

@@ -7,11 +7,15 @@ mod catalog;
 mod engine;
 mod error;
 mod functions;
+mod jobs;
 pub mod location;
 mod object_stores;
 mod progress;
+mod store;
 
 pub use catalog::TableRecord;
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
+pub use jobs::AnalyzeReport;
 pub use progress::ScanProgress;
+pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats};

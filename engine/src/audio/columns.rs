@@ -34,7 +34,7 @@ pub struct Column {
 }
 
 /// The pseudo-group of `decoded_duration_s` and `decode_errors`: a decode with no extractor.
-const DECODE_GROUP: &str = "decode";
+pub const DECODE_GROUP: &str = "decode";
 
 const UTC: &str = "UTC";
 
@@ -70,9 +70,9 @@ static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
         plain("track_number", DataType::Int32, true, Cost::Header),
         plain("year", DataType::Int32, true, Cost::Header),
     ];
-    let analysed = features::GROUPS
+    let analysed = features::group_schemas()
         .iter()
-        .map(|name| (*name, group_fields(name)))
+        .map(|g| (g.name, g.fields.clone()))
         .chain([(DECODE_GROUP, features::decode_fields())]);
     for (group, fields) in analysed {
         columns.extend(fields.into_iter().map(|field| Column {
@@ -84,13 +84,6 @@ static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
     columns.push(plain("error", DataType::Utf8, true, Cost::Header));
     columns
 });
-
-/// The fields a feature group produces.
-fn group_fields(name: &str) -> Vec<Field> {
-    features::extractor(name)
-        .expect("every name in GROUPS has an extractor")
-        .fields()
-}
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(

@@ -3,7 +3,7 @@
 pub mod columns;
 pub(crate) mod read;
 mod scan;
-mod source;
+pub(crate) mod source;
 mod table;
 
 pub use table::{AudioTable, AudioTableFactory, DEFAULT_EXTENSIONS};

@@ -9,7 +9,7 @@ use audiolake_udf::samples::decode_mono;
 use datafusion::physical_plan::metrics::Count;
 use object_store::{ObjectMeta, ObjectStore};
 
-use super::source::ObjectSource;
+use super::source::{ObjectSource, ReadRecord};
 
 /// Reads the header and tags of `meta`.
 pub async fn probe_object(
@@ -17,22 +17,29 @@ pub async fn probe_object(
     meta: ObjectMeta,
     bytes_read: Count,
 ) -> Result<AudioHeader, String> {
-    blocking("probe", store, meta, bytes_read, |source, ext| {
+    blocking("probe", store, meta, bytes_read, None, |source, ext| {
         probe(source, ext).map_err(|e| e.to_string())
     })
     .await
 }
 
-/// Decodes `meta` once and runs the named feature groups over it.
+/// Decodes `meta` once and runs the named feature groups over it. The record tells whether
+/// every read succeeded and gives the content hash.
 pub async fn analyze_object(
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     groups: Vec<&'static str>,
     bytes_read: Count,
+    record: Option<ReadRecord>,
 ) -> Result<AnalysisOutput, String> {
-    blocking("analysis", store, meta, bytes_read, move |source, ext| {
-        analyze(source, ext, &groups).map_err(|e| e.to_string())
-    })
+    blocking(
+        "analysis",
+        store,
+        meta,
+        bytes_read,
+        record,
+        move |source, ext| analyze(source, ext, &groups).map_err(|e| e.to_string()),
+    )
     .await
 }
 
@@ -42,9 +49,14 @@ pub async fn decode_object(
     meta: ObjectMeta,
     rate: Option<u32>,
 ) -> Result<(Vec<f32>, u32), String> {
-    blocking("decode", store, meta, Count::new(), move |source, ext| {
-        decode_mono(source, ext, rate).map_err(|e| e.to_string())
-    })
+    blocking(
+        "decode",
+        store,
+        meta,
+        Count::new(),
+        None,
+        move |source, ext| decode_mono(source, ext, rate).map_err(|e| e.to_string()),
+    )
     .await
 }
 
@@ -53,12 +65,16 @@ async fn blocking<T: Send + 'static>(
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     bytes_read: Count,
+    record: Option<ReadRecord>,
     read: impl FnOnce(Box<ObjectSource>, Option<&str>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
         let extension = meta.location.extension().map(str::to_lowercase);
-        let source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
+        let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
+        if let Some(record) = record {
+            source = source.recording(record);
+        }
         read(Box::new(source), extension.as_deref())
     });
     match task.await {

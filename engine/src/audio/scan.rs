@@ -20,8 +20,9 @@ use object_store::ObjectMeta;
 use url::Url;
 
 use super::columns::{self, FileRow, Work};
-use super::read::{analyze_object, probe_object};
+use super::read::probe_object;
 use crate::progress::ScanProgress;
+use crate::store::{analyze_cached, FeatureStore};
 
 /// Files per output batch when headers are read: small, so partitions stay busy and results
 /// stream early.
@@ -44,6 +45,9 @@ pub struct AudioScanExec {
     schema: SchemaRef,
     work: Work,
     progress: Arc<ScanProgress>,
+    features: Arc<FeatureStore>,
+    /// Stored results are read once per scan, before the first file is looked up.
+    refreshed: Arc<tokio::sync::OnceCell<()>>,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
@@ -56,6 +60,7 @@ impl AudioScanExec {
         projection: Vec<usize>,
         target_partitions: usize,
         progress: Arc<ScanProgress>,
+        features: Arc<FeatureStore>,
     ) -> Result<Self> {
         let schema = Arc::new(columns::schema().project(&projection)?);
         let work = Work::of(&projection);
@@ -83,6 +88,8 @@ impl AudioScanExec {
             schema,
             work,
             progress,
+            features,
+            refreshed: Arc::new(tokio::sync::OnceCell::new()),
             metrics: ExecutionPlanMetricsSet::new(),
             properties,
         })
@@ -195,15 +202,17 @@ impl ExecutionPlan for AudioScanExec {
             (PROBES_IN_FLIGHT, PROBED_PER_BATCH)
         };
         let work = self.work.clone();
+        let (features, refreshed) = (Arc::clone(&self.features), Arc::clone(&self.refreshed));
         let indices = 0..files.len();
         let stream = futures::stream::iter(indices)
             .map(move |i| {
                 let (store, files) = (Arc::clone(&store), Arc::clone(&files));
                 let (bytes_read, progress) = (bytes_read.clone(), Arc::clone(&progress));
                 let files_opened = files_opened.clone();
+                let (features, refreshed) = (Arc::clone(&features), Arc::clone(&refreshed));
                 let work = work.clone();
                 async move {
-                    let meta = &files[i].0;
+                    let (meta, url) = &files[i];
                     let header = match work.probe {
                         true => Some(
                             probe_object(store.clone(), meta.clone(), bytes_read.clone()).await,
@@ -211,16 +220,21 @@ impl ExecutionPlan for AudioScanExec {
                         false => None,
                     };
                     // A file whose header cannot be read cannot be decoded either.
-                    let analysis = match work.decode {
+                    let analysis = match &work.decode {
                         Some(_) if matches!(header, Some(Err(_))) => None,
                         Some(groups) => {
-                            Some(analyze_object(store, meta.clone(), groups, bytes_read).await)
+                            refreshed
+                                .get_or_try_init(|| features.refresh(groups))
+                                .await?;
+                            let analysis =
+                                analyze_cached(&features, store, meta, url, groups, bytes_read);
+                            Some(analysis.await?)
                         }
                         None => None,
                     };
                     files_opened.add(1);
                     progress.file_done();
-                    (i, header, analysis)
+                    Ok((i, header, analysis))
                 }
             })
             .buffered(in_flight)
@@ -228,6 +242,7 @@ impl ExecutionPlan for AudioScanExec {
             .map({
                 let files = Arc::clone(&self.partitions[partition]);
                 move |read| {
+                    let read = read.into_iter().collect::<Result<Vec<_>>>()?;
                     let rows: Vec<FileRow<'_>> = read
                         .iter()
                         .map(|(i, header, analysis)| FileRow {
@@ -240,6 +255,11 @@ impl ExecutionPlan for AudioScanExec {
                     columns::batch(&rows, &projection)
                 }
             });
+        // What this partition analysed is published when it ends, whatever the flush policy.
+        let features = Arc::clone(&self.features);
+        let publish = futures::stream::once(async move { features.flush().await.map(|()| None) })
+            .filter_map(|done: Result<Option<_>>| async move { done.transpose() });
+        let stream = stream.chain(publish);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }

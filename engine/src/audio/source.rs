@@ -3,7 +3,7 @@
 //! a decode reading straight through grows its blocks to keep requests few.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::physical_plan::metrics::Count;
@@ -28,6 +28,72 @@ pub struct ObjectSource {
     next_block: u64,
     runtime: Handle,
     bytes_read: Count,
+    record: Option<ReadRecord>,
+}
+
+/// What a read of one object saw: the content hash of the bytes read in order from the start
+/// (the rest is read by [`ReadRecord::content_hash`]), and whether any read failed, in which
+/// case the outcome says nothing about the file and must not be stored.
+#[derive(Clone, Default)]
+pub struct ReadRecord(Arc<Mutex<RecordState>>);
+
+#[derive(Default)]
+struct RecordState {
+    hasher: blake3::Hasher,
+    hashed: u64,
+    failed: bool,
+}
+
+impl ReadRecord {
+    fn saw(&self, pos: u64, bytes: &[u8]) {
+        let mut state = self.0.lock().expect("read record lock");
+        let end = pos + bytes.len() as u64;
+        if pos <= state.hashed && end > state.hashed {
+            let from = (state.hashed - pos) as usize;
+            state.hasher.update(&bytes[from..]);
+            state.hashed = end;
+        }
+    }
+
+    fn failed_read(&self) {
+        self.0.lock().expect("read record lock").failed = true;
+    }
+
+    pub fn failed(&self) -> bool {
+        self.0.lock().expect("read record lock").failed
+    }
+
+    /// The blake3 hash (hex) of the whole object: what was not read in order yet is fetched
+    /// now.
+    pub async fn content_hash(
+        &self,
+        store: &dyn ObjectStore,
+        path: &Path,
+        len: u64,
+        bytes_read: &Count,
+    ) -> io::Result<String> {
+        let (mut hasher, mut hashed) = {
+            let state = self.0.lock().expect("read record lock");
+            (state.hasher.clone(), state.hashed)
+        };
+        while hashed < len {
+            let end = len.min(hashed + MAX_BLOCK);
+            let bytes = store
+                .get_range(path, hashed..end)
+                .await
+                .map_err(io::Error::other)?;
+            if bytes.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{path} is shorter than its listed size"),
+                ));
+            }
+            bytes_read.add(bytes.len());
+            hasher.update(&bytes);
+            hashed += bytes.len() as u64;
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
 }
 
 impl ObjectSource {
@@ -49,7 +115,14 @@ impl ObjectSource {
             next_block: BLOCK,
             runtime,
             bytes_read,
+            record: None,
         }
+    }
+
+    /// Keeps `record` informed of every byte read and every failure.
+    pub fn recording(mut self, record: ReadRecord) -> Self {
+        self.record = Some(record);
+        self
     }
 
     fn fetch(&mut self, want: usize) -> io::Result<()> {
@@ -62,11 +135,23 @@ impl ObjectSource {
         };
         let end = self.len.min(self.pos + self.next_block.max(want as u64));
         let range = self.pos..end;
-        let bytes = self
+        let fetched = self
             .runtime
-            .block_on(self.store.get_range(&self.path, range))
-            .map_err(io::Error::other)?;
+            .block_on(self.store.get_range(&self.path, range));
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                if let Some(record) = &self.record {
+                    record.failed_read();
+                }
+                return Err(io::Error::other(e));
+            }
+        };
         if bytes.is_empty() {
+            // The object changed since it was listed.
+            if let Some(record) = &self.record {
+                record.failed_read();
+            }
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("{} is shorter than its listed size", self.path),
@@ -92,6 +177,9 @@ impl Read for ObjectSource {
         let available = &self.block[offset..];
         let n = available.len().min(buf.len());
         buf[..n].copy_from_slice(&available[..n]);
+        if let Some(record) = &self.record {
+            record.saw(self.pos, &buf[..n]);
+        }
         self.pos += n as u64;
         Ok(n)
     }

@@ -24,6 +24,7 @@ use crate::error::EngineError;
 use crate::location::{object_path, resolve_location, store_url};
 use crate::object_stores::{s3_store, S3_OPTIONS};
 use crate::progress::ScanProgress;
+use crate::store::FeatureStore;
 
 /// File extensions listed by default: every container symphonia demuxes here.
 pub const DEFAULT_EXTENSIONS: &[&str] = &[
@@ -35,11 +36,12 @@ pub const DEFAULT_EXTENSIONS: &[&str] = &[
 #[derive(Debug)]
 pub struct AudioTableFactory {
     progress: Arc<ScanProgress>,
+    features: Arc<FeatureStore>,
 }
 
 impl AudioTableFactory {
-    pub fn new(progress: Arc<ScanProgress>) -> Self {
-        Self { progress }
+    pub fn new(progress: Arc<ScanProgress>, features: Arc<FeatureStore>) -> Self {
+        Self { progress, features }
     }
 }
 
@@ -75,6 +77,7 @@ impl TableProviderFactory for AudioTableFactory {
             url,
             extensions: options.extensions,
             progress: Arc::clone(&self.progress),
+            features: Arc::clone(&self.features),
         }))
     }
 }
@@ -131,6 +134,7 @@ pub struct AudioTable {
     url: Url,
     extensions: HashSet<String>,
     progress: Arc<ScanProgress>,
+    features: Arc<FeatureStore>,
 }
 
 impl AudioTable {
@@ -272,6 +276,7 @@ impl TableProvider for AudioTable {
             projection,
             partitions,
             Arc::clone(&self.progress),
+            Arc::clone(&self.features),
         )?))
     }
 }

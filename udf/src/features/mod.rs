@@ -14,7 +14,7 @@ mod timbre;
 mod tonal;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::builder::{Float32Builder, Float64Builder, Int64Builder, ListBuilder};
@@ -40,6 +40,32 @@ pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
         "timbre" => Box::new(timbre::Timbre::new()),
         _ => return None,
     })
+}
+
+/// What a group produces, without running it: for schemas and stored results.
+#[derive(Clone, Debug)]
+pub struct GroupSchema {
+    pub name: &'static str,
+    pub version: u32,
+    pub fields: Vec<Field>,
+}
+
+/// The schema of every group in [`GROUPS`], in that order.
+pub fn group_schemas() -> &'static [GroupSchema] {
+    static SCHEMAS: LazyLock<Vec<GroupSchema>> = LazyLock::new(|| {
+        GROUPS
+            .iter()
+            .map(|name| {
+                let ex = extractor(name).expect("every name in GROUPS has an extractor");
+                GroupSchema {
+                    name: ex.name(),
+                    version: ex.version(),
+                    fields: ex.fields(),
+                }
+            })
+            .collect()
+    });
+    &SCHEMAS
 }
 
 /// The input a group consumes.

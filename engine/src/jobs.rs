@@ -1,0 +1,198 @@
+//! Whole-table analysis jobs, and `audiolake_progress`, the system table that shows them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::progress::ScanProgress;
+use crate::store::now_micros;
+
+/// What one finished job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalyzeReport {
+    pub table: String,
+    pub files: u64,
+    /// Files decoded and analysed by this job.
+    pub analysed: u64,
+    /// Files answered by stored results (including copies found by content hash).
+    pub from_store: u64,
+    pub seconds: f64,
+}
+
+struct Job {
+    table: String,
+    started: Instant,
+    started_at: i64,
+    files: u64,
+    /// The engine's file counter when the job started: the job's files are those counted since.
+    counter_start: u64,
+    done: Option<u64>,
+    finished: Option<f64>,
+    error: Option<String>,
+}
+
+/// The jobs an engine has run or is running.
+#[derive(Default)]
+pub struct Jobs {
+    jobs: Mutex<Vec<Job>>,
+}
+
+/// Identifies a job in [`Jobs`].
+pub struct JobId(usize);
+
+impl Jobs {
+    pub fn start(&self, table: &str, files: u64, progress: &ScanProgress) -> JobId {
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        jobs.push(Job {
+            table: table.to_owned(),
+            started: Instant::now(),
+            started_at: now_micros(),
+            files,
+            counter_start: progress.snapshot().0,
+            done: None,
+            finished: None,
+            error: None,
+        });
+        JobId(jobs.len() - 1)
+    }
+
+    pub fn finish(&self, id: &JobId, outcome: std::result::Result<(), String>) {
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let job = &mut jobs[id.0];
+        job.finished = Some(job.started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(()) => job.done = Some(job.files),
+            Err(e) => job.error = Some(e),
+        }
+    }
+
+    /// Files done by a job so far (every file once its scan has passed it).
+    fn done(job: &Job, progress: &ScanProgress) -> u64 {
+        job.done.unwrap_or_else(|| {
+            progress
+                .snapshot()
+                .0
+                .saturating_sub(job.counter_start)
+                .min(job.files)
+        })
+    }
+}
+
+/// `audiolake_progress`: one row per analysis job of this engine.
+pub struct ProgressTable {
+    jobs: Arc<Jobs>,
+    progress: Arc<ScanProgress>,
+}
+
+impl ProgressTable {
+    pub fn new(jobs: Arc<Jobs>, progress: Arc<ScanProgress>) -> Self {
+        Self { jobs, progress }
+    }
+
+    fn schema_ref() -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        Arc::new(Schema::new(vec![
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("started_at", ts, false),
+            Field::new("files_total", DataType::Int64, false),
+            Field::new("files_done", DataType::Int64, false),
+            Field::new("files_to_go", DataType::Int64, false),
+            Field::new("files_per_s", DataType::Float64, true),
+            Field::new("eta_s", DataType::Float64, true),
+            Field::new("finished", DataType::Boolean, false),
+            Field::new("error", DataType::Utf8, true),
+        ]))
+    }
+
+    fn snapshot(&self) -> Result<RecordBatch> {
+        let jobs = self.jobs.jobs.lock().expect("jobs lock");
+        let mut rows = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for job in jobs.iter() {
+            let done = Jobs::done(job, &self.progress);
+            let seconds = job
+                .finished
+                .unwrap_or_else(|| job.started.elapsed().as_secs_f64());
+            let rate = (seconds > 0.0 && done > 0).then(|| done as f64 / seconds);
+            let to_go = job.files - done;
+            rows.0.push(job.table.clone());
+            rows.1.push(job.started_at);
+            rows.2.push(job.files as i64);
+            rows.3.push(done as i64);
+            rows.4.push(to_go as i64);
+            rows.5.push(rate);
+            rows.6.push(match (job.finished, rate) {
+                (Some(_), _) => Some(0.0),
+                (None, Some(r)) => Some(to_go as f64 / r),
+                (None, None) => None,
+            });
+            rows.7.push(job.finished.is_some());
+            rows.8.push(job.error.clone());
+        }
+        Ok(RecordBatch::try_new(
+            Self::schema_ref(),
+            vec![
+                Arc::new(StringArray::from(rows.0)),
+                Arc::new(TimestampMicrosecondArray::from(rows.1).with_timezone("UTC")),
+                Arc::new(Int64Array::from(rows.2)),
+                Arc::new(Int64Array::from(rows.3)),
+                Arc::new(Int64Array::from(rows.4)),
+                Arc::new(Float64Array::from(rows.5)),
+                Arc::new(Float64Array::from(rows.6)),
+                Arc::new(BooleanArray::from(rows.7)),
+                Arc::new(StringArray::from(rows.8)),
+            ],
+        )?)
+    }
+}
+
+impl std::fmt::Debug for ProgressTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressTable")
+    }
+}
+
+#[async_trait]
+impl TableProvider for ProgressTable {
+    fn schema(&self) -> SchemaRef {
+        Self::schema_ref()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch = self.snapshot()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            Self::schema_ref(),
+            projection.cloned(),
+        )?)
+    }
+}

@@ -1,0 +1,350 @@
+//! The feature store: every group's results as Parquet parts under
+//! `<store>/features/<group>/v<version>/`, so that nothing is computed twice.
+//!
+//! A part is published by one atomic put (a rename on local disk, a single PUT on S3): a
+//! reader sees all of it or none, and the listing of a version's folder is its manifest. Part
+//! names are unique per writer, so concurrent writers never overwrite each other; when two
+//! rows describe the same path, the newest analysis wins. Results are read through (looked up
+//! before any decode) and written behind (buffered, then published every few files, every few
+//! seconds and at the end of each scan).
+
+mod compact;
+mod part;
+mod read_through;
+mod tables;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use audiolake_udf::features::{self, GroupSchema};
+use datafusion::error::{DataFusionError, Result};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+pub use compact::CompactReport;
+pub(crate) use part::{Decoded, Fingerprint, StoredRow};
+pub(crate) use read_through::analyze_cached;
+pub(crate) use tables::register_feature_tables;
+
+use crate::audio::columns::DECODE_GROUP;
+
+/// When buffered results are published.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    /// After this many files' results.
+    pub files: usize,
+    /// Or when the oldest buffered result is this old.
+    pub interval: Duration,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        Self {
+            files: 64,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters of the store's work since the engine opened.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Files answered from stored results.
+    pub hits: AtomicU64,
+    /// Files that had to be decoded.
+    pub analysed: AtomicU64,
+    /// Files whose results were taken from another file with the same content.
+    pub reused: AtomicU64,
+    /// Parts published.
+    pub parts_written: AtomicU64,
+}
+
+impl StoreStats {
+    /// Files decoded and analysed.
+    pub fn analysed(&self) -> u64 {
+        self.analysed.load(Ordering::Relaxed)
+    }
+
+    /// Files answered from stored results, directly or through a copy with the same content.
+    pub fn from_store(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed) + self.reused.load(Ordering::Relaxed)
+    }
+}
+
+/// What is known of one group version: the parts read so far and the newest row per path.
+#[derive(Default)]
+struct GroupIndex {
+    parts: HashSet<Path>,
+    by_path: HashMap<String, Arc<StoredRow>>,
+    by_hash: HashMap<String, Arc<StoredRow>>,
+    /// How many stored paths have each size: a file whose size matches none cannot be a
+    /// renamed copy, so it is not hashed before decoding.
+    sizes: HashMap<u64, usize>,
+}
+
+impl GroupIndex {
+    fn insert(&mut self, row: StoredRow) {
+        let row = Arc::new(row);
+        if let Some(hash) = &row.content_hash {
+            if row.outcome.is_ok() {
+                self.by_hash.insert(hash.clone(), Arc::clone(&row));
+            }
+        }
+        match self.by_path.get(&row.fingerprint.path) {
+            Some(old) if old.analyzed_at > row.analyzed_at => {}
+            old => {
+                if let Some(old) = old {
+                    self.forget_size(old.fingerprint.size);
+                }
+                *self.sizes.entry(row.fingerprint.size).or_default() += 1;
+                self.by_path.insert(row.fingerprint.path.clone(), row);
+            }
+        }
+    }
+
+    fn forget_size(&mut self, size: u64) {
+        if let Some(n) = self.sizes.get_mut(&size) {
+            *n -= 1;
+            if *n == 0 {
+                self.sizes.remove(&size);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    rows: HashMap<&'static str, Vec<StoredRow>>,
+    files: usize,
+    since: Option<Instant>,
+}
+
+pub struct FeatureStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    writer: String,
+    sequence: AtomicU64,
+    policy: FlushPolicy,
+    indexes: RwLock<HashMap<&'static str, GroupIndex>>,
+    /// One refresh at a time; the others wait and then find it done.
+    refreshing: tokio::sync::Mutex<()>,
+    pending: Mutex<Pending>,
+    stats: StoreStats,
+}
+
+impl std::fmt::Debug for FeatureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FeatureStore({})", self.root)
+    }
+}
+
+/// The schema of a stored group: a feature group, or the decode columns alone.
+pub(crate) fn group_schema(name: &str) -> Option<GroupSchema> {
+    if name == DECODE_GROUP {
+        return Some(GroupSchema {
+            name: DECODE_GROUP,
+            version: 1,
+            fields: Vec::new(),
+        });
+    }
+    features::group_schemas()
+        .iter()
+        .find(|g| g.name == name)
+        .cloned()
+}
+
+/// Every stored group: the feature groups, then the decode columns.
+pub(crate) fn stored_groups() -> Vec<GroupSchema> {
+    let mut groups = features::group_schemas().to_vec();
+    groups.extend(group_schema(DECODE_GROUP));
+    groups
+}
+
+/// The stored groups an analysis of `groups` reads and writes: the groups, or the decode
+/// columns alone when no group is asked for.
+pub(crate) fn stored_for(groups: &[&'static str]) -> Vec<&'static str> {
+    if groups.is_empty() {
+        vec![DECODE_GROUP]
+    } else {
+        groups.to_vec()
+    }
+}
+
+pub(crate) fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl FeatureStore {
+    /// A store under `prefix` (the engine's store location) of `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, policy: FlushPolicy) -> Self {
+        let root = prefix.clone().join("features");
+        Self {
+            store,
+            root,
+            writer: format!("{:016x}", rand_u64()),
+            sequence: AtomicU64::new(0),
+            policy,
+            indexes: RwLock::new(HashMap::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(Pending::default()),
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// The folder of one group version.
+    fn version_dir(&self, group: &GroupSchema) -> Path {
+        self.root
+            .clone()
+            .join(group.name)
+            .join(format!("v{}", group.version))
+    }
+
+    /// Reads the parts published since the last refresh of what an analysis of `groups`
+    /// (feature groups; none for the decode columns alone) looks up.
+    pub async fn refresh(&self, groups: &[&'static str]) -> Result<()> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        for name in stored_for(groups) {
+            let group = group_schema(name).ok_or_else(|| {
+                DataFusionError::Internal(format!("no stored group called {name}"))
+            })?;
+            self.refresh_group(&group).await?;
+        }
+        Ok(())
+    }
+
+    async fn refresh_group(&self, group: &GroupSchema) -> Result<()> {
+        // A part listed but gone was merged by a compaction that published its replacement
+        // first: listing again finds it.
+        for _ in 0..3 {
+            let listed: Vec<Path> = self
+                .store
+                .list(Some(&self.version_dir(group)))
+                .map_ok(|meta| meta.location)
+                .try_collect::<Vec<_>>()
+                .await?
+                .into_iter()
+                .filter(|p| p.extension() == Some("parquet"))
+                .collect();
+            let new: Vec<Path> = {
+                let indexes = self.indexes.read().expect("index lock");
+                let known = indexes.get(group.name).map(|i| &i.parts);
+                listed
+                    .into_iter()
+                    .filter(|p| known.is_none_or(|k| !k.contains(p)))
+                    .collect()
+            };
+            let mut vanished = false;
+            for path in new {
+                let bytes = match self.store.get(&path).await {
+                    Ok(found) => found.bytes().await?,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        vanished = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let rows = part::decode(group, bytes).map_err(|e| {
+                    DataFusionError::Execution(format!("reading stored part {path}: {e}"))
+                })?;
+                let mut indexes = self.indexes.write().expect("index lock");
+                let index = indexes.entry(group.name).or_default();
+                index.parts.insert(path);
+                for row in rows {
+                    index.insert(row);
+                }
+            }
+            if !vanished {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored result of `group` for this exact file version, if any.
+    pub fn lookup(&self, group: &str, file: &Fingerprint) -> Option<Arc<StoredRow>> {
+        let indexes = self.indexes.read().expect("index lock");
+        let row = indexes.get(group)?.by_path.get(&file.path)?;
+        row.fingerprint.matches(file).then(|| Arc::clone(row))
+    }
+
+    /// Whether a stored file has the size of `file` (which missed its lookup), so that hashing
+    /// `file` might find its results under another name or an older modification time.
+    pub fn may_be_copy(&self, group: &str, file: &Fingerprint) -> bool {
+        let indexes = self.indexes.read().expect("index lock");
+        indexes
+            .get(group)
+            .is_some_and(|index| index.sizes.contains_key(&file.size))
+    }
+
+    /// A stored successful result of `group` for content with this hash.
+    pub fn by_hash(&self, group: &str, hash: &str) -> Option<Arc<StoredRow>> {
+        let indexes = self.indexes.read().expect("index lock");
+        indexes.get(group)?.by_hash.get(hash).cloned()
+    }
+
+    /// Buffers one file's rows (one per group) for the next part; true when a flush is due.
+    pub fn add(&self, rows: Vec<(&'static str, StoredRow)>) -> bool {
+        {
+            let mut indexes = self.indexes.write().expect("index lock");
+            for (group, row) in &rows {
+                indexes.entry(group).or_default().insert(row.clone());
+            }
+        }
+        let mut pending = self.pending.lock().expect("pending lock");
+        for (group, row) in rows {
+            pending.rows.entry(group).or_default().push(row);
+        }
+        pending.files += 1;
+        let since = *pending.since.get_or_insert_with(Instant::now);
+        pending.files >= self.policy.files || since.elapsed() >= self.policy.interval
+    }
+
+    /// Publishes everything buffered, one part per group.
+    pub async fn flush(&self) -> Result<()> {
+        let rows = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            let rows = std::mem::take(&mut pending.rows);
+            *pending = Pending::default();
+            rows
+        };
+        for (name, rows) in rows {
+            if rows.is_empty() {
+                continue;
+            }
+            let group = group_schema(name).expect("buffered groups are stored groups");
+            let bytes = part::encode(&group, &rows)?;
+            let path = self.part_path(&group);
+            self.store.put(&path, PutPayload::from(bytes)).await?;
+            self.stats.parts_written.fetch_add(1, Ordering::Relaxed);
+            let mut indexes = self.indexes.write().expect("index lock");
+            indexes.entry(group.name).or_default().parts.insert(path);
+        }
+        Ok(())
+    }
+
+    /// A new part's name: time first (so listings read in publication order), then the writer
+    /// and its sequence number, unique across processes.
+    fn part_path(&self, group: &GroupSchema) -> Path {
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.version_dir(group).join(format!(
+            "part-{:016}-{}-{seq:06}.parquet",
+            now_micros(),
+            self.writer
+        ))
+    }
+}
+
+/// A random number for writer ids, from the standard library's randomly seeded hasher.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((std::process::id(), now_micros()))
+}

@@ -1,0 +1,288 @@
+//! The feature store on a local directory: results are read back instead of recomputed, changes
+//! to the collection are seen, results are plain tables, and compaction keeps everything.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use audiolake::{AudioLake, FlushPolicy};
+use object_store::ObjectStore;
+use support::{write_wav, CountingStore};
+
+struct Setup {
+    _music: tempfile::TempDir,
+    _store: tempfile::TempDir,
+    dir: PathBuf,
+    store: PathBuf,
+}
+
+/// Six tones of different pitch (3 s each) and one file that is not audio.
+fn setup() -> Setup {
+    let music = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(music.path()).unwrap();
+    for i in 0..6 {
+        write_wav(
+            &dir.join(format!("tone{i}.wav")),
+            3,
+            220.0 * f64::from(i + 1),
+        );
+    }
+    let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music/broken.mp3");
+    std::fs::copy(broken, dir.join("broken.mp3")).unwrap();
+    Setup {
+        dir,
+        store: std::fs::canonicalize(store.path()).unwrap(),
+        _music: music,
+        _store: store,
+    }
+}
+
+/// An engine over the store with table `t` over the music, reading files through a counter.
+async fn open(setup: &Setup, flush: FlushPolicy) -> (AudioLake, Arc<CountingStore>) {
+    let lake = AudioLake::builder()
+        .store(setup.store.to_str().unwrap())
+        .allow_location(setup.dir.to_str().unwrap())
+        .target_partitions(2)
+        .flush_policy(flush)
+        .build()
+        .await
+        .unwrap();
+    let counting = Arc::new(CountingStore::new());
+    lake.engine().session().register_object_store(
+        &url::Url::parse("file:///").unwrap(),
+        Arc::clone(&counting) as Arc<dyn ObjectStore>,
+    );
+    lake.register_audio_table("t", setup.dir.to_str().unwrap())
+        .await
+        .unwrap();
+    (lake, counting)
+}
+
+async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
+    let frame = lake.sql(sql).await.unwrap();
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.unwrap();
+    concat_batches(&schema, &batches).unwrap()
+}
+
+/// Bytes read from audio files (the store's own Parquet parts excluded).
+fn audio_bytes(counting: &CountingStore) -> u64 {
+    counting
+        .take()
+        .into_iter()
+        .filter(|(path, _)| !path.ends_with(".parquet"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn counts(lake: &AudioLake) -> (u64, u64) {
+    let stats = lake.engine().feature_store().stats();
+    (stats.analysed(), stats.from_store())
+}
+
+const QUERY: &str = "SELECT file_name, rms_dbfs, spectral_centroid_hz, decode_errors FROM t \
+                     ORDER BY file_name";
+
+fn centroid(batch: &RecordBatch, row: usize) -> f64 {
+    batch
+        .column_by_name("spectral_centroid_hz")
+        .unwrap()
+        .as_primitive::<Float64Type>()
+        .value(row)
+}
+
+fn parts(store: &Path, group: &str) -> usize {
+    let dir = store.join("features").join(group);
+    walk(&dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysed_once_then_answered_from_the_store() {
+    let setup = setup();
+    let (lake, counting) = open(&setup, FlushPolicy::default()).await;
+    let first = query(&lake, QUERY).await;
+    assert_eq!(first.num_rows(), 7);
+    assert!(audio_bytes(&counting) > 6 * 500_000);
+    assert_eq!(counts(&lake), (7, 0));
+    // tone0 is 220 Hz, tone5 1320 Hz: the centroid follows the pitch.
+    assert!((centroid(&first, 1) - 220.0).abs() < 30.0, "{first:?}");
+    assert!((centroid(&first, 6) - 1320.0).abs() < 60.0, "{first:?}");
+    // broken.mp3 failed, and its failure is stored too.
+    assert!(first.column(1).is_null(0));
+    drop(lake);
+
+    // Another engine on the same store: the same answer, and not one audio byte read.
+    let (lake, counting) = open(&setup, FlushPolicy::default()).await;
+    let again = query(&lake, QUERY).await;
+    assert_eq!(again, first);
+    assert_eq!(audio_bytes(&counting), 0);
+    assert_eq!(counts(&lake), (0, 7));
+
+    // The failure is explained the same way from the store.
+    let errors = query(
+        &lake,
+        "SELECT analyze(path)['error'] AS e FROM t WHERE file_name = 'broken.mp3'",
+    )
+    .await;
+    assert!(
+        errors
+            .column(0)
+            .as_string::<i32>()
+            .value(0)
+            .contains("format"),
+        "{errors:?}"
+    );
+
+    // A changed file is analysed again; a deleted one disappears; a renamed one is recognised
+    // by its content and not decoded.
+    write_wav(&setup.dir.join("tone1.wav"), 3, 3000.0);
+    std::fs::remove_file(setup.dir.join("tone2.wav")).unwrap();
+    std::fs::rename(setup.dir.join("tone3.wav"), setup.dir.join("renamed.wav")).unwrap();
+    let before = counts(&lake);
+    let changed = query(&lake, QUERY).await;
+    let after = counts(&lake);
+    assert_eq!(changed.num_rows(), 6);
+    assert_eq!(after.0 - before.0, 1, "only the changed file is decoded");
+    assert_eq!(after.1 - before.1, 5);
+    let names = changed.column(0).as_string::<i32>();
+    let row = |name: &str| (0..names.len()).find(|&i| names.value(i) == name).unwrap();
+    assert!((centroid(&changed, row("tone1.wav")) - 3000.0).abs() < 150.0);
+    assert_eq!(
+        centroid(&changed, row("renamed.wav")),
+        centroid(&first, 4),
+        "the renamed file keeps tone3's results"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_plain_tables() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    let analysed = query(&lake, "SELECT path, rms_dbfs FROM t ORDER BY path").await;
+    // The layout: <store>/features/<group>/v<version>/*.parquet.
+    assert!(parts(&setup.store, "loudness/v1") >= 1);
+
+    let stored = query(
+        &lake,
+        "SELECT path, rms_dbfs FROM features_loudness ORDER BY path",
+    )
+    .await;
+    assert_eq!(stored.columns(), analysed.columns());
+    let failed = query(
+        &lake,
+        "SELECT count(*) AS n FROM features_loudness WHERE error IS NOT NULL",
+    )
+    .await;
+    assert_eq!(failed.column(0).as_primitive::<Int64Type>().value(0), 1);
+
+    let export = setup.store.join("exports/loudness.parquet");
+    query(
+        &lake,
+        &format!(
+            "COPY (SELECT path, rms_dbfs FROM features_loudness) TO '{}' STORED AS PARQUET",
+            export.display()
+        ),
+    )
+    .await;
+    let back = query(
+        &lake,
+        &format!(
+            "CREATE EXTERNAL TABLE back STORED AS PARQUET LOCATION '{}'; \
+             SELECT count(*) FROM back WHERE rms_dbfs IS NOT NULL",
+            export.display()
+        ),
+    )
+    .await;
+    assert_eq!(back.column(0).as_primitive::<Int64Type>().value(0), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_merges_parts_and_drops_old_versions() {
+    let setup = setup();
+    let every_file = FlushPolicy {
+        files: 1,
+        ..FlushPolicy::default()
+    };
+    let (lake, _) = open(&setup, every_file).await;
+    let first = query(&lake, QUERY).await;
+    // Two partitions publishing after every file: at most two files per part.
+    assert!(parts(&setup.store, "spectral/v2") >= 4);
+    // A change makes a second row for tone1; results of an old version and of a group that no
+    // longer exists lie beside the current ones.
+    write_wav(&setup.dir.join("tone1.wav"), 3, 2000.0);
+    query(&lake, QUERY).await;
+    let old = setup.store.join("features/spectral/v1");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("part-old.parquet"), b"old").unwrap();
+    let gone = setup.store.join("features/tempo/v3");
+    std::fs::create_dir_all(&gone).unwrap();
+    std::fs::write(gone.join("part-x.parquet"), b"x").unwrap();
+
+    let report = lake.engine().compact_store().await.unwrap();
+    assert_eq!(
+        report.rows_superseded, 2,
+        "tone1's old loudness and spectral rows"
+    );
+    assert_eq!(report.stale_objects_removed, 2);
+    assert_eq!(parts(&setup.store, "spectral/v2"), 1);
+    assert_eq!(parts(&setup.store, "spectral/v1"), 0);
+    assert_eq!(parts(&setup.store, "tempo"), 0);
+    drop(lake);
+
+    // Everything is still answered from the store.
+    let (lake, counting) = open(&setup, every_file).await;
+    let after = query(&lake, QUERY).await;
+    assert_eq!(audio_bytes(&counting), 0);
+    assert_eq!(after.num_rows(), first.num_rows());
+    assert!((centroid(&after, 2) - 2000.0).abs() < 100.0, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_bump_touches_only_its_group() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    query(&lake, "SELECT rms_dbfs, bpm FROM t").await;
+    drop(lake);
+    // What a new rhythm version looks like to the store: no results under its folder.
+    let rhythm = std::fs::read_dir(setup.store.join("features/rhythm"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::rename(&rhythm, rhythm.with_file_name("v0")).unwrap();
+
+    let (lake, counting) = open(&setup, FlushPolicy::default()).await;
+    let before = audio_bytes(&counting);
+    query(&lake, "SELECT rms_dbfs FROM t").await;
+    assert_eq!(audio_bytes(&counting), before, "loudness is still stored");
+    query(&lake, "SELECT rms_dbfs, bpm FROM t").await;
+    assert!(audio_bytes(&counting) > 0, "rhythm is computed again");
+    // 7 files answered from the store, then the same 7 decoded for rhythm alone.
+    assert_eq!(counts(&lake), (7, 7));
+}
