@@ -286,3 +286,38 @@ async fn a_version_bump_touches_only_its_group() {
     // 7 files answered from the store, then the same 7 decoded for rhythm alone.
     assert_eq!(counts(&lake), (7, 7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_table_reports_progress_in_a_system_table() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    let report = lake.analyze_table("t").await.unwrap();
+    assert_eq!(
+        (report.files, report.analysed, report.from_store),
+        (7, 7, 0)
+    );
+    let again = lake.analyze_table("t").await.unwrap();
+    assert_eq!((again.analysed, again.from_store), (0, 7));
+
+    let jobs = query(
+        &lake,
+        "SELECT table_name, files_total, files_done, files_to_go, finished, error \
+         FROM audiolake_progress ORDER BY started_at",
+    )
+    .await;
+    assert_eq!(jobs.num_rows(), 2);
+    for row in 0..2 {
+        assert_eq!(jobs.column(0).as_string::<i32>().value(row), "t");
+        assert_eq!(jobs.column(1).as_primitive::<Int64Type>().value(row), 7);
+        assert_eq!(jobs.column(2).as_primitive::<Int64Type>().value(row), 7);
+        assert_eq!(jobs.column(3).as_primitive::<Int64Type>().value(row), 0);
+        assert!(jobs.column(4).as_boolean().value(row));
+        assert!(jobs.column(5).is_null(row));
+    }
+
+    let err = lake.analyze_table("nope").await.unwrap_err().to_string();
+    assert!(
+        err.contains("table 'datafusion.public.nope' not found"),
+        "{err}"
+    );
+}

@@ -1,9 +1,16 @@
 //! `audiolake analyze` as a user runs it: killed mid-way it resumes without redoing published
-//! work, and two processes analysing one collection at once leave a store that is whole.
+//! work, and two processes analysing one collection at once leave a store that is whole. Each
+//! case runs on a local store and on a real S3 API server (moto's server mode; skipped with a
+//! message when moto is not installed).
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/moto/mod.rs"]
+mod moto;
+
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
 
 const FILES: usize = 30;
 
@@ -30,21 +37,54 @@ fn collection() -> tempfile::TempDir {
     dir
 }
 
-fn analyze(store: &Path, music: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_audiolake"));
-    cmd.arg("analyze")
-        .arg("--store")
-        .arg(store)
-        .arg("--music")
-        .arg(music)
-        .args([
-            "--table",
-            "music",
-            "--flush-files",
-            "1",
-            "--partitions",
-            "1",
-        ]);
+/// Where the results go: a local directory, or a bucket on moto.
+enum Store {
+    Local(tempfile::TempDir),
+    S3(Moto),
+}
+
+impl Store {
+    fn local() -> Self {
+        Store::Local(tempfile::tempdir().unwrap())
+    }
+
+    fn s3() -> Option<Self> {
+        let moto = Moto::start()?;
+        moto.create_bucket("lake");
+        Some(Store::S3(moto))
+    }
+
+    /// `audiolake SUBCOMMAND --store ...`, with the S3 settings in the environment.
+    fn command(&self, subcommand: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audiolake"));
+        cmd.arg(subcommand).arg("--store");
+        match self {
+            Store::Local(dir) => {
+                cmd.arg(dir.path());
+            }
+            Store::S3(moto) => {
+                cmd.arg("s3://lake/store")
+                    .env("AWS_ENDPOINT_URL", moto.endpoint())
+                    .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                    .env("AWS_REGION", REGION)
+                    .env("AWS_ALLOW_HTTP", "true");
+            }
+        }
+        cmd
+    }
+}
+
+fn analyze(store: &Store, music: &Path) -> Command {
+    let mut cmd = store.command("analyze");
+    cmd.arg("--music").arg(music).args([
+        "--table",
+        "music",
+        "--flush-files",
+        "1",
+        "--partitions",
+        "1",
+    ]);
     cmd
 }
 
@@ -67,18 +107,11 @@ fn summary(out: &Output) -> (usize, usize) {
     (numbers[1], numbers[2])
 }
 
-/// Files whose results are stored for every feature group.
-fn complete(store: &Path) -> usize {
-    let out = Command::new(env!("CARGO_BIN_EXE_audiolake"))
-        .args(["sql", "--format", "csv", "--store"])
-        .arg(store)
-        .arg(
-            "SELECT count(*) AS n FROM features_rhythm r \
-             JOIN features_tonal t ON t.path = r.path \
-             JOIN features_loudness l ON l.path = r.path \
-             JOIN features_spectral s ON s.path = r.path \
-             JOIN features_timbre m ON m.path = r.path",
-        )
+/// The one number a query prints.
+fn count(store: &Store, sql: &str) -> usize {
+    let out = store
+        .command("sql")
+        .args(["--format", "csv", sql])
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -86,21 +119,16 @@ fn complete(store: &Path) -> usize {
     stdout.lines().nth(1).unwrap().parse().unwrap()
 }
 
-fn parquet_parts(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                parquet_parts(&path)
-            } else {
-                usize::from(path.extension().is_some_and(|x| x == "parquet"))
-            }
-        })
-        .sum()
+/// Files whose results are stored for every feature group.
+fn complete(store: &Store) -> usize {
+    count(
+        store,
+        "SELECT count(*) AS n FROM features_rhythm r \
+             JOIN features_tonal t ON t.path = r.path \
+             JOIN features_loudness l ON l.path = r.path \
+             JOIN features_spectral s ON s.path = r.path \
+             JOIN features_timbre m ON m.path = r.path",
+    )
 }
 
 fn kill_when(mut child: Child, ready: impl Fn() -> bool) -> bool {
@@ -119,39 +147,35 @@ fn kill_when(mut child: Child, ready: impl Fn() -> bool) -> bool {
     panic!("analysis neither progressed nor ended");
 }
 
-#[test]
-fn a_killed_analysis_resumes_where_it_stopped() {
+fn killed_analysis_resumes(store: &Store) {
     let music = collection();
-    let store = tempfile::tempdir().unwrap();
-    let rhythm: PathBuf = store.path().join("features/rhythm");
-    let child = analyze(store.path(), music.path())
+    let child = analyze(store, music.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let killed = kill_when(child, || parquet_parts(&rhythm) >= 4);
+    let published = || count(store, "SELECT count(*) FROM features_rhythm");
+    let killed = kill_when(child, || published() >= 4);
     assert!(killed, "the analysis ended before it could be killed");
 
-    let published = complete(store.path());
     // The kill may land between one group's part and the next: such a file is not complete.
+    let published = complete(store);
     assert!(
         (1..FILES).contains(&published),
         "{published} files published"
     );
-    let (analysed, from_store) = summary(&analyze(store.path(), music.path()).output().unwrap());
+    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
     assert_eq!(from_store, published, "every published file is reused");
     assert_eq!(analysed, FILES - published, "only the rest is analysed");
 
-    let (analysed, from_store) = summary(&analyze(store.path(), music.path()).output().unwrap());
+    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
     assert_eq!((analysed, from_store), (0, FILES));
 }
 
-#[test]
-fn two_writers_at_once_leave_a_whole_store() {
+fn concurrent_writers(store: &Store) {
     let music = collection();
-    let store = tempfile::tempdir().unwrap();
     let spawn = || {
-        analyze(store.path(), music.path())
+        analyze(store, music.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -163,7 +187,31 @@ fn two_writers_at_once_leave_a_whole_store() {
     let (analysed_b, _) = summary(&b);
     assert!(analysed_a + analysed_b >= FILES);
 
-    assert_eq!(complete(store.path()), FILES);
-    let (analysed, from_store) = summary(&analyze(store.path(), music.path()).output().unwrap());
+    assert_eq!(complete(store), FILES);
+    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
     assert_eq!((analysed, from_store), (0, FILES));
+}
+
+#[test]
+fn a_killed_analysis_resumes_where_it_stopped() {
+    killed_analysis_resumes(&Store::local());
+}
+
+#[test]
+fn two_writers_at_once_leave_a_whole_store() {
+    concurrent_writers(&Store::local());
+}
+
+#[test]
+fn on_s3_a_killed_analysis_resumes_where_it_stopped() {
+    if let Some(store) = Store::s3() {
+        killed_analysis_resumes(&store);
+    }
+}
+
+#[test]
+fn on_s3_two_writers_at_once_leave_a_whole_store() {
+    if let Some(store) = Store::s3() {
+        concurrent_writers(&store);
+    }
 }
