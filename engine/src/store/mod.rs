@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use audiolake_udf::features::{self, GroupSchema};
 use datafusion::error::{DataFusionError, Result};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -30,6 +30,9 @@ pub(crate) use read_through::analyze_cached;
 pub(crate) use tables::register_feature_tables;
 
 use crate::audio::columns::DECODE_GROUP;
+
+/// Stored parts fetched at once when reading a group's results.
+const PARTS_IN_FLIGHT: usize = 8;
 
 /// When buffered results are published.
 #[derive(Debug, Clone, Copy)]
@@ -243,14 +246,20 @@ impl FeatureStore {
                     .collect()
             };
             let mut vanished = false;
-            for path in new {
-                let bytes = match self.store.get(&path).await {
-                    Ok(found) => found.bytes().await?,
-                    Err(object_store::Error::NotFound { .. }) => {
-                        vanished = true;
-                        continue;
+            // Parts are fetched a few at a time: on S3 each is a round trip.
+            let mut fetched = futures::stream::iter(new)
+                .map(|path| async move {
+                    match self.store.get(&path).await {
+                        Ok(found) => Ok((path, Some(found.bytes().await?))),
+                        Err(object_store::Error::NotFound { .. }) => Ok((path, None)),
+                        Err(e) => Err(e),
                     }
-                    Err(e) => return Err(e.into()),
+                })
+                .buffered(PARTS_IN_FLIGHT);
+            while let Some((path, bytes)) = fetched.try_next().await? {
+                let Some(bytes) = bytes else {
+                    vanished = true;
+                    continue;
                 };
                 let rows = part::decode(group, bytes).map_err(|e| {
                     DataFusionError::Execution(format!("reading stored part {path}: {e}"))
