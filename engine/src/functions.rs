@@ -155,7 +155,16 @@ impl PathFunction {
             Ok((store, meta, url)) => {
                 let groups = self.kind.groups();
                 let bytes_read = Default::default();
-                analyze_cached(&self.features, store, &meta, &url, &groups, bytes_read).await
+                analyze_cached(
+                    &self.features,
+                    store,
+                    &meta,
+                    &url,
+                    &groups,
+                    None,
+                    bytes_read,
+                )
+                .await
             }
             Err(e) => Ok(Err(e)),
         }

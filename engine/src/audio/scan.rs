@@ -1,6 +1,7 @@
 //! The physical scan of an AUDIO table: files spread over partitions, probed or analysed in
 //! small batches on blocking threads, one row per file whatever happens to it.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct AudioScanExec {
     features: Arc<FeatureStore>,
     /// Stored results are read once per scan, before the first file is looked up.
     refreshed: Arc<tokio::sync::OnceCell<()>>,
+    /// Every listed path, to tell a renamed file's stored results from a copy's.
+    listed: Arc<HashSet<String>>,
     metrics: ExecutionPlanMetricsSet,
     properties: Arc<PlanProperties>,
 }
@@ -70,6 +73,7 @@ impl AudioScanExec {
         } else {
             target_partitions.min(files.len()).max(1)
         };
+        let listed = Arc::new(files.iter().map(|(_, url)| url.clone()).collect());
         let mut partitions = vec![Vec::new(); n];
         for (i, file) in files.into_iter().enumerate() {
             partitions[i % n].push(file);
@@ -90,6 +94,7 @@ impl AudioScanExec {
             progress,
             features,
             refreshed: Arc::new(tokio::sync::OnceCell::new()),
+            listed,
             metrics: ExecutionPlanMetricsSet::new(),
             properties,
         })
@@ -203,6 +208,7 @@ impl ExecutionPlan for AudioScanExec {
         };
         let work = self.work.clone();
         let (features, refreshed) = (Arc::clone(&self.features), Arc::clone(&self.refreshed));
+        let listed = Arc::clone(&self.listed);
         let indices = 0..files.len();
         let stream = futures::stream::iter(indices)
             .map(move |i| {
@@ -210,6 +216,7 @@ impl ExecutionPlan for AudioScanExec {
                 let (bytes_read, progress) = (bytes_read.clone(), Arc::clone(&progress));
                 let files_opened = files_opened.clone();
                 let (features, refreshed) = (Arc::clone(&features), Arc::clone(&refreshed));
+                let listed = Arc::clone(&listed);
                 let work = work.clone();
                 async move {
                     let (meta, url) = &files[i];
@@ -226,8 +233,15 @@ impl ExecutionPlan for AudioScanExec {
                             refreshed
                                 .get_or_try_init(|| features.refresh(groups))
                                 .await?;
-                            let analysis =
-                                analyze_cached(&features, store, meta, url, groups, bytes_read);
+                            let analysis = analyze_cached(
+                                &features,
+                                store,
+                                meta,
+                                url,
+                                groups,
+                                Some(&listed),
+                                bytes_read,
+                            );
                             Some(analysis.await?)
                         }
                         None => None,

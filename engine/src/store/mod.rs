@@ -83,9 +83,9 @@ struct GroupIndex {
     parts: HashSet<Path>,
     by_path: HashMap<String, Arc<StoredRow>>,
     by_hash: HashMap<String, Arc<StoredRow>>,
-    /// How many stored paths have each size: a file whose size matches none cannot be a
-    /// renamed copy, so it is not hashed before decoding.
-    sizes: HashMap<u64, usize>,
+    /// Stored paths by size: a file whose size matches none of the candidates cannot be a
+    /// renamed or touched file, so it is not hashed before decoding.
+    by_size: HashMap<u64, HashSet<String>>,
 }
 
 impl GroupIndex {
@@ -100,19 +100,19 @@ impl GroupIndex {
             Some(old) if old.analyzed_at > row.analyzed_at => {}
             old => {
                 if let Some(old) = old {
-                    self.forget_size(old.fingerprint.size);
+                    let size = old.fingerprint.size;
+                    if let Some(paths) = self.by_size.get_mut(&size) {
+                        paths.remove(&row.fingerprint.path);
+                        if paths.is_empty() {
+                            self.by_size.remove(&size);
+                        }
+                    }
                 }
-                *self.sizes.entry(row.fingerprint.size).or_default() += 1;
+                self.by_size
+                    .entry(row.fingerprint.size)
+                    .or_default()
+                    .insert(row.fingerprint.path.clone());
                 self.by_path.insert(row.fingerprint.path.clone(), row);
-            }
-        }
-    }
-
-    fn forget_size(&mut self, size: u64) {
-        if let Some(n) = self.sizes.get_mut(&size) {
-            *n -= 1;
-            if *n == 0 {
-                self.sizes.remove(&size);
             }
         }
     }
@@ -285,13 +285,24 @@ impl FeatureStore {
         row.fingerprint.matches(file).then(|| Arc::clone(row))
     }
 
-    /// Whether a stored file has the size of `file` (which missed its lookup), so that hashing
-    /// `file` might find its results under another name or an older modification time.
-    pub fn may_be_copy(&self, group: &str, file: &Fingerprint) -> bool {
+    /// Whether `file` (which missed its lookup) may be a stored file renamed or touched, so
+    /// that hashing it might find its results: some stored file of its size is either at its
+    /// path or, when the scan's `listed` paths are known, no longer listed. (A copy whose
+    /// original is still listed is analysed, not hashed: hashing every file of a folder of
+    /// equally long WAVs would read each twice.)
+    pub fn may_be_copy(
+        &self,
+        group: &str,
+        file: &Fingerprint,
+        listed: Option<&HashSet<String>>,
+    ) -> bool {
         let indexes = self.indexes.read().expect("index lock");
-        indexes
-            .get(group)
-            .is_some_and(|index| index.sizes.contains_key(&file.size))
+        let Some(paths) = indexes.get(group).and_then(|i| i.by_size.get(&file.size)) else {
+            return false;
+        };
+        paths
+            .iter()
+            .any(|p| *p == file.path || listed.is_none_or(|l| !l.contains(p)))
     }
 
     /// A stored successful result of `group` for content with this hash.

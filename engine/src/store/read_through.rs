@@ -1,6 +1,7 @@
 //! Analysis through the store: stored results first, then stored results of the same content
 //! under another name, then one decode for whatever is still missing, written back.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::audio::read::analyze_object;
 use crate::audio::source::ReadRecord;
 
 /// The analysis of `meta` for `groups` (none: the decode columns only), from the store where
-/// it can be. The inner result is the file's: an error there is a row's error. The outer one
+/// it can be. `listed`: every path of the scan's listing, when there is one. The inner result is the file's: an error there is a row's error. The outer one
 /// is the store's: failing to publish results fails the query rather than losing them.
 pub(crate) async fn analyze_cached(
     features: &FeatureStore,
@@ -23,6 +24,7 @@ pub(crate) async fn analyze_cached(
     meta: &ObjectMeta,
     url: &str,
     groups: &[&'static str],
+    listed: Option<&HashSet<String>>,
     bytes_read: Count,
 ) -> Result<std::result::Result<AnalysisOutput, String>> {
     let wanted = stored_for(groups);
@@ -38,7 +40,10 @@ pub(crate) async fn analyze_cached(
     let mut to_store: Vec<(&'static str, StoredRow)> = Vec::new();
 
     // A renamed, copied or touched file: same content, results known under another key.
-    if missing.iter().any(|g| features.may_be_copy(g, &file)) {
+    if missing
+        .iter()
+        .any(|g| features.may_be_copy(g, &file, listed))
+    {
         let hash = ReadRecord::default()
             .content_hash(store.as_ref(), &meta.location, meta.size, &bytes_read)
             .await;
