@@ -8,7 +8,15 @@ use std::path::PathBuf;
 pub fn dir() -> PathBuf {
     std::env::var_os("AUDIOLAKE_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").into())
+        .unwrap_or_else(|| {
+            // Beside the workspace, whichever of its crates includes this file.
+            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let workspace = crate_dir
+                .ancestors()
+                .find(|d| d.join("Cargo.lock").exists())
+                .unwrap_or(crate_dir);
+            workspace.join("../shared/corpus")
+        })
 }
 
 /// One corpus file and what is known about it.
