@@ -98,6 +98,13 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// Bytes that query execution may hold at once across all queries (default: no limit); a
+    /// query that needs more fails with a "Resources exhausted" error, and the others go on.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.config.memory_limit = Some(bytes);
+        self
+    }
+
     pub async fn build(self) -> Result<AudioLake> {
         Ok(AudioLake {
             engine: Engine::open(self.config).await?,

@@ -38,6 +38,9 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// When analysis results are published to the feature store.
     pub flush: FlushPolicy,
+    /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
+    /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
+    pub memory_limit: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             allowed: Vec::new(),
             target_partitions: None,
             flush: FlushPolicy::default(),
+            memory_limit: None,
         }
     }
 }
@@ -81,9 +85,12 @@ impl Engine {
         }
         let roots = Arc::new(roots);
 
-        let runtime = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(GuardedRegistry::new(Arc::clone(&roots))))
-            .build_arc()?;
+        let mut runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(GuardedRegistry::new(Arc::clone(&roots))));
+        if let Some(bytes) = config.memory_limit {
+            runtime = runtime.with_memory_limit(bytes, 1.0);
+        }
+        let runtime = runtime.build_arc()?;
         let mut session = SessionConfig::new()
             .with_information_schema(true)
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
@@ -170,12 +177,7 @@ impl Engine {
         let last = statements.len() - 1;
         let mut result = None;
         for (i, statement) in statements.into_iter().enumerate() {
-            let definition = match &statement {
-                Statement::CreateExternalTable(create) => Some(catalog::definition(create)?),
-                _ => None,
-            };
-            let plan = self.ctx.state().statement_to_plan(statement).await?;
-            let frame = self.execute(plan, definition, persist).await?;
+            let frame = self.run_parsed(statement, persist).await?;
             if i == last {
                 result = Some(frame);
             } else {
@@ -185,8 +187,29 @@ impl Engine {
         Ok(result.expect("at least one statement"))
     }
 
+    /// Runs one parsed statement like [`Engine::run`] does (location checks, DDL recorded in
+    /// the store); for front ends that parse statements themselves.
+    pub async fn run_statement(&self, statement: Statement) -> Result<DataFrame> {
+        self.run_parsed(statement, Persist::Yes).await
+    }
+
+    async fn run_parsed(&self, statement: Statement, persist: Persist) -> Result<DataFrame> {
+        let definition = match &statement {
+            Statement::CreateExternalTable(create) => Some(catalog::definition(create)?),
+            _ => None,
+        };
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        self.execute(plan, definition, persist).await
+    }
+
+    /// A new session over this engine: the same tables, functions, store and memory pool, with
+    /// settings of its own (what one client connection gets).
+    pub fn new_session(&self) -> SessionContext {
+        SessionContext::new_with_state(self.ctx.state())
+    }
+
     /// Splits `sql` into statements with the session's dialect.
-    fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
+    pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
         let state = self.ctx.state();
         let dialect_name = state.config_options().sql_parser.dialect;
         let dialect = dialect_from_str(dialect_name).ok_or_else(|| {

@@ -1,14 +1,18 @@
 //! The `audiolake` command.
 
 mod output;
+mod pg;
 mod progress;
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use std::time::Duration;
 
-use audiolake::{AudioLake, FlushPolicy};
+use audiolake::{AudioLake, AudioLakeBuilder, FlushPolicy};
 use clap::{Args, Parser, Subcommand};
 
 use output::Format;
@@ -42,6 +46,109 @@ enum Command {
     /// Maintain the feature store.
     #[command(subcommand)]
     Store(StoreCommand),
+
+    /// Serve the tables over the PostgreSQL protocol (psql, JDBC, psycopg, BI tools).
+    ///
+    /// Passwords are checked with SCRAM-SHA-256 against --users FILE (see `audiolake user
+    /// add`); without one the server refuses to start, unless --dev-no-auth is given, which
+    /// listens on loopback only. Example: audiolake serve --music ~/Music --users users.txt
+    Serve(ServeArgs),
+
+    /// Manage the users of `audiolake serve`.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add a user to the users file, or change its password and role. The password is read
+    /// from standard input (a prompt on a terminal); the file keeps only a salted hash.
+    Add {
+        /// The user name.
+        name: String,
+
+        /// The users file (created with mode 0600 if missing).
+        #[arg(long, value_name = "FILE", env = "AUDIOLAKE_USERS")]
+        users: PathBuf,
+
+        /// The user may query but not create, drop or write anything.
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    /// Address and port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5433")]
+    listen: SocketAddr,
+
+    /// Users and their salted password hashes (written by `audiolake user add`).
+    #[arg(long, value_name = "FILE", env = "AUDIOLAKE_USERS")]
+    users: Option<PathBuf>,
+
+    /// Let anyone in without a password; only on a loopback address. For trials, not for data
+    /// that matters.
+    #[arg(long)]
+    dev_no_auth: bool,
+
+    /// TLS certificate chain (PEM); with --tls-key. The server does not start if it cannot
+    /// load them.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Connections served at once; one more gets "sorry, too many clients already".
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+
+    /// Close connections that ran nothing for this long (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    idle_timeout: u64,
+
+    /// Memory that query execution may use at once, across all connections, e.g. 4GiB or
+    /// 512MiB; a query that needs more fails, the others go on.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
+    memory_limit: usize,
+
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// `4GiB`, `512MiB`, `100MB`, `1024` (bytes).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 4GiB or 512MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,7 +211,11 @@ struct SqlArgs {
 
 impl EngineArgs {
     async fn open(&self) -> Result<AudioLake> {
-        let mut builder = AudioLake::builder().store(&self.store);
+        self.open_with(AudioLake::builder()).await
+    }
+
+    async fn open_with(&self, builder: AudioLakeBuilder) -> Result<AudioLake> {
+        let mut builder = builder.store(&self.store);
         for location in self.allow.iter().chain(&self.music) {
             builder = builder.allow_location(location);
         }
@@ -172,13 +283,68 @@ async fn run_compact(args: EngineArgs) -> Result<()> {
     Ok(())
 }
 
+async fn run_serve(args: ServeArgs) -> Result<()> {
+    let lake = args
+        .engine
+        .open_with(AudioLake::builder().memory_limit(args.memory_limit))
+        .await?;
+    let tls = args.tls_cert.zip(args.tls_key);
+    pg::serve(
+        lake,
+        pg::ServeOptions {
+            listen: args.listen,
+            users: args.users,
+            dev_no_auth: args.dev_no_auth,
+            tls,
+            max_connections: args.max_connections as usize,
+            idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+            metrics_listen: args.metrics_listen,
+        },
+    )
+    .await
+}
+
+fn run_user_add(name: &str, users: &std::path::Path, read_only: bool) -> Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {name}: "))?;
+        let again = rpassword::prompt_password("again: ")?;
+        if first != again {
+            anyhow::bail!("the two passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    let role = if read_only {
+        pg::Role::ReadOnly
+    } else {
+        pg::Role::ReadWrite
+    };
+    pg::add_user(users, name, &password, role)?;
+    println!(
+        "user {name} ({}) written to {}",
+        if read_only { "read-only" } else { "read-write" },
+        users.display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Analyze(args) => run_analyze(args).await,
         Command::Store(StoreCommand::Compact(args)) => run_compact(args).await,
+        Command::Serve(args) => run_serve(args).await,
+        Command::User(UserCommand::Add {
+            name,
+            users,
+            read_only,
+        }) => run_user_add(&name, &users, read_only),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

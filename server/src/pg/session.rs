@@ -1,0 +1,512 @@
+//! The statements of one connection: datafusion-postgres's session service on a DataFusion
+//! session of the connection's own, with what audiolake adds around it: statements that must
+//! pass the engine, read-only users, `COPY ... TO STDOUT`, cancellation and `statement_timeout`
+//! over the whole execution (rows included), SQLSTATEs, and metrics.
+
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+use datafusion_postgres::pgwire::api::portal::{Format, Portal};
+use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use datafusion_postgres::pgwire::api::results::{
+    CopyResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use datafusion_postgres::pgwire::api::stmt::QueryParser;
+use datafusion_postgres::pgwire::api::store::PortalStore;
+use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_USER};
+use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
+use datafusion_postgres::pgwire::types::format::FormatOptions;
+use datafusion_postgres::{DfSessionService, Parser};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::{Sink, Stream, StreamExt};
+
+use super::auth::Role;
+use super::copy_out;
+use super::errors::{self, error, with_sqlstate};
+use super::metrics::Outcome;
+use super::statements::{classify, Classified, Route};
+use super::{Activity, Busy, Server};
+
+/// datafusion-postgres keeps `SET statement_timeout` in the client's metadata under this key.
+const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
+
+type DfStatementTuple = <DfSessionService as ExtendedQueryHandler>::Statement;
+
+pub struct Session {
+    server: Arc<Server>,
+    ctx: Arc<SessionContext>,
+    inner: Arc<DfSessionService>,
+    parser: Arc<SessionParser>,
+    activity: Arc<Activity>,
+}
+
+impl Session {
+    pub fn new(server: Arc<Server>, activity: Arc<Activity>) -> Self {
+        let ctx = Arc::new(server.lake.engine().new_session());
+        let inner = Arc::new(DfSessionService::new(Arc::clone(&ctx)));
+        let parser = Arc::new(SessionParser {
+            server: Arc::clone(&server),
+            inner: inner.query_parser(),
+        });
+        Self {
+            server,
+            ctx,
+            inner,
+            parser,
+            activity,
+        }
+    }
+
+    /// Starts the bookkeeping of one statement (or one simple-query batch).
+    async fn begin<C: ClientInfo + ?Sized>(&self, client: &C) -> Running {
+        // pgwire listens for cancels only while the handler runs, not while rows are sent;
+        // this signal covers both (see `Server::cancel`).
+        let cancel = self.server.cancel_signal(client.pid_and_secret_key());
+        let cancelled = Arc::clone(&cancel);
+        let cancel = cancelled.notified_owned();
+        let timeout = client
+            .metadata()
+            .get(STATEMENT_TIMEOUT_KEY)
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        let stop = async move {
+            let cancelled = async {
+                cancel.await;
+                Stop::Cancelled
+            };
+            let timed_out = async {
+                match timeout {
+                    Some(t) => {
+                        tokio::time::sleep(t).await;
+                        Stop::TimedOut
+                    }
+                    None => futures::future::pending().await,
+                }
+            };
+            tokio::select! {
+                stop = cancelled => stop,
+                stop = timed_out => stop,
+            }
+        }
+        .boxed()
+        .shared();
+        Running {
+            stop,
+            finish: Arc::new(Finish {
+                server: Arc::clone(&self.server),
+                started: Instant::now(),
+                outcome: Mutex::new(Outcome::Ok),
+                _busy: self.activity.begin(),
+            }),
+        }
+    }
+
+    /// Refuses statements that write to a read-only user.
+    fn authorize<C: ClientInfo + ?Sized>(
+        server: &Server,
+        client: &C,
+        items: &[Classified],
+    ) -> PgWireResult<()> {
+        let user = client.metadata().get(METADATA_USER).map(String::as_str);
+        if server.role(user) == Role::ReadOnly {
+            if let Some(item) = items.iter().find(|i| i.writes) {
+                return Err(error(
+                    errors::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "permission denied: user {} is read-only and cannot run: {}",
+                        user.unwrap_or_default(),
+                        item.text
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_engine(&self, statement: DfStatement) -> PgWireResult<Response> {
+        let tag = match &statement {
+            DfStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE",
+            DfStatement::CopyTo(_) => "COPY",
+            _ => "DROP TABLE",
+        };
+        let engine = self.server.lake.engine();
+        let frame = engine
+            .run_statement(statement)
+            .await
+            .map_err(errors::from_engine)?;
+        let batches = frame.collect().await.map_err(errors::from_datafusion)?;
+        let mut tag = Tag::new(tag);
+        if let Some(count) = batches
+            .first()
+            .and_then(|b| b.column_by_name("count"))
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .filter(|c| !c.is_empty())
+        {
+            tag = tag.with_rows(usize::try_from(count.value(0)).unwrap_or(usize::MAX));
+        }
+        Ok(Response::Execution(tag))
+    }
+
+    async fn run_copy_out(
+        &self,
+        copy: super::statements::CopyOut,
+        format: Arc<FormatOptions>,
+    ) -> PgWireResult<Response> {
+        let frame = self
+            .ctx
+            .sql(&copy.query)
+            .await
+            .map_err(errors::from_datafusion)?;
+        let names: Vec<String> = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let rows = encode_dataframe(frame, &Format::UnifiedText, Some(format)).await?;
+        Ok(Response::CopyOut(copy_out::response(
+            &copy,
+            &names,
+            rows.data_rows,
+        )))
+    }
+
+    /// Runs statements one by one, as PostgreSQL does: the results of those before a failing
+    /// one are kept, and nothing after it runs.
+    async fn run_each<C>(&self, client: &mut C, items: Vec<Classified>) -> Vec<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut responses = Vec::new();
+        for item in items {
+            let result = match item.route {
+                Route::Engine(statement) => self.run_engine(statement).await.map(|r| vec![r]),
+                Route::CopyOut(copy) => self
+                    .run_copy_out(copy, format_options(client))
+                    .await
+                    .map(|r| vec![r]),
+                Route::Session => {
+                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, &item.text)
+                        .await
+                        .map_err(with_sqlstate)
+                }
+            };
+            match result {
+                Ok(r) => responses.extend(r),
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(e.into())));
+                    break;
+                }
+            }
+        }
+        responses
+    }
+}
+
+fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
+    Arc::new(FormatOptions::from_client_metadata(client.metadata()))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Session {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let running = self.begin(client).await;
+        let engine = self.server.lake.engine();
+        let result = async {
+            match classify(engine, query) {
+                Some(Err(message)) => Err(error(errors::FEATURE_NOT_SUPPORTED, message)),
+                Some(Ok(items)) => {
+                    Self::authorize(&self.server, client, &items)?;
+                    if items.iter().all(|i| matches!(i.route, Route::Session)) {
+                        SimpleQueryHandler::do_query(self.inner.as_ref(), client, query)
+                            .await
+                            .map_err(with_sqlstate)
+                    } else {
+                        Ok(self.run_each(client, items).await)
+                    }
+                }
+                None => SimpleQueryHandler::do_query(self.inner.as_ref(), client, query)
+                    .await
+                    .map_err(with_sqlstate),
+            }
+        };
+        running
+            .run(result)
+            .await
+            .map(|responses| responses.into_iter().map(|r| running.guard(r)).collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Session {
+    type Statement = DfStatementTuple;
+    type QueryParser = SessionParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let running = self.begin(client).await;
+        let (sql, planned) = &portal.statement.statement;
+        // The parser left statements that do not run in the session unplanned.
+        let own = if planned.is_none() {
+            match classify(self.server.lake.engine(), sql) {
+                Some(Ok(mut items)) if !items.is_empty() => Some(items.swap_remove(0).route),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let result = async {
+            match own {
+                Some(Route::Engine(statement)) => self.run_engine(statement).await,
+                Some(Route::CopyOut(copy)) => self.run_copy_out(copy, format_options(client)).await,
+                _ => ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)
+                    .await
+                    .map_err(with_sqlstate),
+            }
+        };
+        running.run(result).await.map(|r| running.guard(r))
+    }
+}
+
+/// datafusion-postgres's parser, with statements that run elsewhere left unplanned and
+/// read-only users checked before anything is planned.
+pub struct SessionParser {
+    server: Arc<Server>,
+    inner: Arc<Parser>,
+}
+
+#[async_trait]
+impl QueryParser for SessionParser {
+    type Statement = DfStatementTuple;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        match classify(self.server.lake.engine(), sql) {
+            Some(Err(message)) => return Err(error(errors::FEATURE_NOT_SUPPORTED, message)),
+            Some(Ok(items)) => {
+                Session::authorize(&self.server, client, &items)?;
+                if items.len() > 1 {
+                    return Err(error(
+                        errors::SYNTAX_ERROR,
+                        "cannot insert multiple commands into a prepared statement",
+                    ));
+                }
+                if items
+                    .first()
+                    .is_some_and(|i| !matches!(i.route, Route::Session))
+                {
+                    return Ok(Some((sql.to_owned(), None)));
+                }
+            }
+            None => {}
+        }
+        self.inner
+            .parse_sql(client, sql, types)
+            .await
+            .map_err(with_sqlstate)
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}
+
+/// Why a statement was stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Cancelled,
+    TimedOut,
+}
+
+impl Stop {
+    fn error(self) -> PgWireError {
+        match self {
+            Stop::Cancelled => error(
+                errors::QUERY_CANCELED,
+                "canceling statement due to user request",
+            ),
+            Stop::TimedOut => error(
+                errors::QUERY_CANCELED,
+                "canceling statement due to statement timeout",
+            ),
+        }
+    }
+}
+
+/// One statement in flight: what can stop it, and its bookkeeping (kept until its last row).
+struct Running {
+    stop: Shared<BoxFuture<'static, Stop>>,
+    finish: Arc<Finish>,
+}
+
+impl Running {
+    /// Runs the planning part of a statement, unless it is stopped first.
+    async fn run<T>(
+        &self,
+        work: impl std::future::Future<Output = PgWireResult<T>>,
+    ) -> PgWireResult<T> {
+        let result = tokio::select! {
+            result = work => result,
+            stop = self.stop.clone() => Err(self.finish.stopped(stop)),
+        };
+        if result.is_err() {
+            self.finish.set(Outcome::Error);
+        }
+        result
+    }
+
+    /// Makes the rows of `response` stoppable and counted.
+    fn guard(&self, response: Response) -> Response {
+        match response {
+            Response::Query(query) => {
+                let QueryResponse {
+                    command_tag,
+                    row_schema,
+                    data_rows,
+                    ..
+                } = query;
+                let mut guarded = QueryResponse::new(row_schema, self.stream(data_rows));
+                guarded.set_command_tag(&command_tag);
+                Response::Query(guarded)
+            }
+            Response::CopyOut(copy) => Response::CopyOut(CopyResponse::new(
+                copy.format,
+                copy.columns,
+                self.stream(copy.data_stream),
+            )),
+            Response::Error(e) => {
+                self.finish.set(Outcome::Error);
+                Response::Error(e)
+            }
+            other => other,
+        }
+    }
+
+    fn stream<S, T>(&self, rows: S) -> Guarded<S>
+    where
+        S: Stream<Item = PgWireResult<T>> + Unpin,
+    {
+        Guarded {
+            rows,
+            stop: self.stop.clone(),
+            finish: Arc::clone(&self.finish),
+            done: false,
+        }
+    }
+}
+
+/// Records a statement's outcome and latency when its last stream is done.
+struct Finish {
+    server: Arc<Server>,
+    started: Instant,
+    outcome: Mutex<Outcome>,
+    _busy: Busy,
+}
+
+impl Finish {
+    fn set(&self, outcome: Outcome) {
+        let mut current = self.outcome.lock().expect("outcome lock");
+        if *current == Outcome::Ok {
+            *current = outcome;
+        }
+    }
+
+    fn stopped(&self, stop: Stop) -> PgWireError {
+        self.set(match stop {
+            Stop::Cancelled => Outcome::Cancelled,
+            Stop::TimedOut => Outcome::Error,
+        });
+        stop.error()
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let outcome = *self.outcome.lock().expect("outcome lock");
+        self.server
+            .metrics
+            .query_finished(outcome, self.started.elapsed());
+    }
+}
+
+/// Rows that end with an error when the statement is cancelled or times out.
+struct Guarded<S> {
+    rows: S,
+    stop: Shared<BoxFuture<'static, Stop>>,
+    finish: Arc<Finish>,
+    done: bool,
+}
+
+impl<S, T> Stream for Guarded<S>
+where
+    S: Stream<Item = PgWireResult<T>> + Unpin,
+{
+    type Item = PgWireResult<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(stop) = this.stop.poll_unpin(cx) {
+            this.done = true;
+            return Poll::Ready(Some(Err(this.finish.stopped(stop))));
+        }
+        let next = this.rows.poll_next_unpin(cx);
+        match &next {
+            Poll::Ready(Some(Err(_))) => this.finish.set(Outcome::Error),
+            Poll::Ready(None) => this.done = true,
+            _ => {}
+        }
+        next.map(|item| item.map(|r| r.map_err(with_sqlstate)))
+    }
+}

@@ -1,0 +1,288 @@
+//! What a client's statement is: where it runs (the connection's session, or the engine, which
+//! checks locations and records tables in the store), whether it writes, and the options of a
+//! `COPY ... TO STDOUT`.
+
+use audiolake::Engine;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, ObjectType,
+    Statement,
+};
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+/// Where a statement runs.
+#[derive(Debug)]
+pub enum Route {
+    /// The connection's own DataFusion session (through datafusion-postgres).
+    Session,
+    /// The shared engine: `CREATE EXTERNAL TABLE`, `DROP TABLE`, `COPY ... TO 'location'`.
+    Engine(DfStatement),
+    /// `COPY (query) TO STDOUT`, answered by this server.
+    CopyOut(CopyOut),
+}
+
+#[derive(Debug)]
+pub struct Classified {
+    pub route: Route,
+    /// Whether a read-only user is refused this statement.
+    pub writes: bool,
+    /// The statement's text, for running it on its own.
+    pub text: String,
+}
+
+/// `COPY (query) TO STDOUT` with its options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyOut {
+    pub query: String,
+    pub csv: bool,
+    pub header: bool,
+    pub delimiter: char,
+    pub null: String,
+}
+
+/// Classifies `sql`, statement by statement. DataFusion's parser is tried first (it knows
+/// `CREATE EXTERNAL TABLE` and `COPY ... TO 'location'`), then the PostgreSQL-compatibility
+/// parser of datafusion-postgres (catalog queries of clients, `COPY ... TO STDOUT`). `None`
+/// when neither understands it: the session then reports the syntax error.
+pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, String>> {
+    if let Ok(statements) = engine.parse(sql) {
+        return Some(Ok(statements.into_iter().map(classify_df).collect()));
+    }
+    let statements = PostgresCompatibilityParser::new().parse(sql).ok()?;
+    Some(
+        statements
+            .into_iter()
+            .map(|statement| {
+                let writes = !is_read(&statement);
+                let text = statement.to_string();
+                let route = match copy_out(&statement) {
+                    Some(copy) => Route::CopyOut(copy?),
+                    None => Route::Session,
+                };
+                Ok(Classified {
+                    route,
+                    writes,
+                    text,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn classify_df(statement: DfStatement) -> Classified {
+    let text = statement.to_string();
+    let (writes, engine) = match &statement {
+        DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => (true, true),
+        DfStatement::Statement(inner) => (
+            !is_read(inner),
+            matches!(
+                inner.as_ref(),
+                Statement::Drop {
+                    object_type: ObjectType::Table,
+                    ..
+                }
+            ),
+        ),
+        DfStatement::Explain(explain) => (classify_df(*explain.statement.clone()).writes, false),
+        DfStatement::Reset(_) => (false, false),
+    };
+    let route = if engine {
+        Route::Engine(statement)
+    } else {
+        Route::Session
+    };
+    Classified {
+        route,
+        writes,
+        text,
+    }
+}
+
+/// Statements a read-only user may run: queries, settings, transactions, cursors, prepared
+/// statements of those, and `COPY ... TO STDOUT`.
+fn is_read(statement: &Statement) -> bool {
+    match statement {
+        Statement::Query(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowFunctions { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCreate { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowViews { .. }
+        | Statement::Set(_)
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Execute { .. }
+        | Statement::Discard { .. } => true,
+        Statement::Explain { statement, .. } | Statement::Prepare { statement, .. } => {
+            is_read(statement)
+        }
+        Statement::Copy {
+            to: true,
+            target: CopyTarget::Stdout,
+            ..
+        } => true,
+        _ => false,
+    }
+}
+
+/// The `COPY ... TO STDOUT` in `statement`, if it is one; an error for options it cannot honour.
+fn copy_out(statement: &Statement) -> Option<Result<CopyOut, String>> {
+    let Statement::Copy {
+        source,
+        to: true,
+        target: CopyTarget::Stdout,
+        options,
+        legacy_options,
+        ..
+    } = statement
+    else {
+        return None;
+    };
+    let query = match source {
+        CopySource::Query(query) => query.to_string(),
+        CopySource::Table {
+            table_name,
+            columns,
+        } if columns.is_empty() => format!("SELECT * FROM {table_name}"),
+        CopySource::Table {
+            table_name,
+            columns,
+        } => {
+            let columns: Vec<String> = columns.iter().map(ToString::to_string).collect();
+            format!("SELECT {} FROM {table_name}", columns.join(", "))
+        }
+    };
+    let mut copy = CopyOut {
+        query,
+        csv: false,
+        header: false,
+        delimiter: '\t',
+        null: "\\N".to_owned(),
+    };
+    let mut delimiter = None;
+    let mut null = None;
+    for option in options {
+        match option {
+            CopyOption::Format(name) => match name.value.to_ascii_lowercase().as_str() {
+                "csv" => copy.csv = true,
+                "text" => copy.csv = false,
+                other => {
+                    return Some(Err(format!(
+                        "COPY format {other} is not supported (text or csv)"
+                    )))
+                }
+            },
+            CopyOption::Header(on) => copy.header = *on,
+            CopyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyOption::Null(s) => null = Some(s.clone()),
+            other => return Some(Err(format!("COPY option {other} is not supported"))),
+        }
+    }
+    for option in legacy_options {
+        match option {
+            CopyLegacyOption::Csv(csv_options) => {
+                copy.csv = true;
+                for csv_option in csv_options {
+                    match csv_option {
+                        CopyLegacyCsvOption::Header => copy.header = true,
+                        other => return Some(Err(format!("COPY option {other} is not supported"))),
+                    }
+                }
+            }
+            CopyLegacyOption::Header => copy.header = true,
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyLegacyOption::Null(s) => null = Some(s.clone()),
+            other => return Some(Err(format!("COPY option {other} is not supported"))),
+        }
+    }
+    if copy.csv {
+        copy.delimiter = ',';
+        copy.null = String::new();
+    }
+    if copy.header && !copy.csv {
+        return Some(Err("COPY HEADER is available only in CSV mode".to_owned()));
+    }
+    copy.delimiter = delimiter.unwrap_or(copy.delimiter);
+    copy.null = null.unwrap_or(copy.null);
+    Some(Ok(copy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(sql: &str) -> Statement {
+        PostgresCompatibilityParser::new()
+            .parse(sql)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn copy_to_stdout_options() {
+        let copy = copy_out(&parse(
+            "COPY (SELECT 1 AS a) TO STDOUT WITH (FORMAT csv, HEADER)",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            copy,
+            CopyOut {
+                query: "SELECT 1 AS a".into(),
+                csv: true,
+                header: true,
+                delimiter: ',',
+                null: String::new(),
+            }
+        );
+        // psql's \copy sends the pre-9.0 spelling.
+        let copy = copy_out(&parse("COPY ( SELECT 1 ) TO STDOUT csv header"))
+            .unwrap()
+            .unwrap();
+        assert!(copy.csv && copy.header);
+        let copy = copy_out(&parse("COPY music (path, bpm) TO STDOUT"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(copy.query, "SELECT path, bpm FROM music");
+        assert_eq!((copy.delimiter, copy.null.as_str()), ('\t', "\\N"));
+        let err = copy_out(&parse("COPY music TO STDOUT WITH (FORMAT binary)"))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err, "COPY format binary is not supported (text or csv)");
+        assert!(copy_out(&parse("SELECT 1")).is_none());
+    }
+
+    #[test]
+    fn reads_and_writes() {
+        for sql in [
+            "SELECT 1",
+            "SET statement_timeout = 100",
+            "BEGIN",
+            "COMMIT",
+            "EXPLAIN SELECT 1",
+            "SHOW search_path",
+            "COPY (SELECT 1) TO STDOUT",
+        ] {
+            assert!(is_read(&parse(sql)), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t AS SELECT 1",
+            "DROP TABLE t",
+            "INSERT INTO t VALUES (1)",
+            "CREATE VIEW v AS SELECT 1",
+            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+        ] {
+            assert!(!is_read(&parse(sql)), "{sql}");
+        }
+    }
+}

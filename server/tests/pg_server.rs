@@ -1,0 +1,458 @@
+//! `audiolake serve` with psql, the PostgreSQL command-line client: authentication, TLS,
+//! meta-commands, errors, read-only users, limits, persistence and metrics. Each test skips
+//! with a message when psql is not installed (`.ci/run` installs it).
+
+mod pgserver;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgserver::{have, music_dir, stderr, stdout, PgServer, ALICE, BOB};
+
+fn serve_fails(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(pgserver::bin())
+        .args(["serve", "--store"])
+        .arg(dir.path().join("store"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the server started with {args:?}");
+    stderr(&output)
+}
+
+#[test]
+fn refuses_to_start_without_authentication_or_with_bad_tls() {
+    let err = serve_fails(&["--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("refusing to start without authentication"),
+        "{err}"
+    );
+    let err = serve_fails(&["--dev-no-auth", "--listen", "0.0.0.0:0"]);
+    assert!(
+        err.contains("--dev-no-auth listens on loopback only"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let users = pgserver::write_users(dir.path());
+    let users = users.to_str().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let err = serve_fails(&[
+        "--users",
+        users,
+        "--tls-cert",
+        missing,
+        "--tls-key",
+        missing,
+    ]);
+    assert!(err.contains("cannot read the TLS certificate"), "{err}");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let garbage = garbage.to_str().unwrap();
+    let err = serve_fails(&[
+        "--users",
+        users,
+        "--tls-cert",
+        garbage,
+        "--tls-key",
+        garbage,
+    ]);
+    assert!(err.contains("holds no certificate"), "{err}");
+    let err = serve_fails(&["--users", users, "--tls-cert", garbage]);
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
+fn passwords_are_checked_with_scram() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let ok = server.psql(ALICE, &["-c", "SELECT count(*) FROM music"]);
+    assert_eq!(stdout(&ok).trim(), "5", "{}", stderr(&ok));
+    for user in [(ALICE.0, "wrong"), ("mallory", "guess")] {
+        let refused = server.psql(user, &["-c", "SELECT 1"]);
+        assert!(!refused.status.success());
+        let err = stderr(&refused);
+        assert!(
+            err.contains("FATAL:  Password authentication failed for user"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn psql_meta_commands_and_copy() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let tables = server.psql(ALICE, &["-c", "\\dt"]);
+    assert!(
+        stdout(&tables).contains("public|music|table|"),
+        "{}{}",
+        stdout(&tables),
+        stderr(&tables)
+    );
+    let columns = server.psql(ALICE, &["-c", "\\d music"]);
+    let columns = stdout(&columns);
+    for line in [
+        "path|text|",
+        "size_bytes|bigint|",
+        "sample_rate|integer|",
+        "duration_s|double precision|",
+    ] {
+        assert!(columns.contains(line), "no {line} in {columns}");
+    }
+    let databases = server.psql(ALICE, &["-c", "\\l"]);
+    assert!(databases.status.success(), "{}", stderr(&databases));
+    let schemas = server.psql(ALICE, &["-c", "\\dn"]);
+    assert!(stdout(&schemas).contains("public|"), "{}", stdout(&schemas));
+
+    let csv = server.dir.path().join("out.csv");
+    let script = format!(
+        "\\x on\n\
+         SELECT file_name, sample_rate FROM music WHERE file_name = 'c_major_90.flac';\n\
+         \\x off\n\
+         \\copy (SELECT file_name, sample_rate FROM music WHERE file_name IN ('c_major_90.flac', 'g_major_100.m4a') ORDER BY file_name) TO '{}' csv header\n",
+        csv.display()
+    );
+    let out = server.psql_script(ALICE, &script, &[]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("file_name|c_major_90.flac\nsample_rate|48000"),
+        "expanded output: {text}{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap(),
+        "file_name,sample_rate\nc_major_90.flac,48000\ng_major_100.m4a,22050\n"
+    );
+}
+
+#[test]
+fn errors_carry_sqlstates_and_the_session_goes_on() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let script = "\\set VERBOSITY verbose\n\
+                  SELECT * FROM no_such_table;\n\
+                  SELECT no_such_column FROM music;\n\
+                  SELEC 1;\n\
+                  SELECT 1/0;\n\
+                  SELECT 'still here';\n";
+    let out = server.psql_script(ALICE, script, &[]);
+    let err = stderr(&out);
+    for code in [
+        "ERROR:  42P01:",
+        "ERROR:  42703:",
+        "ERROR:  42601:",
+        "ERROR:  22012:",
+    ] {
+        assert!(err.contains(code), "no {code} in {err}");
+    }
+    assert_eq!(stdout(&out).trim(), "still here");
+}
+
+#[test]
+fn read_only_users_read_but_cannot_write() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let music = music_dir();
+    let target = server.dir.path().join("copy.parquet");
+    let script = format!(
+        "\\set VERBOSITY verbose\n\
+         CREATE EXTERNAL TABLE more STORED AS AUDIO LOCATION '{}/';\n\
+         CREATE TABLE t AS SELECT 1 AS x;\n\
+         COPY (SELECT 1 AS x) TO '{}';\n\
+         SELECT count(*) FROM music;\n\
+         COPY (SELECT file_name FROM music ORDER BY file_name LIMIT 1) TO STDOUT;\n",
+        music.display(),
+        target.display()
+    );
+    let out = server.psql_script(BOB, &script, &[]);
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("ERROR:  42501: permission denied: user bob is read-only")
+            .count(),
+        3,
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "5\na_minor_120.mp3\n", "{err}");
+    assert!(!target.exists());
+}
+
+#[test]
+fn tables_created_over_the_wire_survive_a_restart_and_locations_are_guarded() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let script = format!(
+        "\\set VERBOSITY verbose\n\
+         CREATE EXTERNAL TABLE songs STORED AS AUDIO LOCATION '{}/';\n\
+         CREATE EXTERNAL TABLE secrets STORED AS CSV LOCATION '/etc/passwd';\n",
+        music_dir().display()
+    );
+    let out = server.psql_script(ALICE, &script, &["-q"]);
+    assert_eq!(stdout(&out).trim(), "", "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "ERROR:  42501: location 'file:///etc/passwd' is outside the allowed locations"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches("ERROR").count(), 1, "{err}");
+
+    let users = server.users.clone();
+    let dir = server.stop();
+    let users_arg = users.to_str().unwrap().to_owned();
+    let server = PgServer::start_in(dir, users, &["--users", &users_arg]);
+    let out = server.psql(ALICE, &["-c", "SELECT count(*) FROM songs"]);
+    assert_eq!(stdout(&out).trim(), "5", "{}", stderr(&out));
+}
+
+#[test]
+fn cursors_transactions_and_copy_to_stdout() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let script = "BEGIN;\n\
+                  DECLARE c CURSOR FOR SELECT file_name FROM music ORDER BY file_name;\n\
+                  FETCH 2 FROM c;\n\
+                  FETCH 2 FROM c;\n\
+                  CLOSE c;\n\
+                  COMMIT;\n\
+                  COPY (SELECT file_name, sample_rate, title FROM music WHERE file_name LIKE '%.flac' OR file_name LIKE '%.ogg' ORDER BY 1) TO STDOUT WITH (FORMAT csv, HEADER);\n\
+                  COPY (SELECT file_name, title FROM music WHERE file_name = 'broken.mp3') TO STDOUT;\n";
+    let out = server.psql_script(ALICE, script, &["-q"]);
+    assert_eq!(
+        stdout(&out),
+        "a_minor_120.mp3\nbroken.mp3\nc_major_90.flac\nd_minor_140.ogg\n\
+         file_name,sample_rate,title\nc_major_90.flac,48000,\nd_minor_140.ogg,44100,\n\
+         broken.mp3\t\\N\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn statement_timeout_and_memory_limit_stop_one_query_only() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&["--memory-limit", "32MiB"]);
+    let script = "\\set VERBOSITY verbose\n\
+                  SET statement_timeout = 300;\n\
+                  SELECT sum(a.v * b.v) FROM generate_series(1, 100000) a(v) CROSS JOIN generate_series(1, 100000) b(v);\n\
+                  SET statement_timeout = 0;\n\
+                  SELECT 'after timeout';\n\
+                  SELECT count(DISTINCT v) FROM (SELECT array_agg(v) AS v FROM generate_series(1, 50000000) t(v) GROUP BY v % 3) q;\n\
+                  SELECT 'after memory';\n";
+    let started = Instant::now();
+    let out = server.psql_script(ALICE, script, &["-q"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("ERROR:  57014: canceling statement due to statement timeout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ERROR:  53200:") && err.contains("Resources exhausted"),
+        "{err}"
+    );
+    assert_eq!(stdout(&out), "after timeout\nafter memory\n", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+/// psql kept open on a pipe, for tests that need a connection to stay.
+struct OpenPsql {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OpenPsql {
+    fn connect(server: &PgServer) -> Self {
+        let mut child = Command::new("psql")
+            .arg(server.conninfo(ALICE, "disable"))
+            .args(["-X", "-A", "-t"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn query(&mut self, sql: &str) -> Option<String> {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{sql}").ok()?;
+        stdin.flush().ok()?;
+        self.lines.recv_timeout(Duration::from_secs(30)).ok()
+    }
+
+    fn close(mut self) -> String {
+        drop(self.child.stdin.take());
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        self.child.wait().unwrap();
+        err
+    }
+}
+
+#[test]
+fn max_connections_and_idle_timeout() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&["--max-connections", "1", "--idle-timeout", "2"]);
+    let mut first = OpenPsql::connect(&server);
+    assert_eq!(first.query("SELECT 'first';").as_deref(), Some("first"));
+    let second = server.psql(ALICE, &["-c", "SELECT 1"]);
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("sorry, too many clients already (the server allows 1"),
+        "{}",
+        stderr(&second)
+    );
+    // Idle past the timeout: the server closes the first connection, freeing the slot.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(first.query("SELECT 'late';"), None);
+    let err = first.close();
+    assert!(
+        err.contains("server closed the connection unexpectedly"),
+        "{err}"
+    );
+    let third = server.psql(ALICE, &["-c", "SELECT 3"]);
+    assert_eq!(stdout(&third).trim(), "3", "{}", stderr(&third));
+}
+
+#[test]
+fn tls_with_passwords_and_no_plaintext() {
+    if !have("psql") || !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let server = PgServer::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let secure = Command::new("psql")
+        .arg(server.conninfo(ALICE, "require"))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM music",
+            "-c",
+            "\\conninfo",
+        ])
+        .output()
+        .unwrap();
+    let text = stdout(&secure);
+    assert!(text.starts_with("5\n"), "{text}{}", stderr(&secure));
+    assert!(text.contains("SSL connection (protocol: TLSv1.3"), "{text}");
+    let plain = server.psql(ALICE, &["-c", "SELECT 1"]);
+    assert!(!plain.status.success());
+    assert!(
+        stderr(&plain).contains("accepts TLS connections only"),
+        "{}",
+        stderr(&plain)
+    );
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+#[test]
+fn prometheus_metrics() {
+    if !have("psql") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = PgServer::start(&["--metrics-listen", &listen]);
+    let ok = server.psql(ALICE, &["-c", "SELECT count(*) FROM music"]);
+    assert_eq!(stdout(&ok).trim(), "5");
+    let failed = server.psql(ALICE, &["-c", "SELECT * FROM nowhere"]);
+    assert!(!failed.status.success());
+    let text = http_get(port, "/metrics");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "audiolake_connections_total "), 2.0);
+    assert_eq!(
+        metric(&text, "audiolake_queries_total{outcome=\"ok\"} "),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "audiolake_queries_total{outcome=\"error\"} "),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, "audiolake_query_duration_seconds_count "),
+        2.0
+    );
+    assert_eq!(metric(&text, "audiolake_files_analysed_total "), 0.0);
+    assert!(text.contains("audiolake_store_hits_total "), "{text}");
+    assert!(http_get(port, "/other").contains("404"));
+}

@@ -1,0 +1,180 @@
+//! Starts `audiolake serve` for a test, on a free port, over the music fixtures in
+//! `tests/music` (table `music`, 5 files), with a users file holding `alice` (read-write) and
+//! `bob` (read-only). Used by the server and client tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const ALICE: (&str, &str) = ("alice", "wonder-land-1");
+pub const BOB: (&str, &str) = ("bob", "read-only-2");
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_audiolake")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn music_dir() -> PathBuf {
+    repo_root().join("tests/music")
+}
+
+/// Whether `program` can be run; tests that need it print why they skip.
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: {program} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+pub struct PgServer {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub users: PathBuf,
+    pub store: PathBuf,
+}
+
+/// Writes the users file with alice and bob into `dir`.
+pub fn write_users(dir: &Path) -> PathBuf {
+    let users = dir.join("users");
+    for ((name, password), read_only) in [(ALICE, false), (BOB, true)] {
+        let mut args = vec!["user", "add", name, "--users", users.to_str().unwrap()];
+        if read_only {
+            args.push("--read-only");
+        }
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        assert!(child.wait().unwrap().success(), "user add {name} failed");
+    }
+    users
+}
+
+impl PgServer {
+    /// A server with passwords (the users file) and `extra` arguments.
+    pub fn start(extra: &[&str]) -> PgServer {
+        let dir = tempfile::tempdir().unwrap();
+        let users = write_users(dir.path());
+        let users_arg = users.to_str().unwrap().to_owned();
+        let mut args = vec!["--users", users_arg.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_in(dir, users, &args)
+    }
+
+    /// Starts in `dir` (store `dir/store`), with `args` after the common ones.
+    pub fn start_in(dir: tempfile::TempDir, users: PathBuf, args: &[&str]) -> PgServer {
+        let store = dir.path().join("store");
+        let music = music_dir();
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(&store)
+            .arg("--music")
+            .arg(&music)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split_whitespace()
+            .find_map(|w| w.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        PgServer {
+            child,
+            port,
+            dir,
+            users,
+            store,
+        }
+    }
+
+    /// A libpq connection string for `user`.
+    pub fn conninfo(&self, (user, password): (&str, &str), sslmode: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=audiolake sslmode={sslmode} connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// Runs psql as `user` with `args` (e.g. `-c`, `-f`), without TLS, unaligned output.
+    pub fn psql(&self, user: (&str, &str), args: &[&str]) -> Output {
+        Command::new("psql")
+            .arg(self.conninfo(user, "disable"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// psql on `script` given on standard input, as psql runs files.
+    pub fn psql_script(&self, user: (&str, &str), script: &str, extra: &[&str]) -> Output {
+        let mut child = Command::new("psql")
+            .arg(self.conninfo(user, "disable"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        dir
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
