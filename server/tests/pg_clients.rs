@@ -144,28 +144,7 @@ fn psycopg3_tls() {
         return;
     }
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-days", "2", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "openssl req failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = pgserver::self_signed_cert(certs.path());
     let server = PgServer::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),

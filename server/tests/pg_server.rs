@@ -353,26 +353,7 @@ fn tls_with_passwords_and_no_plaintext() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "2",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", stderr(&made));
+    let (cert, key) = pgserver::self_signed_cert(dir.path());
     let server = PgServer::start(&[
         "--tls-cert",
         cert.to_str().unwrap(),

@@ -48,6 +48,9 @@ pub struct Session {
     inner: Arc<DfSessionService>,
     parser: Arc<SessionParser>,
     activity: Arc<Activity>,
+    /// This connection's cancel signal, registered with the server at the first statement
+    /// (the backend key is known only after authentication).
+    cancel: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl Session {
@@ -64,6 +67,7 @@ impl Session {
             inner,
             parser,
             activity,
+            cancel: std::sync::OnceLock::new(),
         }
     }
 
@@ -71,9 +75,10 @@ impl Session {
     async fn begin<C: ClientInfo + ?Sized>(&self, client: &C) -> Running {
         // pgwire listens for cancels only while the handler runs, not while rows are sent;
         // this signal covers both (see `Server::cancel`).
-        let cancel = self.server.cancel_signal(client.pid_and_secret_key());
-        let cancelled = Arc::clone(&cancel);
-        let cancel = cancelled.notified_owned();
+        let cancel = self
+            .cancel
+            .get_or_init(|| self.server.cancel_signal(client.pid_and_secret_key()));
+        let cancel = Arc::clone(cancel).notified_owned();
         let timeout = client
             .metadata()
             .get(STATEMENT_TIMEOUT_KEY)
