@@ -127,7 +127,6 @@ fn python_client(server: &PgServer, script: &str, sslmode: &str) -> String {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): Describe on a DECLAREd cursor returns no columns, so psycopg 3 named cursors fail"]
 fn psycopg3() {
     if !have_python(&["psycopg"]) {
         return;
@@ -138,7 +137,6 @@ fn psycopg3() {
 
 /// psycopg 3 again, over TLS (sslmode=require) to a server with a self-signed certificate.
 #[test]
-#[ignore = "server gap (issue 5 open): the psycopg 3 script fails on named cursors (Describe on a DECLAREd cursor)"]
 fn psycopg3_tls() {
     if !have_python(&["psycopg"]) || !have("openssl") {
         return;
@@ -165,7 +163,7 @@ fn psycopg2() {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): version() is not 'PostgreSQL N.N'; reflection lacks pg_get_serial_sequence and unnest over int2vector"]
+#[ignore = "server gap (issue 5 open): get_columns fails, DataFusion cannot run the correlated subqueries SQLAlchemy puts inside CASE"]
 fn sqlalchemy_pandas() {
     if !have_python(&["psycopg2", "sqlalchemy", "pandas"]) {
         return;
@@ -175,7 +173,7 @@ fn sqlalchemy_pandas() {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): getTypeInfo (correlated subquery), getPrimaryKeys (_pg_expandarray), getColumns types list columns as text"]
+#[ignore = "server gap (issue 5 open): getPrimaryKeys fails, its catalog query indexes a vector column that pg_catalog keeps as text"]
 fn jdbc() {
     let jar = Path::new("/usr/share/java/postgresql.jar");
     if !have("java") || !have("javac") {
@@ -205,7 +203,6 @@ fn jdbc() {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): integer literals are int8, node-postgres reads them as strings"]
 fn node_postgres() {
     if !have("node") {
         return;

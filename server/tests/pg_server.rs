@@ -105,6 +105,7 @@ fn psql_meta_commands_and_copy() {
         "size_bytes|bigint|",
         "sample_rate|integer|",
         "duration_s|double precision|",
+        "mfcc|real[]|",
     ] {
         assert!(columns.contains(line), "no {line} in {columns}");
     }

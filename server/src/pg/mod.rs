@@ -3,6 +3,7 @@
 //! connection limits, idle timeouts and Prometheus metrics.
 
 mod auth;
+mod compat;
 mod copy_out;
 mod errors;
 mod metrics;
@@ -133,6 +134,9 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
     };
     setup_pg_catalog(lake.engine().session(), "datafusion", EmptyContextProvider)
         .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
+    compat::correct_pg_catalog(lake.engine().session(), "datafusion")
+        .map_err(|e| anyhow::anyhow!("cannot set up pg_catalog: {e}"))?;
+    compat::register(lake.engine().session());
 
     let lake = Arc::new(lake);
     let metrics = Arc::new(Metrics::new(Arc::clone(&lake)));

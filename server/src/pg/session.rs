@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
 use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{
-    CopyResponse, FieldInfo, QueryResponse, Response, Tag,
+    CopyResponse, DescribePortalResponse, FieldInfo, QueryResponse, Response, Tag,
 };
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
 use datafusion_postgres::pgwire::api::store::PortalStore;
@@ -26,7 +29,7 @@ use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type, META
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
-use datafusion_postgres::{DfSessionService, Parser};
+use datafusion_postgres::DfSessionService;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{Sink, Stream, StreamExt};
 
@@ -242,7 +245,10 @@ impl SimpleQueryHandler for Session {
                 Some(Err(message)) => Err(error(errors::FEATURE_NOT_SUPPORTED, message)),
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
-                    if items.iter().all(|i| matches!(i.route, Route::Session)) {
+                    if items
+                        .iter()
+                        .all(|i| matches!(i.route, Route::Session) && !i.rewritten)
+                    {
                         SimpleQueryHandler::do_query(self.inner.as_ref(), client, query)
                             .await
                             .map_err(with_sqlstate)
@@ -269,6 +275,45 @@ impl ExtendedQueryHandler for Session {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         Arc::clone(&self.parser)
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (sql, planned) = &portal.statement.statement;
+        // A DECLAREd cursor is a portal whose query datafusion-postgres keeps unplanned and
+        // whose rows it sends as text; psycopg's named cursors describe it to learn the columns.
+        let is_query = planned.is_none()
+            && matches!(
+                classify(self.server.lake.engine(), sql).as_ref(),
+                Some(Ok(items)) if matches!(&items[..], [item] if matches!(item.route, Route::Session) && !item.writes)
+            );
+        if is_query {
+            let planned = async {
+                let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)?.remove(0);
+                let plan = self
+                    .ctx
+                    .state()
+                    .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+                    .await?;
+                Ok::<_, DataFusionError>((statement, plan))
+            }
+            .await
+            .map_err(|e| with_sqlstate(PgWireError::ApiError(Box::new(e))))?;
+            let fields = self
+                .parser
+                .get_result_schema(&(sql.clone(), Some(planned)), Some(&Format::UnifiedText))?;
+            return Ok(DescribePortalResponse::new(fields));
+        }
+        ExtendedQueryHandler::do_describe_portal(self.inner.as_ref(), client, portal).await
     }
 
     async fn do_query<C>(
@@ -311,7 +356,7 @@ impl ExtendedQueryHandler for Session {
 /// read-only users checked before anything is planned.
 pub struct SessionParser {
     server: Arc<Server>,
-    inner: Arc<Parser>,
+    inner: Arc<datafusion_postgres::Parser>,
 }
 
 #[async_trait]
@@ -337,11 +382,17 @@ impl QueryParser for SessionParser {
                         "cannot insert multiple commands into a prepared statement",
                     ));
                 }
-                if items
-                    .first()
-                    .is_some_and(|i| !matches!(i.route, Route::Session))
-                {
-                    return Ok(Some((sql.to_owned(), None)));
+                if let Some(item) = items.first() {
+                    if !matches!(item.route, Route::Session) {
+                        return Ok(Some((sql.to_owned(), None)));
+                    }
+                    if item.rewritten {
+                        return self
+                            .inner
+                            .parse_sql(client, &item.text, types)
+                            .await
+                            .map_err(with_sqlstate);
+                    }
                 }
             }
             None => {}

@@ -10,6 +10,8 @@ use datafusion::sql::sqlparser::ast::{
 };
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
+use super::compat;
+
 /// Where a statement runs.
 #[derive(Debug)]
 pub enum Route {
@@ -28,6 +30,8 @@ pub struct Classified {
     pub writes: bool,
     /// The statement's text, for running it on its own.
     pub text: String,
+    /// Whether `text` was rewritten for PostgreSQL compatibility (see `compat::rewrite`).
+    pub rewritten: bool,
 }
 
 /// `COPY (query) TO STDOUT` with its options.
@@ -52,8 +56,9 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
     Some(
         statements
             .into_iter()
-            .map(|statement| {
+            .map(|mut statement| {
                 let writes = !is_read(&statement);
+                let rewritten = compat::rewrite(&mut statement);
                 let text = statement.to_string();
                 let route = match copy_out(&statement) {
                     Some(copy) => Route::CopyOut(copy?),
@@ -63,13 +68,23 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
                     route,
                     writes,
                     text,
+                    rewritten,
                 })
             })
             .collect(),
     )
 }
 
-fn classify_df(statement: DfStatement) -> Classified {
+fn rewrite_df(statement: &mut DfStatement) -> bool {
+    match statement {
+        DfStatement::Statement(inner) => compat::rewrite(inner),
+        DfStatement::Explain(explain) => rewrite_df(&mut explain.statement),
+        _ => false,
+    }
+}
+
+fn classify_df(mut statement: DfStatement) -> Classified {
+    let rewritten = rewrite_df(&mut statement);
     let text = statement.to_string();
     let (writes, engine) = match &statement {
         DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => (true, true),
@@ -95,6 +110,7 @@ fn classify_df(statement: DfStatement) -> Classified {
         route,
         writes,
         text,
+        rewritten,
     }
 }
 

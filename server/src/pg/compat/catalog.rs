@@ -1,0 +1,410 @@
+//! Corrections to datafusion-postgres's pg_catalog. Its `pg_attribute` reports every array
+//! column as `text`, so `\d`, pgJDBC's `getColumns` and BI tools see MFCC, chroma and embeddings
+//! as strings, although the wire encodes them as `float4[]`; and its `pg_index` keeps vectors
+//! as text, which clients' `unnest` fails on. The schema is wrapped to correct both.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::builder::{Int64Builder, ListBuilder};
+use datafusion::arrow::array::{
+    new_null_array, ArrayRef, AsArray, Int32Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProviderList, MemTable, SchemaProvider, Session, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::collect;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use datafusion_postgres::arrow_pg::datatypes::into_pg_type;
+use tokio::sync::OnceCell;
+
+/// Replaces the `pg_catalog` schema of `catalog` in `ctx` by one whose `pg_attribute` is
+/// corrected. Call after `setup_pg_catalog`.
+pub fn correct_pg_catalog(ctx: &SessionContext, catalog: &str) -> Result<()> {
+    let provider = ctx
+        .catalog(catalog)
+        .ok_or_else(|| DataFusionError::Plan(format!("no catalog {catalog}")))?;
+    let inner = provider
+        .schema("pg_catalog")
+        .ok_or_else(|| DataFusionError::Plan("pg_catalog is not set up".into()))?;
+    let corrected = PgCatalog(Arc::new(Sources {
+        inner,
+        catalogs: Arc::clone(ctx.state().catalog_list()),
+        index: OnceCell::new(),
+    }));
+    provider.register_schema("pg_catalog", Arc::new(corrected))?;
+    Ok(())
+}
+
+#[derive(Debug)]
+struct PgCatalog(Arc<Sources>);
+
+/// What the corrected `pg_attribute` is computed from.
+#[derive(Debug)]
+struct Sources {
+    inner: Arc<dyn SchemaProvider>,
+    catalogs: Arc<dyn CatalogProviderList>,
+    /// `pg_index` with its vectors as arrays; the table is static.
+    index: OnceCell<Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalog {
+    fn table_names(&self) -> Vec<String> {
+        self.0.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let table = self.0.inner.table(name).await?;
+        match table {
+            // Computed at scan time: building pg_class and pg_attribute looks up every table,
+            // this one included, so the lookup itself must stay cheap.
+            Some(attributes) if name.eq_ignore_ascii_case("pg_attribute") => {
+                Ok(Some(Arc::new(Attributes {
+                    sources: Arc::clone(&self.0),
+                    inner: attributes,
+                })))
+            }
+            Some(index) if name.eq_ignore_ascii_case("pg_index") => {
+                let table = self
+                    .0
+                    .index
+                    .get_or_try_init(|| vector_columns(index))
+                    .await?;
+                Ok(Some(Arc::clone(table)))
+            }
+            Some(classes) if name.eq_ignore_ascii_case("pg_class") => {
+                Ok(Some(Arc::new(Amended::new(classes, Amendment::RelOptions))))
+            }
+            Some(settings) if name.eq_ignore_ascii_case("pg_settings") => Ok(Some(Arc::new(
+                Amended::new(settings, Amendment::FixedSettings),
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.0.inner.table_exist(name)
+    }
+}
+
+/// `pg_attribute` with array columns typed as arrays.
+#[derive(Debug)]
+struct Attributes {
+    sources: Arc<Sources>,
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for Attributes {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.sources.corrected_attributes(&self.inner).await?;
+        MemTable::try_new(self.schema(), vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+impl Sources {
+    async fn corrected_attributes(
+        &self,
+        attributes: &Arc<dyn TableProvider>,
+    ) -> Result<Vec<RecordBatch>> {
+        let tables = self.table_names_by_oid().await?;
+        let mut schemas: HashMap<i64, Option<SchemaRef>> = HashMap::new();
+        let mut corrected = Vec::new();
+        for batch in scan(attributes).await? {
+            let relids = int64_column(&batch, "attrelid")?;
+            let names = batch
+                .column_by_name("attname")
+                .ok_or_else(|| missing("attname"))?;
+            let names = cast(names, &DataType::Utf8)?;
+            let names = names.as_string::<i32>();
+            let (type_index, _) = batch
+                .schema()
+                .column_with_name("atttypid")
+                .ok_or_else(|| missing("atttypid"))?;
+            let types = int64_column(&batch, "atttypid")?;
+            let mut fixed = Vec::with_capacity(batch.num_rows());
+            for row in 0..batch.num_rows() {
+                let relid = relids.value(row);
+                if !schemas.contains_key(&relid) {
+                    let schema = match tables.get(&relid) {
+                        Some((schema, table)) => self.arrow_schema(schema, table).await,
+                        None => None,
+                    };
+                    schemas.insert(relid, schema);
+                }
+                let array_type = schemas[&relid]
+                    .as_ref()
+                    .and_then(|s| s.field_with_name(names.value(row)).ok())
+                    .and_then(|f| into_pg_type(f.data_type()).ok())
+                    // PostgreSQL names array types after their element, with a leading '_'.
+                    .filter(|t| t.name().starts_with('_'));
+                fixed.push(array_type.map_or(types.value(row) as i32, |t| t.oid() as i32));
+            }
+            let mut columns = batch.columns().to_vec();
+            columns[type_index] = Arc::new(Int32Array::from(fixed)) as ArrayRef;
+            let columns = columns
+                .into_iter()
+                .zip(batch.schema().fields())
+                .map(|(c, f)| cast(&c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            corrected.push(RecordBatch::try_new(batch.schema(), columns)?);
+        }
+        Ok(corrected)
+    }
+
+    /// `pg_class.oid` to (schema, table), from pg_class and pg_namespace.
+    async fn table_names_by_oid(&self) -> Result<HashMap<i64, (String, String)>> {
+        let mut schemas = HashMap::new();
+        for batch in self.scan_table("pg_namespace").await? {
+            let oids = int64_column(&batch, "oid")?;
+            let names = string_column(&batch, "nspname")?;
+            for row in 0..batch.num_rows() {
+                schemas.insert(
+                    oids.value(row),
+                    names.as_string::<i32>().value(row).to_owned(),
+                );
+            }
+        }
+        let mut tables = HashMap::new();
+        for batch in self.scan_table("pg_class").await? {
+            let oids = int64_column(&batch, "oid")?;
+            let names = string_column(&batch, "relname")?;
+            let namespaces = int64_column(&batch, "relnamespace")?;
+            for row in 0..batch.num_rows() {
+                if let Some(schema) = schemas.get(&namespaces.value(row)) {
+                    let table = names.as_string::<i32>().value(row).to_owned();
+                    tables.insert(oids.value(row), (schema.clone(), table));
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// The Arrow schema of `schema.table` in whichever catalog has it.
+    async fn arrow_schema(&self, schema: &str, table: &str) -> Option<SchemaRef> {
+        for catalog in self.catalogs.catalog_names() {
+            let Some(provider) = self
+                .catalogs
+                .catalog(&catalog)
+                .and_then(|c| c.schema(schema))
+            else {
+                continue;
+            };
+            if let Ok(Some(table)) = provider.table(table).await {
+                return Some(table.schema());
+            }
+        }
+        None
+    }
+
+    async fn scan_table(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let table = self.inner.table(name).await?.ok_or_else(|| missing(name))?;
+        scan(&table).await
+    }
+}
+
+/// What a catalog table lacks that clients read.
+#[derive(Debug, Clone, Copy)]
+enum Amendment {
+    /// `pg_class.reloptions` (storage options; none here), which SQLAlchemy selects.
+    RelOptions,
+    /// Rows of `pg_settings` for limits compiled into PostgreSQL, which pgJDBC reads.
+    FixedSettings,
+}
+
+/// Settings PostgreSQL fixes at build time, with its default values.
+const FIXED_SETTINGS: &[(&str, &str)] =
+    &[("max_index_keys", "32"), ("max_identifier_length", "63")];
+
+/// A catalog table with an [`Amendment`], applied at scan time.
+#[derive(Debug)]
+struct Amended {
+    inner: Arc<dyn TableProvider>,
+    amendment: Amendment,
+    schema: SchemaRef,
+}
+
+impl Amended {
+    fn new(inner: Arc<dyn TableProvider>, amendment: Amendment) -> Self {
+        let mut fields: Vec<Field> = inner
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if let Amendment::RelOptions = amendment {
+            fields.push(Field::new(
+                "reloptions",
+                DataType::new_list(DataType::Utf8, true),
+                true,
+            ));
+        }
+        Self {
+            inner,
+            amendment,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    async fn batches(&self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        for batch in scan(&self.inner).await? {
+            let mut columns = batch.columns().to_vec();
+            if let Amendment::RelOptions = self.amendment {
+                columns.push(new_null_array(
+                    self.schema.field(columns.len()).data_type(),
+                    batch.num_rows(),
+                ));
+            }
+            batches.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        if let Amendment::FixedSettings = self.amendment {
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    "name" => Arc::new(StringArray::from_iter_values(
+                        FIXED_SETTINGS.iter().map(|s| s.0),
+                    )) as ArrayRef,
+                    "setting" | "reset_val" | "boot_val" => Arc::new(
+                        StringArray::from_iter_values(FIXED_SETTINGS.iter().map(|s| s.1)),
+                    ),
+                    _ => new_null_array(f.data_type(), FIXED_SETTINGS.len()),
+                })
+                .collect();
+            batches.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        Ok(batches)
+    }
+}
+
+#[async_trait]
+impl TableProvider for Amended {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        MemTable::try_new(self.schema(), vec![self.batches().await?])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// `pg_index` with `indkey`, `indoption` (int2vector) and `indclass`, `indcollation`
+/// (oidvector) as arrays, as PostgreSQL's clients index and unnest them; datafusion-postgres
+/// keeps them as space-separated text.
+async fn vector_columns(index: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
+    let vector_type = |name: &str| match name {
+        "indkey" | "indoption" => Some(DataType::Int16),
+        "indclass" | "indcollation" => Some(DataType::Int32),
+        _ => None,
+    };
+    let fields: Vec<Field> = index
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match vector_type(f.name()) {
+            Some(element) => Field::new(f.name(), DataType::new_list(element, true), true),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let mut batches = Vec::new();
+    for batch in scan(&index).await? {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(column, field)| match vector_type(field.name()) {
+                Some(element) => parse_vectors(column, &element),
+                None => Ok(Arc::clone(column)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        batches.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+    }
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+/// Space-separated integers ("1 2") to lists of `element`.
+fn parse_vectors(column: &ArrayRef, element: &DataType) -> Result<ArrayRef> {
+    let text = cast(column, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    let mut lists = ListBuilder::new(Int64Builder::new());
+    for value in text.iter() {
+        match value {
+            None => lists.append_null(),
+            Some(value) => {
+                for number in value.split_whitespace() {
+                    let number = number.parse::<i64>().map_err(|e| {
+                        DataFusionError::Internal(format!("pg_index vector {value:?}: {e}"))
+                    })?;
+                    lists.values().append_value(number);
+                }
+                lists.append(true);
+            }
+        }
+    }
+    let lists: ArrayRef = Arc::new(lists.finish());
+    Ok(cast(&lists, &DataType::new_list(element.clone(), true))?)
+}
+
+/// A context only for running catalog scans, which need no tables of their own.
+static SCAN_CONTEXT: LazyLock<SessionContext> = LazyLock::new(SessionContext::new);
+
+async fn scan(table: &Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
+    let state = SCAN_CONTEXT.state();
+    let plan = table.scan(&state, None, &[], None).await?;
+    collect(plan, SCAN_CONTEXT.task_ctx()).await
+}
+
+fn int64_column(
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<Arc<datafusion::arrow::array::Int64Array>> {
+    let column = batch.column_by_name(name).ok_or_else(|| missing(name))?;
+    let column = cast(column, &DataType::Int64)?;
+    Ok(Arc::new(column.as_primitive::<Int64Type>().clone()))
+}
+
+fn string_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    let column = batch.column_by_name(name).ok_or_else(|| missing(name))?;
+    Ok(cast(column, &DataType::Utf8)?)
+}
+
+fn missing(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("pg_catalog has no {what}"))
+}
