@@ -67,7 +67,8 @@ impl Batcher {
     }
 
     /// Tags and embedding of one track from its log-mel frames, computed in a shared pass.
-    /// Equal, up to float rounding, to [`Musicnn::analyze`].
+    /// Equal, up to float rounding, to [`Musicnn::analyze`]. It blocks: from async code, call
+    /// it on a blocking thread.
     pub fn analyze(&self, frames: &[[f32; N_MELS]]) -> Result<TrackTags> {
         let patches = self.model.patches(frames);
         let (reply, result) = mpsc::sync_channel(1);

@@ -21,6 +21,8 @@ pub const EMBEDDING_DIM: usize = 200;
 const FRONT_IN: usize = 561;
 const MID_CHANNELS: usize = 64;
 const POOLED: usize = FRONT_IN + 3 * MID_CHANNELS;
+/// Patches per front-end pass on the CPU.
+const CPU_CHUNK: usize = 2;
 
 /// Which bundled musicnn network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -331,33 +333,119 @@ impl Affine {
 }
 
 /// Front-end block: time padding, conv2d, ReLU, batch norm, max over the mel axis.
+///
+/// Bias, ReLU and the batch norm act per channel and are monotone, so they are applied after
+/// the max, on a tensor as many times smaller as there are mel positions. For a channel with a
+/// negative batch-norm scale the max of the output comes from the min of the conv, so those
+/// kernels are stored negated and the max is negated back (exact in floating point).
 struct FrontBlock {
+    /// [C, 1, kh, kw], sign-adjusted.
     weight: Tensor,
+    /// The same as a matrix [kh * kw, C] for the CPU path.
+    weight_t: Tensor,
+    sign: Tensor,
     bias: Tensor,
     bn: Affine,
+    kernel: (usize, usize),
     pad: (usize, usize),
 }
 
 impl FrontBlock {
     fn load(vb: &VarBuilder, out: usize, kh: usize, kw: usize, eps: f64) -> Result<Self> {
+        let bn = Affine::load(&vb.pp("bn"), out, eps)?;
+        let sign = bn.scale.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
+        let weight = vb
+            .get((out, 1, kh, kw), "conv.weight")?
+            .broadcast_mul(&sign.reshape((out, 1, 1, 1))?)?;
+        let weight_t = weight.reshape((out, kh * kw))?.t()?.contiguous()?;
         // Odd kernels pad evenly; TF 'same' puts the extra zero of even kernels after.
         let pad = ((kh - 1) / 2, kh / 2);
         Ok(Self {
-            weight: vb.get((out, 1, kh, kw), "conv.weight")?,
-            bias: vb.get(out, "conv.bias")?.reshape((1, out, 1, 1))?,
-            bn: Affine::load(&vb.pp("bn"), out, eps)?,
+            weight,
+            weight_t,
+            sign: sign.reshape((1, out, 1))?,
+            bias: vb.get(out, "conv.bias")?.reshape((1, out, 1))?,
+            bn,
+            kernel: (kh, kw),
             pad,
         })
     }
 
-    /// [B, 1, T, 96] -> [B, C, T]
+    /// [B, 1, T, 96] -> [B, C, T], with candle's conv2d (any device).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x
+        let extreme = x
             .pad_with_zeros(2, self.pad.0, self.pad.1)?
             .conv2d(&self.weight, 0, 1, 1, 1)?
+            .max(D::Minus1)?;
+        self.finish(&extreme)
+    }
+
+    /// Same as `forward` for `b` patches of `t` frames given as host values [b, t, 96], with
+    /// an explicit im2col and one large matmul: on the CPU that is several times faster than
+    /// candle's tiled conv2d for these long, thin kernels.
+    fn forward_im2col(&self, x: &[f32], b: usize, t: usize) -> Result<Tensor> {
+        let (kh, kw) = self.kernel;
+        let k = kh * kw;
+        let channels = self.weight_t.dim(1)?;
+        // Input row `src` (padded coordinates) of output frame `ti`, kernel row `dt`.
+        let source = |ti: usize, dt: usize| (ti + dt).checked_sub(self.pad.0).filter(|&s| s < t);
+        // Each im2col row gives one (patch, frame, mel position) output; `target` maps a row
+        // to its (patch, frame) for the max over mel.
+        let (cols, target): (Vec<f32>, Box<dyn Fn(usize) -> usize>) = if kw > 1 {
+            // Rows (patch, frame, mel position); columns (dt, df) as in the kernel.
+            let f_out = N_MELS - kw + 1;
+            let mut cols = vec![0f32; b * t * f_out * k];
+            for (r, row) in cols.chunks_exact_mut(k).enumerate() {
+                let (bi, ti, f) = (r / (t * f_out), r / f_out % t, r % f_out);
+                for dt in 0..kh {
+                    if let Some(s) = source(ti, dt) {
+                        let from = (bi * t + s) * N_MELS + f;
+                        row[dt * kw..(dt + 1) * kw].copy_from_slice(&x[from..from + kw]);
+                    }
+                }
+            }
+            (cols, Box::new(move |r| r / f_out))
+        } else {
+            // One tap per mel bin: rows (patch, mel bin, frame); columns dt.
+            let mut xt = vec![0f32; b * N_MELS * t];
+            for (i, v) in x.iter().enumerate() {
+                let (bi, ti, f) = (i / (t * N_MELS), i / N_MELS % t, i % N_MELS);
+                xt[(bi * N_MELS + f) * t + ti] = *v;
+            }
+            let mut cols = vec![0f32; b * N_MELS * t * k];
+            for (r, row) in cols.chunks_exact_mut(k).enumerate() {
+                let (series, ti) = (r / t, r % t);
+                for (dt, c) in row.iter_mut().enumerate() {
+                    if let Some(s) = source(ti, dt) {
+                        *c = xt[series * t + s];
+                    }
+                }
+            }
+            (cols, Box::new(move |r| r / (N_MELS * t) * t + r % t))
+        };
+        let rows = cols.len() / k;
+        let y = Tensor::from_vec(cols, (rows, k), &Device::Cpu)?
+            .matmul(&self.weight_t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut maxed = vec![f32::NEG_INFINITY; b * t * channels];
+        for (r, row) in y.chunks_exact(channels).enumerate() {
+            let out = &mut maxed[target(r) * channels..][..channels];
+            for (m, &v) in out.iter_mut().zip(row) {
+                *m = m.max(v);
+            }
+        }
+        let maxed = Tensor::from_vec(maxed, (b, t, channels), &Device::Cpu)?;
+        self.finish(&maxed.transpose(1, 2)?)
+    }
+
+    /// Sign, bias, ReLU and batch norm on the max over mel [B, C, T].
+    fn finish(&self, extreme: &Tensor) -> Result<Tensor> {
+        let y = extreme
+            .broadcast_mul(&self.sign)?
             .broadcast_add(&self.bias)?
             .relu()?;
-        Ok(self.bn.forward(&y)?.max(D::Minus1)?)
+        self.bn.forward(&y)
     }
 }
 
@@ -438,12 +526,36 @@ impl Net {
     /// [B, T, 96] log-mel -> (taggram [B, 50], penultimate [B, 200])
     fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let x = self.bn_input.forward(&x.unsqueeze(1)?)?;
-        let fronts = self
-            .front
-            .iter()
-            .map(|b| b.forward(&x))
-            .collect::<Result<Vec<_>>>()?;
-        let front = Tensor::cat(&fronts, 1)?;
+        let front = if x.device().is_cpu() {
+            let (b, _, t, _) = x.dims4()?;
+            let host = x.flatten_all()?.to_vec1::<f32>()?;
+            // Small chunks keep the im2col buffers (about 12 MB per patch and block) under the
+            // size that malloc serves from mmap, which would page-fault them in on every pass.
+            let chunks = host
+                .chunks(CPU_CHUNK * t * N_MELS)
+                .map(|c| {
+                    let n = c.len() / (t * N_MELS);
+                    let fronts = self
+                        .front
+                        .iter()
+                        .map(|f| f.forward_im2col(c, n, t))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Tensor::cat(&fronts, 1)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            debug_assert_eq!(
+                chunks.iter().map(|c| c.dim(0).unwrap_or(0)).sum::<usize>(),
+                b
+            );
+            Tensor::cat(&chunks, 0)?
+        } else {
+            let fronts = self
+                .front
+                .iter()
+                .map(|b| b.forward(&x))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&fronts, 1)?
+        };
         let c1 = self.mid[0].forward(&front)?;
         let c2 = (self.mid[1].forward(&c1)? + &c1)?;
         let c3 = (self.mid[2].forward(&c2)? + &c2)?;
@@ -454,5 +566,43 @@ impl Net {
         let penultimate = self.bn_dense.forward(&hidden)?;
         let taggram = candle_nn::ops::sigmoid(&self.output.forward(&penultimate)?)?;
         Ok((taggram, penultimate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn im2col_front_end_equals_conv2d() {
+        let (weights, _) = Kind::Mtt.bundled();
+        let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, &Device::Cpu).unwrap();
+        let net = Net::load(&vb, 1e-3).unwrap();
+        // 40 frames: shorter than the 128-tap kernel, so every padding edge case is hit.
+        let (b, t) = (2, 40);
+        let x: Vec<f32> = (0..b * t * N_MELS)
+            .map(|i| (i * 7919 % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let input = Tensor::from_slice(&x, (b, 1, t, N_MELS), &Device::Cpu).unwrap();
+        for block in &net.front {
+            let conv = block.forward(&input).unwrap();
+            let im2col = block.forward_im2col(&x, b, t).unwrap();
+            assert_eq!(conv.dims(), im2col.dims());
+            let diff = (conv - im2col)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff < 1e-4,
+                "kernel {:?}: max abs diff {diff}",
+                block.kernel
+            );
+        }
     }
 }
