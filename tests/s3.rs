@@ -123,7 +123,7 @@ fn assert_matches_fixtures(batch: &RecordBatch) {
         .column_by_name("size_bytes")
         .unwrap()
         .as_primitive::<Int64Type>();
-    let text_columns = ["format", "codec", "title", "artist", "album", "genre"];
+    let text_columns = ["format", "codec", "title", "artist", "album", "tag_genre"];
     let int_columns = [
         "sample_rate",
         "channels",
@@ -222,7 +222,7 @@ async fn s3_table_lists_and_probes_the_fixtures() {
     let batch = query(
         &lake,
         "SELECT path, file_name, size_bytes, format, codec, sample_rate, channels, \
-         bits_per_sample, duration_s, title, artist, album, genre, track_number, year, error \
+         bits_per_sample, duration_s, title, artist, album, tag_genre, track_number, year, error \
          FROM s3music",
     )
     .await;
@@ -267,7 +267,7 @@ async fn s3_table_with_options_is_restored_from_the_catalog() {
     let batch = query(
         &lake,
         "SELECT path, file_name, size_bytes, format, codec, sample_rate, channels, \
-         bits_per_sample, duration_s, title, artist, album, genre, track_number, year, error \
+         bits_per_sample, duration_s, title, artist, album, tag_genre, track_number, year, error \
          FROM s3music",
     )
     .await;

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use audiolake_udf::features;
+use audiolake_udf::features::{self, musicnn};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::dataframe::DataFrame;
@@ -41,6 +41,10 @@ pub struct EngineConfig {
     /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
     /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
     pub memory_limit: Option<usize>,
+    /// Where the pretrained networks run: `cpu`, `cuda` or `cuda:N` (the `cuda` feature).
+    pub device: String,
+    /// Patches per forward pass of the networks, across the files analysed at once.
+    pub batch_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,8 @@ impl Default for EngineConfig {
             target_partitions: None,
             flush: FlushPolicy::default(),
             memory_limit: None,
+            device: "cpu".to_string(),
+            batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -77,6 +83,10 @@ impl Engine {
     /// Opens the store (creating a local one if needed), then restores the recorded tables.
     /// A table that can no longer be restored is reported in [`Engine::warnings`].
     pub async fn open(config: EngineConfig) -> Result<Self> {
+        if config.device != "cpu" || config.batch_size != audiolake_models::DEFAULT_BATCH_SIZE {
+            musicnn::configure(&config.device, config.batch_size)
+                .map_err(|e| EngineError::InvalidOption(e.to_string()))?;
+        }
         let store_url = open_store_url(&config.store)?;
         let mut roots = AllowedRoots::new();
         roots.add(store_url.as_str())?;
