@@ -35,8 +35,8 @@ fn lane_sum(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] += term(x[i], y[i]);
+        for ((sum, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *sum += term(*x, *y);
         }
     }
     let mut sum = 0.0f32;
@@ -53,15 +53,15 @@ pub fn l2_distance(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
 }
 
 /// Squared Euclidean distance as `f32`, for index structures that compare many distances and
-/// only need their order. Panics in debug builds when the lengths differ.
-#[inline]
+/// only need their order. Panics in debug builds when the lengths differ. Not `#[inline]`: a
+/// caller built without optimisation (the engine in the dev profile) would get its own
+/// unoptimised copy instead of this crate's.
 pub fn l2_squared_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     lane_sum(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// Dot product as `f32`, for index structures; see [`l2_squared_f32`].
-#[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     lane_sum(a, b, |x, y| x * y)
@@ -88,10 +88,10 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            dot[i] += x[i] * y[i];
-            na[i] += x[i] * x[i];
-            nb[i] += y[i] * y[i];
+        for (i, (x, y)) in x.iter().zip(y).enumerate() {
+            dot[i] += x * y;
+            na[i] += x * x;
+            nb[i] += y * y;
         }
     }
     let (mut dot, mut na, mut nb) = (
