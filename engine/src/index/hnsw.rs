@@ -765,6 +765,8 @@ fn load_graph(dir: &Path, basename: &str) -> Result<Graph, IndexError> {
     }
     let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, basename)));
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        // Moving the reference in makes the closure FnOnce, so the graph may keep it.
+        let io = io;
         io.load_hnsw::<f32, StoredL2>()
     }));
     match loaded {
