@@ -218,7 +218,7 @@ fn best_extent(seq: &[usize], in_a: &[bool], needle_len: usize) -> f32 {
         // last occurrence falls behind the start leave the window.
         let mut here = ratio(shared, needle_len, distinct);
         let (mut try_distinct, mut try_shared) = (distinct, shared);
-        for s in first..=end {
+        for (s, &m) in seq.iter().enumerate().take(end + 1).skip(first) {
             let candidate = ratio(try_shared, needle_len, try_distinct);
             if candidate > here {
                 here = candidate;
@@ -226,7 +226,6 @@ fn best_extent(seq: &[usize], in_a: &[bool], needle_len: usize) -> f32 {
                 distinct = try_distinct;
                 shared = try_shared;
             }
-            let m = seq[s];
             if last_at[m] == Some(s) {
                 try_distinct -= 1;
                 try_shared -= usize::from(in_a[m]);
