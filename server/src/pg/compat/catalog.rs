@@ -64,12 +64,9 @@ impl SchemaProvider for PgCatalog {
         match table {
             // Computed at scan time: building pg_class and pg_attribute looks up every table,
             // this one included, so the lookup itself must stay cheap.
-            Some(attributes) if name.eq_ignore_ascii_case("pg_attribute") => {
-                Ok(Some(Arc::new(Attributes {
-                    sources: Arc::clone(&self.0),
-                    inner: attributes,
-                })))
-            }
+            Some(attributes) if name.eq_ignore_ascii_case("pg_attribute") => Ok(Some(Arc::new(
+                Amended::new(attributes, Amendment::ArrayTypes(Arc::clone(&self.0))),
+            ))),
             Some(index) if name.eq_ignore_ascii_case("pg_index") => {
                 let table = self
                     .0
@@ -90,37 +87,6 @@ impl SchemaProvider for PgCatalog {
 
     fn table_exist(&self, name: &str) -> bool {
         self.0.inner.table_exist(name)
-    }
-}
-
-/// `pg_attribute` with array columns typed as arrays.
-#[derive(Debug)]
-struct Attributes {
-    sources: Arc<Sources>,
-    inner: Arc<dyn TableProvider>,
-}
-
-#[async_trait]
-impl TableProvider for Attributes {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.sources.corrected_attributes(&self.inner).await?;
-        MemTable::try_new(self.schema(), vec![batches])?
-            .scan(state, projection, filters, limit)
-            .await
     }
 }
 
@@ -226,8 +192,10 @@ impl Sources {
 }
 
 /// What a catalog table lacks that clients read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Amendment {
+    /// Array columns of `pg_attribute` typed as arrays, not text.
+    ArrayTypes(Arc<Sources>),
     /// `pg_class.reloptions` (storage options; none here), which SQLAlchemy selects.
     RelOptions,
     /// Rows of `pg_settings` for limits compiled into PostgreSQL, which pgJDBC reads.
@@ -254,7 +222,7 @@ impl Amended {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        if let Amendment::RelOptions = amendment {
+        if let Amendment::RelOptions = &amendment {
             fields.push(Field::new(
                 "reloptions",
                 DataType::new_list(DataType::Utf8, true),
@@ -269,6 +237,9 @@ impl Amended {
     }
 
     async fn batches(&self) -> Result<Vec<RecordBatch>> {
+        if let Amendment::ArrayTypes(sources) = &self.amendment {
+            return sources.corrected_attributes(&self.inner).await;
+        }
         let mut batches = Vec::new();
         for batch in scan(&self.inner).await? {
             let mut columns = batch.columns().to_vec();

@@ -42,13 +42,7 @@ fn pg_get_indexdef() -> ScalarUDF {
         DataType::Utf8,
         Volatility::Stable,
         Arc::new(|args: &[ColumnarValue]| {
-            let rows = args
-                .iter()
-                .find_map(|a| match a {
-                    ColumnarValue::Array(a) => Some(a.len()),
-                    ColumnarValue::Scalar(_) => None,
-                })
-                .unwrap_or(1);
+            let rows = row_count(args);
             if rows > 0 {
                 return exec_err!(
                     "pg_get_indexdef is not supported: audiolake has no expression indexes"
@@ -194,6 +188,16 @@ fn pg_get_serial_sequence() -> ScalarUDF {
     )
 }
 
+/// The rows a call of a plain UDF covers: an array argument's length, or one for constants.
+fn row_count(args: &[ColumnarValue]) -> usize {
+    args.iter()
+        .find_map(|a| match a {
+            ColumnarValue::Array(a) => Some(a.len()),
+            ColumnarValue::Scalar(_) => None,
+        })
+        .unwrap_or(1)
+}
+
 /// `like_escape(pattern, escape)`: `pattern` written for the escape character `escape` (or for
 /// none, when empty), rewritten for the backslash, which is all DataFusion's LIKE knows.
 fn like_escape() -> ScalarUDF {
@@ -203,13 +207,7 @@ fn like_escape() -> ScalarUDF {
         DataType::Utf8,
         Volatility::Immutable,
         Arc::new(|args: &[ColumnarValue]| {
-            let rows = args
-                .iter()
-                .find_map(|a| match a {
-                    ColumnarValue::Array(a) => Some(a.len()),
-                    ColumnarValue::Scalar(_) => None,
-                })
-                .unwrap_or(1);
+            let rows = row_count(args);
             let patterns = args[0].to_array(rows)?;
             let escapes = args[1].to_array(rows)?;
             let patterns = patterns.as_string::<i32>();
