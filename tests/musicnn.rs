@@ -29,11 +29,14 @@ fn f32s(array: &dyn Array, row: usize) -> Vec<f32> {
 /// The scores and embedding of the network run directly on the 16 kHz reference clip.
 fn direct() -> (Vec<f32>, Vec<f32>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHORD);
-    let samples: Vec<f32> = hound::WavReader::open(path)
-        .unwrap()
-        .samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect();
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let samples: Vec<f32> = match reader.spec().sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().map(|s| s.unwrap()).collect(),
+        hound::SampleFormat::Int => reader
+            .samples::<i16>()
+            .map(|s| f32::from(s.unwrap()) / 32768.0)
+            .collect(),
+    };
     let mut scores = Vec::new();
     let mut embedding = Vec::new();
     for kind in [Kind::Mtt, Kind::Msd] {
@@ -152,4 +155,35 @@ async fn got_embedding(lake: &AudioLake, path: &str) -> Vec<f32> {
     )
     .await;
     f32s(batch.column(0).as_ref(), 0)
+}
+
+#[tokio::test]
+async fn device_setting_is_checked_when_set() {
+    let store = tempfile::tempdir().unwrap();
+    let lake = AudioLake::builder()
+        .store(store.path().to_str().unwrap())
+        .build()
+        .await
+        .unwrap();
+    let set = |sql: &'static str| {
+        let lake = &lake;
+        async move {
+            match lake.sql(sql).await {
+                Ok(frame) => frame.collect().await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    if audiolake_models::parse_device("cuda:0").is_err() {
+        assert_eq!(
+            set("SET audiolake.device = 'cuda:0'").await.unwrap_err(),
+            "invalid setting: audiolake.device: audiolake was built without the cuda feature; \
+             rebuild with --features cuda"
+        );
+    }
+    assert_eq!(
+        set("SET audiolake.device = 'tpu'").await.unwrap_err(),
+        "invalid setting: audiolake.device: unknown device \"tpu\": expected cpu, cuda or cuda:N"
+    );
+    set("SET audiolake.device = 'cpu'").await.unwrap();
 }

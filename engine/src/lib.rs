@@ -12,6 +12,7 @@ mod jobs;
 pub mod location;
 mod object_stores;
 mod progress;
+pub mod sql;
 mod store;
 
 pub use catalog::TableRecord;

@@ -1,9 +1,15 @@
 //! Vector indexes over embedding columns: [`HnswIndex`], an HNSW graph (hnsw_rs) with pgvector's
 //! parameters and metrics, filtered k-nearest-neighbour search that never returns fewer rows than
-//! qualify, dead rows, and persistence to a folder or bytes. The SQL side (`CREATE INDEX ... USING
-//! hnsw`, the kNN rewrite) builds on this API.
+//! qualify, dead rows, and persistence to a folder or bytes; and their SQL side: `CREATE INDEX
+//! ... USING hnsw` and `DROP INDEX` ([`ddl`]), the indexes kept in the store ([`registry`]), the
+//! kNN rewrite ([`knn`]), `similar()` and the `audiolake_indexes` table.
 
+pub(crate) mod ddl;
 mod hnsw;
+pub(crate) mod knn;
+pub(crate) mod registry;
+pub(crate) mod similar;
+pub(crate) mod system_table;
 
 pub use hnsw::{
     BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult,

@@ -43,7 +43,7 @@ pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
         "loudness" => Box::new(loudness::Loudness::new()),
         "spectral" => Box::new(spectral::Spectral::new()),
         "timbre" => Box::new(timbre::Timbre::new()),
-        "musicnn" => Box::new(musicnn::MusicnnGroup::new()),
+        "musicnn" => Box::<musicnn::MusicnnGroup>::default(),
         _ => return None,
     })
 }

@@ -86,18 +86,10 @@ pub fn labels() -> Result<Vec<(&'static str, String)>, String> {
     Ok(labels)
 }
 
+#[derive(Default)]
 pub struct MusicnnGroup {
     frames: Vec<[f32; N_MELS]>,
     error: Option<String>,
-}
-
-impl MusicnnGroup {
-    pub fn new() -> Self {
-        Self {
-            frames: Vec::new(),
-            error: None,
-        }
-    }
 }
 
 /// The struct of one `tags` entry.
