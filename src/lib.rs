@@ -105,6 +105,20 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// Where the pretrained networks run: `cpu` (default), `cuda` or `cuda:N` (needs the
+    /// `cuda` feature); an unknown or missing device fails `build`.
+    pub fn device(mut self, device: &str) -> Self {
+        self.config.device = device.to_string();
+        self
+    }
+
+    /// Patches per forward pass of the networks (default 64), shared by the files analysed
+    /// at once.
+    pub fn model_batch_size(mut self, patches: usize) -> Self {
+        self.config.batch_size = patches.max(1);
+        self
+    }
+
     pub async fn build(self) -> Result<AudioLake> {
         Ok(AudioLake {
             engine: Engine::open(self.config).await?,

@@ -5,22 +5,33 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use audiolake_udf::features;
+use audiolake_udf::features::{self, musicnn};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
-use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectType, Set, Statement as SqlStatement};
+use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
+use datafusion::common::TableReference;
 use url::Url;
 
 use crate::audio::AudioTableFactory;
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
+use crate::index::knn::KnnRule;
+use crate::index::registry::Indexes;
+use crate::index::similar::Similar;
+use crate::index::system_table::IndexTable;
+use crate::index::ddl;
+use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
@@ -41,6 +52,10 @@ pub struct EngineConfig {
     /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
     /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
     pub memory_limit: Option<usize>,
+    /// Where the pretrained networks run: `cpu`, `cuda` or `cuda:N` (the `cuda` feature).
+    pub device: String,
+    /// Patches per forward pass of the networks, across the files analysed at once.
+    pub batch_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +66,8 @@ impl Default for EngineConfig {
             target_partitions: None,
             flush: FlushPolicy::default(),
             memory_limit: None,
+            device: "cpu".to_string(),
+            batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -69,6 +86,9 @@ pub struct Engine {
     progress: Arc<ScanProgress>,
     features: Arc<FeatureStore>,
     jobs: Arc<Jobs>,
+    indexes: Arc<Indexes>,
+    /// Patches per forward pass of the networks, kept for `SET audiolake.device`.
+    model_batch_size: usize,
     store_url: Url,
     warnings: Vec<String>,
 }
@@ -77,6 +97,10 @@ impl Engine {
     /// Opens the store (creating a local one if needed), then restores the recorded tables.
     /// A table that can no longer be restored is reported in [`Engine::warnings`].
     pub async fn open(config: EngineConfig) -> Result<Self> {
+        if config.device != "cpu" || config.batch_size != audiolake_models::DEFAULT_BATCH_SIZE {
+            musicnn::configure(&config.device, config.batch_size)
+                .map_err(|e| EngineError::Setting(e.to_string()))?;
+        }
         let store_url = open_store_url(&config.store)?;
         let mut roots = AllowedRoots::new();
         roots.add(store_url.as_str())?;
@@ -85,15 +109,20 @@ impl Engine {
         }
         let roots = Arc::new(roots);
 
+        // DataFusion keeps directory listings forever by default: a Parquet or CSV table would
+        // never see files added or removed after its first query.
         let mut runtime = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(GuardedRegistry::new(Arc::clone(&roots))));
+            .with_object_store_registry(Arc::new(GuardedRegistry::new(Arc::clone(&roots))))
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
         if let Some(bytes) = config.memory_limit {
             runtime = runtime.with_memory_limit(bytes, 1.0);
         }
         let runtime = runtime.build_arc()?;
-        let mut session = SessionConfig::new()
-            .with_information_schema(true)
-            .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+        let mut session = settings::with_settings(
+            SessionConfig::new()
+                .with_information_schema(true)
+                .set_str("datafusion.sql_parser.dialect", "PostgreSQL"),
+        );
         if let Some(n) = config.target_partitions {
             session = session.with_target_partitions(n.max(1));
         }
@@ -105,11 +134,14 @@ impl Engine {
             &store_prefix,
             config.flush,
         ));
+        let indexes = Arc::new(Indexes::new(Arc::clone(&store), &store_prefix));
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(Arc::clone(&runtime))
             .with_default_features()
+            .with_analyzer_rule(Arc::new(KnnRule::new(Arc::clone(&indexes))))
             .build();
+        state.register_expr_planner(Arc::new(OperatorPlanner::default()))?;
         state.table_factories_mut().insert(
             "AUDIO".to_string(),
             Arc::new(AudioTableFactory::new(
@@ -122,6 +154,14 @@ impl Engine {
         for function in path_functions(registry, Arc::clone(&features)) {
             ctx.register_udf(function);
         }
+        for function in sql::functions() {
+            ctx.register_udf(function);
+        }
+        ctx.register_udtf("similar", Arc::new(Similar::new(Arc::clone(&indexes))));
+        ctx.register_table(
+            "audiolake_indexes",
+            Arc::new(IndexTable::new(Arc::clone(&indexes))),
+        )?;
         register_feature_tables(&ctx, &store_url)?;
         let jobs = Arc::new(Jobs::default());
         ctx.register_table(
@@ -137,6 +177,8 @@ impl Engine {
             progress,
             features,
             jobs,
+            indexes,
+            model_batch_size: config.batch_size,
             store_url,
             warnings: Vec::new(),
         };
@@ -146,6 +188,11 @@ impl Engine {
                     .warnings
                     .push(format!("table {} was not restored: {e}", record.name));
             }
+        }
+        if let Err(e) = engine.indexes.open().await {
+            engine
+                .warnings
+                .push(format!("indexes were not restored: {e}"));
         }
         Ok(engine)
     }
@@ -194,6 +241,19 @@ impl Engine {
     }
 
     async fn run_parsed(&self, statement: Statement, persist: Persist) -> Result<DataFrame> {
+        if let Statement::Statement(inner) = &statement {
+            match inner.as_ref() {
+                SqlStatement::CreateIndex(create) => return self.create_index(create).await,
+                SqlStatement::Drop {
+                    object_type: ObjectType::Index,
+                    if_exists,
+                    names,
+                    ..
+                } => return self.drop_indexes(names, *if_exists).await,
+                SqlStatement::Set(set) => self.set_device(set)?,
+                _ => {}
+            }
+        }
         let definition = match &statement {
             Statement::CreateExternalTable(create) => Some(catalog::definition(create)?),
             _ => None,
@@ -213,9 +273,78 @@ impl Engine {
         let state = self.ctx.state();
         let dialect_name = state.config_options().sql_parser.dialect;
         let dialect = dialect_from_str(dialect_name).ok_or_else(|| {
-            EngineError::InvalidOption(format!("unsupported SQL dialect {dialect_name}"))
+            EngineError::Setting(format!("unsupported SQL dialect {dialect_name}"))
         })?;
+        // PostgreSQL's, plus pgvector's `<+>`.
+        let dialect: Box<dyn Dialect> = if dialect.is::<PostgreSqlDialect>() {
+            Box::new(AudiolakeDialect::default())
+        } else {
+            dialect
+        };
         Ok(DFParser::parse_sql_with_dialect(sql, dialect.as_ref())?)
+    }
+
+    /// `SET audiolake.device = 'cuda:0'`: loads the networks on that device, for every session
+    /// (the process keeps one copy of the weights); DataFusion then records the setting.
+    fn set_device(&self, set: &Set) -> Result<()> {
+        let Set::SingleAssignment {
+            variable, values, ..
+        } = set
+        else {
+            return Ok(());
+        };
+        if !variable.to_string().eq_ignore_ascii_case("audiolake.device") {
+            return Ok(());
+        }
+        let device = match values.as_slice() {
+            [SqlExpr::Value(v)] => v.value.clone().into_string(),
+            [SqlExpr::Identifier(i)] => Some(i.value.clone()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            EngineError::Setting("audiolake.device takes one value, e.g. 'cuda:0'".into())
+        })?;
+        musicnn::configure(&device, self.model_batch_size)
+            .map_err(|e| EngineError::Setting(format!("audiolake.device: {e}")))
+    }
+
+    /// `CREATE INDEX ... USING hnsw`: builds the index from the table's rows and keeps it in
+    /// the store.
+    async fn create_index(
+        &self,
+        create: &datafusion::sql::sqlparser::ast::CreateIndex,
+    ) -> Result<DataFrame> {
+        let table = TableReference::from(ddl::object_name(&create.table_name));
+        let provider = self.ctx.table_provider(table.clone()).await?;
+        let template = ddl::definition(create, &provider.schema())?;
+        if self.indexes.get(&template.name).is_some() {
+            if create.if_not_exists {
+                return Ok(self.ctx.read_empty()?);
+            }
+            return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
+                "relation \"{}\" already exists",
+                template.name
+            ))));
+        }
+        self.indexes.build(&self.ctx.state(), template).await?;
+        Ok(self.ctx.read_empty()?)
+    }
+
+    /// `DROP INDEX [IF EXISTS] name, ...`.
+    async fn drop_indexes(
+        &self,
+        names: &[datafusion::sql::sqlparser::ast::ObjectName],
+        if_exists: bool,
+    ) -> Result<DataFrame> {
+        for name in names {
+            let name = ddl::object_name(name);
+            if !self.indexes.drop_index(&name).await? && !if_exists {
+                return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
+                    "index \"{name}\" does not exist"
+                ))));
+            }
+        }
+        Ok(self.ctx.read_empty()?)
     }
 
     async fn execute(
@@ -246,6 +375,9 @@ impl Engine {
             }
             if let Some(name) = dropped {
                 self.catalog.remove(&name).await?;
+                for index in self.indexes.on_table(&TableReference::from(name.as_str())) {
+                    self.indexes.drop_index(&index).await?;
+                }
             }
         }
         Ok(frame)

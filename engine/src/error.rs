@@ -16,6 +16,10 @@ pub enum EngineError {
     #[error("invalid option for AUDIO table: {0}")]
     InvalidOption(String),
 
+    /// A setting of the engine (`EngineConfig`, `SET audiolake.*`) that cannot be applied.
+    #[error("invalid setting: {0}")]
+    Setting(String),
+
     #[error("catalog in the store could not be {action}: {source}")]
     Catalog {
         action: &'static str,

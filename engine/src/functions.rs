@@ -1,5 +1,5 @@
 //! SQL functions on a file's path or URL: `analyze`, `bpm`, `musical_key`, `loudness_lufs`,
-//! `mfcc`, `chroma` and `decode`. They run the same extractors as the AUDIO table's columns and
+//! `mfcc`, `chroma`, `embedding`, `tags` and `decode`. They run the same extractors as the AUDIO table's columns and
 //! read through the engine's guarded object stores, so the allowed locations apply.
 //!
 //! A path that is not a valid location, or lies outside the allowed ones, fails the query: that
@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use audiolake_udf::features::{self, AnalysisOutput, GroupResult, Value};
+use audiolake_udf::features::{self, musicnn, AnalysisOutput, GroupResult, Value};
 use audiolake_udf::samples::MAX_RATE;
 use datafusion::arrow::array::{
     Array, ArrayRef, Float32Builder, Int64Array, ListBuilder, StringArray, StringBuilder,
@@ -49,6 +49,8 @@ pub fn path_functions(
         ("loudness_lufs", field("loudness_lufs", "loudness")),
         ("mfcc", field("mfcc", "timbre")),
         ("chroma", field("chroma", "timbre")),
+        ("embedding", field("embedding", "musicnn")),
+        ("tags", Kind::Tags),
         ("decode", Kind::Decode),
     ]
     .into_iter()
@@ -70,6 +72,8 @@ enum Kind {
     },
     /// Key and mode as one text, e.g. `A minor`.
     Key,
+    /// The best k of the 100 musicnn tags (10 when k is not given).
+    Tags,
     /// Mono samples, optionally resampled.
     Decode,
 }
@@ -80,6 +84,7 @@ impl Kind {
             Kind::Analyze => features::GROUPS.to_vec(),
             Kind::Field { group, .. } => vec![group],
             Kind::Key => vec!["tonal"],
+            Kind::Tags => vec!["musicnn"],
             Kind::Decode => Vec::new(),
         }
     }
@@ -117,7 +122,7 @@ impl PathFunction {
     ) -> Self {
         let path = TypeSignature::String(1);
         let signature = match kind {
-            Kind::Decode => TypeSignature::OneOf(vec![
+            Kind::Decode | Kind::Tags => TypeSignature::OneOf(vec![
                 path,
                 TypeSignature::Exact(vec![DataType::Utf8, DataType::Int64]),
             ]),
@@ -181,8 +186,13 @@ impl PathFunction {
         })
     }
 
-    /// Analyses every path (NULL paths give NULL) and builds the result column.
-    async fn analyze_all(&self, paths: &StringArray) -> Result<ArrayRef> {
+    /// Analyses every path (NULL paths give NULL) and builds the result column; `counts` is
+    /// the k of `tags(path, k)`.
+    async fn analyze_all(
+        &self,
+        paths: &StringArray,
+        counts: Option<&Int64Array>,
+    ) -> Result<ArrayRef> {
         // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
         let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
         self.features.refresh(&self.kind.groups()).await?;
@@ -225,6 +235,47 @@ impl PathFunction {
                     }
                 }
                 Arc::new(keys.finish())
+            }
+            Kind::Tags => {
+                let labels = musicnn::labels().map_err(DataFusionError::Execution)?;
+                let mut tags = Vec::with_capacity(outputs.len());
+                for (row, output) in outputs.iter().enumerate() {
+                    let k = match counts {
+                        Some(c) if c.is_null(row) => None,
+                        Some(c) => Some(usize::try_from(c.value(row)).map_err(|_| {
+                            DataFusionError::Execution(format!(
+                                "tags: k must not be negative, got {}",
+                                c.value(row)
+                            ))
+                        })?),
+                        None => Some(musicnn::TOP_TAGS),
+                    };
+                    let scores = output.as_ref().ok().and_then(|o| o.get("tag_scores"));
+                    tags.push(match (k, scores) {
+                        (Some(k), Some(Value::Float32List(scores))) => {
+                            musicnn::top_tags(&labels, &scores, k)
+                        }
+                        _ => Value::Null,
+                    });
+                }
+                let field = Field::new("tags", musicnn::tags_type(), true);
+                let group = GroupResult {
+                    name: "musicnn",
+                    version: 0,
+                    fields: vec![field.clone()],
+                    values: Vec::new(),
+                };
+                let rows: Vec<GroupResult> = tags
+                    .into_iter()
+                    .map(|t| GroupResult {
+                        values: vec![t],
+                        ..group.clone()
+                    })
+                    .collect();
+                let refs: Vec<Option<&GroupResult>> = rows.iter().map(Some).collect();
+                features::to_arrays(&[field], &refs)
+                    .map_err(|e| DataFusionError::Internal(e.to_string()))?
+                    .remove(0)
             }
             Kind::Decode => unreachable!("decode has its own path"),
         })
@@ -299,6 +350,7 @@ impl ScalarUDFImpl for PathFunction {
                 .data_type()
                 .clone(),
             Kind::Key => DataType::Utf8,
+            Kind::Tags => musicnn::tags_type(),
             Kind::Decode => {
                 DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
             }
@@ -339,7 +391,17 @@ impl AsyncScalarUDFImpl for PathFunction {
                     .map(|r| r.as_any().downcast_ref::<Int64Array>().expect("Int64"));
                 self.decode_all(paths, rates).await?
             }
-            _ => self.analyze_all(paths).await?,
+            Kind::Tags => {
+                let counts = arrays
+                    .next()
+                    .map(|k| cast(&k, &DataType::Int64))
+                    .transpose()?;
+                let counts = counts
+                    .as_ref()
+                    .map(|k| k.as_any().downcast_ref::<Int64Array>().expect("Int64"));
+                self.analyze_all(paths, counts).await?
+            }
+            _ => self.analyze_all(paths, None).await?,
         };
         Ok(ColumnarValue::Array(result))
     }

@@ -1,16 +1,18 @@
 //! DataFusion integration of audiolake: the `AUDIO` table format and its scan, the SQL functions
 //! on paths, guarded object stores, the persisted catalog, and the [`Engine`] that runs
-//! statements over them.
+//! statements over them, and vector indexes ([`index`]).
 
 pub mod audio;
 mod catalog;
 mod engine;
 mod error;
 mod functions;
+pub mod index;
 mod jobs;
 pub mod location;
 mod object_stores;
 mod progress;
+pub mod sql;
 mod store;
 
 pub use catalog::TableRecord;

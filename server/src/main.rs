@@ -194,6 +194,14 @@ struct EngineArgs {
     /// Publish analysis results to the store at least this often.
     #[arg(long, value_name = "SECONDS", default_value_t = FlushPolicy::default().interval.as_secs_f64())]
     flush_seconds: f64,
+
+    /// Where the tagging networks run: cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+    #[arg(long, env = "AUDIOLAKE_DEVICE", default_value = "cpu")]
+    device: String,
+
+    /// Patches per forward pass of the networks, shared by the files analysed at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch_size: usize,
 }
 
 #[derive(Args, Debug)]
@@ -215,7 +223,10 @@ impl EngineArgs {
     }
 
     async fn open_with(&self, builder: AudioLakeBuilder) -> Result<AudioLake> {
-        let mut builder = builder.store(&self.store);
+        let mut builder = builder
+            .store(&self.store)
+            .device(&self.device)
+            .model_batch_size(self.batch_size);
         for location in self.allow.iter().chain(&self.music) {
             builder = builder.allow_location(location);
         }

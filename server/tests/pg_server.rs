@@ -438,3 +438,46 @@ fn prometheus_metrics() {
     assert!(text.contains("audiolake_store_hits_total "), "{text}");
     assert!(http_get(port, "/other").contains("404"));
 }
+
+#[test]
+fn vector_search_through_psql() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(&[]);
+    let script = "\\set VERBOSITY verbose\n\
+         CREATE TABLE pts AS SELECT * FROM (VALUES (1, [1.0, 0.0]), (2, [0.0, 1.0]), (3, [1.0, 1.0])) AS t(id, v);\n\
+         CREATE INDEX pts_v ON pts USING hnsw (v vector_l2_ops) WITH (m = 4, ef_construction = 8);\n\
+         SET hnsw.ef_search = 10;\n\
+         EXPLAIN SELECT id FROM pts ORDER BY v <-> '[1,0]' LIMIT 1;\n\
+         SELECT id FROM pts ORDER BY v <-> '[0.9,0.2]' LIMIT 2;\n\
+         SELECT id FROM pts WHERE id <> 1 ORDER BY v <-> '[0.9,0.2]' LIMIT 1;\n\
+         SELECT id FROM pts ORDER BY v <+> '[0,1]' LIMIT 1;\n\
+         SELECT name, rows FROM audiolake_indexes;\n\
+         SELECT similarity('Georgy Porgy', 'Georgy Porgy (remix)') = 0.625, 'Georgy Porgy' % 'Georgy Porgy (remix)';\n\
+         CREATE INDEX bad ON pts USING hnsw (v) WITH (m = 300);\n\
+         SET audiolake.device = 'tpu';\n\
+         DROP INDEX pts_v;\n\
+         SELECT count(*) FROM audiolake_indexes;\n";
+    let out = server.psql_script(ALICE, script, &["-q"]);
+    let err = stderr(&out);
+    let (plan, rows) = stdout(&out)
+        .split_once("\n1\n3\n")
+        .map(|(p, r)| (p.to_string(), format!("1\n3\n{r}")))
+        .unwrap_or_else(|| panic!("{}\n{err}", stdout(&out)));
+    assert!(plan.contains("HnswIndexScan: index=pts_v"), "{plan}");
+    assert_eq!(
+        rows,
+        "1\n3\n3\n2\npts_v|3\nt|t\n0\n",
+        "{err}"
+    );
+    assert!(
+        err.contains("invalid index parameter: m must be between 2 and 100, not 300"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ERROR:  22023: invalid setting: audiolake.device: unknown device \"tpu\""),
+        "{err}"
+    );
+    assert_eq!(err.matches("ERROR").count(), 2, "{err}");
+}

@@ -66,7 +66,7 @@ static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
         plain("title", DataType::Utf8, true, Cost::Header),
         plain("artist", DataType::Utf8, true, Cost::Header),
         plain("album", DataType::Utf8, true, Cost::Header),
-        plain("genre", DataType::Utf8, true, Cost::Header),
+        plain("tag_genre", DataType::Utf8, true, Cost::Header),
         plain("track_number", DataType::Int32, true, Cost::Header),
         plain("year", DataType::Int32, true, Cost::Header),
     ];

@@ -256,9 +256,37 @@ fn value_at(array: &dyn Array, row: usize) -> Value {
         DataType::Float64 => Value::Float64(array.as_primitive::<Float64Type>().value(row)),
         DataType::Int64 => Value::Int64(array.as_primitive::<Int64Type>().value(row)),
         DataType::Utf8 => Value::Utf8(array.as_string::<i32>().value(row).to_owned()),
-        DataType::List(_) => {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::List(item) => {
             let list = array.as_list::<i32>().value(row);
-            Value::Float32List(list.as_primitive::<Float32Type>().values().to_vec())
+            match item.data_type() {
+                DataType::Utf8 => Value::Utf8List(
+                    list.as_string::<i32>()
+                        .iter()
+                        .map(|s| s.unwrap_or_default().to_owned())
+                        .collect(),
+                ),
+                DataType::Struct(_) => {
+                    let entries = list.as_struct();
+                    let (models, tags, scores) = (
+                        entries.column(0).as_string::<i32>(),
+                        entries.column(1).as_string::<i32>(),
+                        entries.column(2).as_primitive::<Float32Type>(),
+                    );
+                    Value::Tags(
+                        (0..entries.len())
+                            .map(|i| {
+                                (
+                                    models.value(i).to_owned(),
+                                    tags.value(i).to_owned(),
+                                    scores.value(i),
+                                )
+                            })
+                            .collect(),
+                    )
+                }
+                _ => Value::Float32List(list.as_primitive::<Float32Type>().values().to_vec()),
+            }
         }
         _ => Value::Null,
     }

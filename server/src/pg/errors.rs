@@ -59,7 +59,9 @@ pub fn from_datafusion(e: DataFusionError) -> PgWireError {
 fn engine_code(e: &EngineError) -> &'static str {
     match e {
         EngineError::LocationNotAllowed { .. } => INSUFFICIENT_PRIVILEGE,
-        EngineError::InvalidLocation { .. } | EngineError::InvalidOption(_) => "22023",
+        EngineError::InvalidLocation { .. }
+        | EngineError::InvalidOption(_)
+        | EngineError::Setting(_) => "22023",
         EngineError::Catalog { .. } => "58030",
         EngineError::DataFusion(e) => datafusion_code(e),
     }

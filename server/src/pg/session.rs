@@ -15,6 +15,7 @@ use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
@@ -146,6 +147,15 @@ impl Session {
         let tag = match &statement {
             DfStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE",
             DfStatement::CopyTo(_) => "COPY",
+            DfStatement::Statement(inner) => match inner.as_ref() {
+                Statement::CreateIndex(_) => "CREATE INDEX",
+                Statement::Drop {
+                    object_type: ObjectType::Index,
+                    ..
+                } => "DROP INDEX",
+                Statement::Set(_) => "SET",
+                _ => "DROP TABLE",
+            },
             _ => "DROP TABLE",
         };
         let engine = self.server.lake.engine();

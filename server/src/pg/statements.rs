@@ -5,7 +5,7 @@
 use audiolake::Engine;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, ObjectType,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, ObjectType, Set,
     Statement,
 };
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -17,7 +17,8 @@ use super::compat;
 pub enum Route {
     /// The connection's own DataFusion session (through datafusion-postgres).
     Session,
-    /// The shared engine: `CREATE EXTERNAL TABLE`, `DROP TABLE`, `COPY ... TO 'location'`.
+    /// The shared engine: `CREATE EXTERNAL TABLE`, `DROP TABLE`, `CREATE INDEX`, `DROP INDEX`,
+    /// `COPY ... TO 'location'`.
     Engine(DfStatement),
     /// `COPY (query) TO STDOUT`, answered by this server.
     CopyOut(CopyOut),
@@ -93,10 +94,10 @@ fn classify_df(mut statement: DfStatement) -> Classified {
             matches!(
                 inner.as_ref(),
                 Statement::Drop {
-                    object_type: ObjectType::Table,
+                    object_type: ObjectType::Table | ObjectType::Index,
                     ..
-                }
-            ),
+                } | Statement::CreateIndex(_)
+            ) || sets_device(inner),
         ),
         DfStatement::Explain(explain) => (classify_df(*explain.statement.clone()).writes, false),
         DfStatement::Reset(_) => (false, false),
@@ -112,6 +113,13 @@ fn classify_df(mut statement: DfStatement) -> Classified {
         text,
         rewritten,
     }
+}
+
+/// `SET audiolake.device`, which the engine applies (and whose errors must reach the client:
+/// datafusion-postgres ignores failed `SET`s).
+fn sets_device(statement: &Statement) -> bool {
+    matches!(statement, Statement::Set(Set::SingleAssignment { variable, .. })
+        if variable.to_string().eq_ignore_ascii_case("audiolake.device"))
 }
 
 /// Statements a read-only user may run: queries, settings, transactions, cursors, prepared

@@ -7,6 +7,7 @@
 //! [`to_arrays`] turns many files' results into Arrow columns, NULL where a file failed.
 
 mod loudness;
+pub mod musicnn;
 mod rhythm;
 mod spectral;
 mod stft;
@@ -17,7 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::StringBuilder;
-use arrow_array::builder::{Float32Builder, Float64Builder, Int64Builder, ListBuilder};
+use arrow_array::builder::{
+    BooleanBuilder, Float32Builder, Float64Builder, Int64Builder, ListBuilder,
+};
+use arrow_array::{Float32Array, ListArray, StringArray, StructArray};
+use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field};
 use symphonia::core::io::MediaSource;
@@ -28,7 +33,7 @@ use stft::Stft;
 pub use stft::{Frame, StftShape};
 
 /// Names of every feature group, in the order [`extractor`] knows them.
-pub const GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre"];
+pub const GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre", "musicnn"];
 
 /// Builds a fresh extractor for the group called `name`.
 pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
@@ -38,6 +43,7 @@ pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
         "loudness" => Box::new(loudness::Loudness::new()),
         "spectral" => Box::new(spectral::Spectral::new()),
         "timbre" => Box::new(timbre::Timbre::new()),
+        "musicnn" => Box::<musicnn::MusicnnGroup>::default(),
         _ => return None,
     })
 }
@@ -92,7 +98,11 @@ pub enum Value {
     Float64(f64),
     Int64(i64),
     Utf8(String),
+    Bool(bool),
     Float32List(Vec<f32>),
+    Utf8List(Vec<String>),
+    /// `(model, tag, score)` entries, as in `musicnn::tags_type`.
+    Tags(Vec<(String, String, f32)>),
 }
 
 impl Value {
@@ -485,6 +495,64 @@ fn column<'a>(
                 }
             }
             Ok(Arc::new(b.finish()))
+        }
+        DataType::Boolean => {
+            let mut b = BooleanBuilder::new();
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Bool(x))) => b.append_value(*x),
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::List(item) if item.data_type() == &DataType::Utf8 => {
+            let mut b = ListBuilder::new(StringBuilder::new()).with_field(item.clone());
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => b.append_null(),
+                    Some((_, Value::Utf8List(xs))) => {
+                        for x in xs {
+                            b.values().append_value(x);
+                        }
+                        b.append(true);
+                    }
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+            }
+            Ok(Arc::new(b.finish()))
+        }
+        DataType::List(item) if item.data_type() == &DataType::Struct(musicnn::tag_fields()) => {
+            let mut entries: Vec<&(String, String, f32)> = Vec::new();
+            let mut offsets = vec![0i32];
+            let mut valid = Vec::new();
+            for v in values {
+                match v {
+                    None | Some((_, Value::Null)) => valid.push(false),
+                    Some((_, Value::Tags(tags))) => {
+                        entries.extend(tags.iter());
+                        valid.push(true);
+                    }
+                    Some((g, other)) => return Err(mismatch(g, other)),
+                }
+                offsets.push(entries.len() as i32);
+            }
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(entries.iter().map(|e| &e.0))),
+                Arc::new(StringArray::from_iter_values(entries.iter().map(|e| &e.1))),
+                Arc::new(Float32Array::from_iter_values(entries.iter().map(|e| e.2))),
+            ];
+            let structs = StructArray::try_new(musicnn::tag_fields(), columns, None)
+                .expect("tag columns match their fields");
+            let list = ListArray::try_new(
+                item.clone(),
+                OffsetBuffer::new(offsets.into()),
+                Arc::new(structs),
+                Some(NullBuffer::from(valid)),
+            )
+            .expect("offsets follow the entries");
+            Ok(Arc::new(list))
         }
         other => Err(AnalysisError::UnsupportedType {
             field: field.name().clone(),

@@ -36,7 +36,8 @@ impl VisitorMut for Rewriter {
             | regproc_literal(expr)
             | like_escape(expr)
             | expand_array(expr)
-            | subscripts(expr);
+            | subscripts(expr)
+            | l1_operator(expr);
         ControlFlow::Continue(())
     }
 
@@ -207,6 +208,24 @@ fn like_escape(expr: &mut Expr) -> bool {
     }
     let args = [pattern.as_ref().clone(), Expr::Value(escape)];
     **pattern = function("like_escape", args);
+    true
+}
+
+/// pgvector's `a <+> b`, which audiolake's parser reads but datafusion-postgres's does not:
+/// `l1_distance(a, b)`.
+fn l1_operator(expr: &mut Expr) -> bool {
+    let Expr::BinaryOp {
+        left,
+        op: BinaryOperator::Custom(op),
+        right,
+    } = expr
+    else {
+        return false;
+    };
+    if op != "<+>" {
+        return false;
+    }
+    *expr = function("l1_distance", [left.as_ref().clone(), right.as_ref().clone()]);
     true
 }
 

@@ -1,0 +1,373 @@
+//! The indexes of an engine: their definitions, builds, persistence in the store and lazy
+//! loading.
+//!
+//! Each index is kept under `<store>/indexes/`: `<name>.json` is its definition and names the
+//! current build, whose graph (`<name>/<build>.hnsw`) and row keys (`<name>/<build>.keys.json`)
+//! are written first. A rebuild writes new files and then replaces the definition, so a build
+//! that dies half-way leaves the previous one in use; old builds are deleted afterwards.
+//!
+//! Rows are identified by a key column, `path` (every AUDIO table has it) or else `id`, so an
+//! index follows its table across restarts, new files and deleted ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::session_state::SessionState;
+use datafusion::prelude::{ident, SessionContext};
+use datafusion::common::TableReference;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{HnswIndex, IndexParams, Metric};
+use crate::store::now_micros;
+
+/// Key columns, in order of preference.
+const KEY_COLUMNS: [&str; 2] = ["path", "id"];
+
+/// What `CREATE INDEX` asked for and what its current build is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexDefinition {
+    pub name: String,
+    /// The table as written in `CREATE INDEX` (e.g. `music`).
+    pub table: String,
+    pub column: String,
+    /// The column that identifies rows: `path` or `id`.
+    pub key: String,
+    pub metric: Metric,
+    pub params: IndexParams,
+    /// The current build (a timestamp in microseconds), naming its files.
+    pub build: i64,
+    pub rows: usize,
+    pub dims: usize,
+    pub size_bytes: u64,
+    pub build_seconds: f64,
+}
+
+/// A loaded build: the graph and, for each row id, its key.
+pub struct Loaded {
+    pub index: HnswIndex,
+    pub keys: Vec<String>,
+    pub ids: HashMap<String, u64>,
+}
+
+impl Loaded {
+    fn new(index: HnswIndex, keys: Vec<String>) -> Self {
+        let ids = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i as u64))
+            .collect();
+        Self { index, keys, ids }
+    }
+}
+
+/// One index: its definition and, once used, its loaded build.
+pub struct Entry {
+    pub definition: IndexDefinition,
+    loaded: Mutex<Option<Arc<Loaded>>>,
+}
+
+impl Entry {
+    /// Whether the build is in memory (false while it is being loaded).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.try_lock().is_ok_and(|slot| slot.is_some())
+    }
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "index {}", self.definition.name)
+    }
+}
+
+/// The indexes of an engine, shared by its sessions.
+pub struct Indexes {
+    store: Arc<dyn ObjectStore>,
+    dir: Path,
+    entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+}
+
+impl std::fmt::Debug for Indexes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indexes").field("dir", &self.dir).finish()
+    }
+}
+
+fn store_error(action: &str, e: object_store::Error) -> DataFusionError {
+    DataFusionError::External(format!("index files could not be {action}: {e}").into())
+}
+
+fn index_error(e: super::IndexError) -> DataFusionError {
+    DataFusionError::Execution(e.to_string())
+}
+
+impl Indexes {
+    /// `root` is the store's path.
+    pub fn new(store: Arc<dyn ObjectStore>, root: &Path) -> Self {
+        Self {
+            store,
+            dir: root.clone().join("indexes"),
+            entries: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    fn definition_path(&self, name: &str) -> Path {
+        self.dir.clone().join(format!("{name}.json"))
+    }
+
+    fn build_path(&self, name: &str, build: i64, suffix: &str) -> Path {
+        self.dir.clone().join(name).join(format!("{build}.{suffix}"))
+    }
+
+    /// Reads the definitions kept in the store; builds are loaded at first use.
+    pub async fn open(&self) -> Result<()> {
+        let listing = match self.store.list_with_delimiter(Some(&self.dir)).await {
+            Ok(listing) => listing.objects,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(store_error("listed", e)),
+        };
+        let mut entries = BTreeMap::new();
+        for meta in listing {
+            if meta.location.extension() != Some("json") {
+                continue;
+            }
+            let bytes = self
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(|e| store_error("read", e))?
+                .bytes()
+                .await
+                .map_err(|e| store_error("read", e))?;
+            let definition: IndexDefinition = serde_json::from_slice(&bytes).map_err(|e| {
+                DataFusionError::Execution(format!("index definition {}: {e}", meta.location))
+            })?;
+            entries.insert(
+                definition.name.clone(),
+                Arc::new(Entry {
+                    definition,
+                    loaded: Mutex::new(None),
+                }),
+            );
+        }
+        *self.entries.write().expect("index lock") = entries;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries.read().expect("index lock").get(name).cloned()
+    }
+
+    /// Every index, in name order.
+    pub fn list(&self) -> Vec<Arc<Entry>> {
+        self.entries
+            .read()
+            .expect("index lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The index on `table.column` for `metric`, if there is one.
+    pub fn find(&self, table: &TableReference, column: &str, metric: Metric) -> Option<Arc<Entry>> {
+        self.list().into_iter().find(|e| {
+            let d = &e.definition;
+            d.column == column
+                && d.metric == metric
+                && TableReference::from(d.table.as_str()).resolved_eq(table)
+        })
+    }
+
+    /// The indexes on `table`.
+    pub fn on_table(&self, table: &TableReference) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|e| TableReference::from(e.definition.table.as_str()).resolved_eq(table))
+            .map(|e| e.definition.name.clone())
+            .collect()
+    }
+
+    /// Builds the index `template` describes (its build fields are filled in) from the rows
+    /// of its table, saves it and makes it current, replacing a previous build of that name.
+    pub async fn build(&self, state: &SessionState, template: IndexDefinition) -> Result<Arc<Entry>> {
+        template.params.validate().map_err(index_error)?;
+        let (keys, vectors) = read_vectors(state, &template).await?;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+            return Err(DataFusionError::Execution(format!(
+                "index {}: {} '{twice}' appears twice in {}; the key column must identify rows",
+                template.name, template.key, template.table
+            )));
+        }
+        let (metric, params) = (template.metric, template.params);
+        let index = tokio::task::spawn_blocking(move || {
+            HnswIndex::build(
+                metric,
+                params,
+                vectors.iter().enumerate().map(|(i, v)| (i as u64, v.as_slice())),
+            )
+        })
+        .await
+        .map_err(|e| DataFusionError::External(e.into()))?
+        .map_err(index_error)?;
+        let bytes = index.to_bytes().map_err(index_error)?;
+        let info = index.info();
+        let definition = IndexDefinition {
+            build: now_micros(),
+            rows: info.rows,
+            dims: info.dims,
+            size_bytes: bytes.len() as u64,
+            build_seconds: info.build_seconds,
+            ..template
+        };
+        let name = definition.name.clone();
+        let key_json = serde_json::to_vec(&keys).expect("keys serialise");
+        for (suffix, payload) in [("hnsw", bytes), ("keys.json", key_json)] {
+            self.store
+                .put(
+                    &self.build_path(&name, definition.build, suffix),
+                    PutPayload::from(payload),
+                )
+                .await
+                .map_err(|e| store_error("written", e))?;
+        }
+        let json = serde_json::to_vec_pretty(&definition).expect("definition serialises");
+        self.store
+            .put(&self.definition_path(&name), PutPayload::from(json))
+            .await
+            .map_err(|e| store_error("written", e))?;
+        let entry = Arc::new(Entry {
+            definition,
+            loaded: Mutex::new(Some(Arc::new(Loaded::new(index, keys)))),
+        });
+        let previous = self
+            .entries
+            .write()
+            .expect("index lock")
+            .insert(name, Arc::clone(&entry));
+        if let Some(previous) = previous {
+            self.delete_build(&previous.definition).await;
+        }
+        Ok(entry)
+    }
+
+    /// Removes an index and its files. `Ok(false)` when there is no such index.
+    pub async fn drop_index(&self, name: &str) -> Result<bool> {
+        let Some(entry) = self.entries.write().expect("index lock").remove(name) else {
+            return Ok(false);
+        };
+        match self.store.delete(&self.definition_path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error("deleted", e)),
+        }
+        self.delete_build(&entry.definition).await;
+        Ok(true)
+    }
+
+    /// Best effort: a build's files left behind waste space but break nothing.
+    async fn delete_build(&self, definition: &IndexDefinition) {
+        for suffix in ["hnsw", "keys.json"] {
+            let path = self.build_path(&definition.name, definition.build, suffix);
+            if let Err(e) = self.store.delete(&path).await {
+                log::warn!("old index file {path} was not deleted: {e}");
+            }
+        }
+    }
+
+    /// The entry's build, read from the store at first use.
+    pub async fn loaded(&self, entry: &Entry) -> Result<Arc<Loaded>> {
+        let mut slot = entry.loaded.lock().await;
+        if let Some(loaded) = slot.as_ref() {
+            return Ok(Arc::clone(loaded));
+        }
+        let d = &entry.definition;
+        let read = |suffix: &'static str| {
+            let path = self.build_path(&d.name, d.build, suffix);
+            async move {
+                self.store
+                    .get(&path)
+                    .await
+                    .map_err(|e| store_error("read", e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| store_error("read", e))
+            }
+        };
+        let (graph, keys) = (read("hnsw").await?, read("keys.json").await?);
+        let keys: Vec<String> = serde_json::from_slice(&keys)
+            .map_err(|e| DataFusionError::Execution(format!("index {} keys: {e}", d.name)))?;
+        let index = tokio::task::spawn_blocking(move || HnswIndex::from_bytes(&graph))
+            .await
+            .map_err(|e| DataFusionError::External(e.into()))?
+            .map_err(index_error)?;
+        let loaded = Arc::new(Loaded::new(index, keys));
+        *slot = Some(Arc::clone(&loaded));
+        Ok(loaded)
+    }
+}
+
+/// The key column of a table's schema: `path`, else `id`.
+pub fn key_column(schema: &Schema) -> Option<&'static str> {
+    KEY_COLUMNS
+        .into_iter()
+        .find(|k| schema.field_with_name(k).is_ok())
+}
+
+/// Whether a column can be indexed: a list of numbers.
+pub fn is_vector(field: &Field) -> bool {
+    matches!(
+        field.data_type(),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _)
+            if f.data_type().is_numeric()
+    )
+}
+
+/// Every row's key and vector (rows whose vector is NULL are left out: no distance orders
+/// them before another row).
+async fn read_vectors(
+    state: &SessionState,
+    definition: &IndexDefinition,
+) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+    let ctx = SessionContext::new_with_state(state.clone());
+    let frame = ctx
+        .table(definition.table.as_str())
+        .await?
+        .select(vec![ident(&definition.key), ident(&definition.column)])?
+        .filter(ident(&definition.column).is_not_null())?;
+    let mut stream = frame.execute_stream().await?;
+    let (mut keys, mut vectors) = (Vec::new(), Vec::new());
+    let list_type = DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    while let Some(batch) = stream.try_next().await? {
+        let key = cast(batch.column(0), &DataType::Utf8)?;
+        let key = key.as_string::<i32>();
+        let lists = cast(batch.column(1), &list_type)?;
+        let lists = lists.as_list::<i32>();
+        for row in 0..batch.num_rows() {
+            if key.is_null(row) {
+                return Err(DataFusionError::Execution(format!(
+                    "index {}: a row of {} has a NULL {}; the key column must identify every row",
+                    definition.name, definition.table, definition.key
+                )));
+            }
+            let values = lists.value(row);
+            let values = values.as_primitive::<Float32Type>();
+            if values.null_count() > 0 {
+                return Err(DataFusionError::Execution(format!(
+                    "index {}: the vector of {} has a NULL element",
+                    definition.name,
+                    key.value(row)
+                )));
+            }
+            keys.push(key.value(row).to_string());
+            vectors.push(values.values().to_vec());
+        }
+    }
+    Ok((keys, vectors))
+}

@@ -1,0 +1,608 @@
+//! The musicnn taggers (Pons & Serra, MTG-UPF; ISC license) ported to candle.
+//!
+//! Tensor names and layouts are those written by `convert_musicnn.py`: NCHW with H = time
+//! and W = mel, conv kernels [out, in, kh, kw], mid-end convs as conv1d [out, in, k], and the
+//! back-end already reordered for `cat([max, mean])` pooling.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::logmel::{LogMel, N_MELS};
+use crate::{Error, Result};
+
+/// Number of tags (sigmoid outputs) of a musicnn network.
+pub const N_TAGS: usize = 50;
+/// Size of the penultimate layer, used as the track embedding.
+pub const EMBEDDING_DIM: usize = 200;
+
+const FRONT_IN: usize = 561;
+const MID_CHANNELS: usize = 64;
+const POOLED: usize = FRONT_IN + 3 * MID_CHANNELS;
+/// Patches per front-end pass on the CPU.
+const CPU_CHUNK: usize = 2;
+
+/// Which bundled musicnn network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `MTT_musicnn`: trained on MagnaTagATune (tags such as guitar, classical, techno).
+    Mtt,
+    /// `MSD_musicnn`: trained on the Million Song Dataset (tags such as rock, pop, jazz, 80s).
+    Msd,
+}
+
+impl Kind {
+    fn bundled(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            Kind::Mtt => (
+                include_bytes!("../weights/mtt_musicnn.safetensors"),
+                include_bytes!("../weights/mtt_musicnn.json"),
+            ),
+            Kind::Msd => (
+                include_bytes!("../weights/msd_musicnn.safetensors"),
+                include_bytes!("../weights/msd_musicnn.json"),
+            ),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    labels: Vec<String>,
+    preprocess: Preprocess,
+    batch_norm_eps: f64,
+}
+
+#[derive(Deserialize)]
+struct Preprocess {
+    sample_rate: u32,
+    hop: usize,
+    n_mels: usize,
+    patch_frames: usize,
+}
+
+/// A musicnn network with its preprocessing and labels.
+pub struct Musicnn {
+    net: Net,
+    logmel: LogMel,
+    labels: Vec<String>,
+    sample_rate: u32,
+    patch_frames: usize,
+    device: Device,
+}
+
+/// Log-mel patches ready for [`Musicnn::forward`]: `len()` patches of `patch_frames` x 96
+/// values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patches {
+    data: Vec<f32>,
+    len: usize,
+    padded: bool,
+}
+
+impl Patches {
+    /// The patch values, `[len, patch_frames, 96]` row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Number of patches (at least 1).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a track gives at least one patch. Present for API symmetry with `len`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when the track was shorter than one patch and was zero-padded to one.
+    pub fn padded(&self) -> bool {
+        self.padded
+    }
+}
+
+/// Outputs of a forward pass, one row per patch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Tag probabilities (sigmoid), in [`Musicnn::labels`] order.
+    pub taggram: Vec<[f32; N_TAGS]>,
+    /// The penultimate layer (after its batch norm).
+    pub penultimate: Vec<[f32; EMBEDDING_DIM]>,
+}
+
+/// Per-track result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackTags {
+    /// Mean tag probabilities over the patches (musicnn's `top_tags` score).
+    pub tags: [f32; N_TAGS],
+    /// Penultimate layer averaged over the patches, then L2-normalised.
+    pub embedding: [f32; EMBEDDING_DIM],
+    /// Number of patches the track gave.
+    pub patches: usize,
+    /// True when the track was shorter than one patch and was zero-padded.
+    pub padded: bool,
+}
+
+impl TrackTags {
+    pub(crate) fn from_output(out: &Output, padded: bool) -> Self {
+        let n = out.taggram.len() as f32;
+        let mut tags = [0f32; N_TAGS];
+        for row in &out.taggram {
+            for (t, v) in tags.iter_mut().zip(row) {
+                *t += v / n;
+            }
+        }
+        let mut sum = [0f64; EMBEDDING_DIM];
+        for row in &out.penultimate {
+            for (s, &v) in sum.iter_mut().zip(row) {
+                *s += f64::from(v);
+            }
+        }
+        let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let mut embedding = [0f32; EMBEDDING_DIM];
+        if norm > 0.0 {
+            for (e, s) in embedding.iter_mut().zip(sum) {
+                *e = (s / norm) as f32;
+            }
+        }
+        TrackTags {
+            tags,
+            embedding,
+            patches: out.taggram.len(),
+            padded,
+        }
+    }
+}
+
+impl Musicnn {
+    /// Loads a network bundled in this crate (embedded in the binary).
+    pub fn load_bundled(kind: Kind, device: &Device) -> Result<Self> {
+        let (weights, meta) = kind.bundled();
+        Self::from_bytes(weights, meta, device)
+    }
+
+    /// Loads compatible weights: a `.safetensors` file and its `.json` metadata as written by
+    /// `convert_musicnn.py`.
+    pub fn load(
+        weights: impl AsRef<Path>,
+        metadata: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|source| Error::Io {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Self::from_bytes(&read(weights.as_ref())?, &read(metadata.as_ref())?, device)
+    }
+
+    fn from_bytes(weights: &[u8], metadata: &[u8], device: &Device) -> Result<Self> {
+        let meta: Metadata =
+            serde_json::from_slice(metadata).map_err(|e| Error::Metadata(e.to_string()))?;
+        if meta.labels.len() != N_TAGS {
+            return Err(Error::Metadata(format!(
+                "{} labels, the network has {N_TAGS} outputs",
+                meta.labels.len()
+            )));
+        }
+        if meta.preprocess.n_mels != N_MELS || meta.preprocess.patch_frames == 0 {
+            return Err(Error::Metadata(format!(
+                "n_mels {} and patch_frames {}: the network takes {N_MELS} mels and at least one frame",
+                meta.preprocess.n_mels, meta.preprocess.patch_frames
+            )));
+        }
+        let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, device)?;
+        let pre = vb.pp("preprocess");
+        let window = pre.get_unchecked("window")?.to_vec1::<f32>()?;
+        let mel_basis = pre
+            .get_unchecked("mel_basis")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let logmel = LogMel::new(window, &mel_basis, meta.preprocess.hop)?;
+        let net = Net::load(&vb, meta.batch_norm_eps)?;
+        Ok(Self {
+            net,
+            logmel,
+            labels: meta.labels,
+            sample_rate: meta.preprocess.sample_rate,
+            patch_frames: meta.preprocess.patch_frames,
+            device: device.clone(),
+        })
+    }
+
+    /// Tag names, in output order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Sample rate (Hz) that [`Musicnn::logmel`] expects: 16000.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// FFT size of the power spectra that [`Musicnn::logmel_frame`] takes (`n_fft / 2 + 1`
+    /// bins): 512.
+    pub fn n_fft(&self) -> usize {
+        self.logmel.n_bins() * 2 - 2
+    }
+
+    /// Frames per patch: 187 (about 3 s).
+    pub fn patch_frames(&self) -> usize {
+        self.patch_frames
+    }
+
+    /// The device the network runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Log-mel frames [T, 96] of mono samples at [`Musicnn::sample_rate`], T = 1 + len / 256:
+    /// centred periodic-Hann STFT with zero padding, as librosa ≥ 0.10 computes it.
+    pub fn logmel(&self, samples: &[f32]) -> Vec<[f32; N_MELS]> {
+        self.logmel.frames(samples)
+    }
+
+    /// Log-mel frame from one power spectrum |X|² of 257 bins (centred periodic-Hann STFT,
+    /// n_fft 512, hop 256 at 16 kHz).
+    pub fn logmel_frame(&self, power: &[f32]) -> Result<[f32; N_MELS]> {
+        self.logmel.frame(power)
+    }
+
+    /// Cuts log-mel frames into patches of [`Musicnn::patch_frames`] frames without overlap,
+    /// dropping the tail as musicnn does. A track shorter than one patch is zero-padded to one
+    /// patch and flagged `padded`.
+    pub fn patches(&self, frames: &[[f32; N_MELS]]) -> Patches {
+        let n = self.patch_frames;
+        let padded = frames.len() < n;
+        let len = (frames.len() / n).max(1);
+        let mut data: Vec<f32> = frames[..frames.len().min(len * n)]
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
+        data.resize(len * n * N_MELS, 0.0);
+        Patches { data, len, padded }
+    }
+
+    /// Runs the network on `patches.len() / (patch_frames * 96)` patches (row-major
+    /// `[B, patch_frames, 96]`).
+    pub fn forward(&self, patches: &[f32]) -> Result<Output> {
+        let per_patch = self.patch_frames * N_MELS;
+        if patches.is_empty() || !patches.len().is_multiple_of(per_patch) {
+            return Err(Error::Input(format!(
+                "{} values is not a whole number of {}x{N_MELS} patches",
+                patches.len(),
+                self.patch_frames
+            )));
+        }
+        let b = patches.len() / per_patch;
+        let x = Tensor::from_slice(patches, (b, self.patch_frames, N_MELS), &self.device)?;
+        let (taggram, penultimate) = self.net.forward(&x)?;
+        Ok(Output {
+            taggram: rows(&taggram)?,
+            penultimate: rows(&penultimate)?,
+        })
+    }
+
+    /// Tags and embedding of one track from its log-mel frames.
+    pub fn analyze(&self, frames: &[[f32; N_MELS]]) -> Result<TrackTags> {
+        let patches = self.patches(frames);
+        let out = self.forward(patches.data())?;
+        Ok(TrackTags::from_output(&out, patches.padded()))
+    }
+}
+
+fn rows<const N: usize>(t: &Tensor) -> Result<Vec<[f32; N]>> {
+    let v = t.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+    v.into_iter()
+        .map(|r| {
+            r.try_into().map_err(|r: Vec<f32>| {
+                Error::Input(format!("row of {} values, expected {N}", r.len()))
+            })
+        })
+        .collect()
+}
+
+/// Inference batch norm folded into a per-channel scale and shift (channels on dim 1).
+struct Affine {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl Affine {
+    fn load(vb: &VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+        let gamma = vb.get(channels, "weight")?;
+        let beta = vb.get(channels, "bias")?;
+        let mean = vb.get(channels, "running_mean")?;
+        let var = vb.get(channels, "running_var")?;
+        let scale = gamma.div(&(var + eps)?.sqrt()?)?;
+        let shift = beta.sub(&mean.mul(&scale)?)?;
+        Ok(Self { scale, shift })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = self.scale.dim(0)?;
+        Ok(x.broadcast_mul(&self.scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.shift.reshape(shape.as_slice())?)?)
+    }
+}
+
+/// Front-end block: time padding, conv2d, ReLU, batch norm, max over the mel axis.
+///
+/// Bias, ReLU and the batch norm act per channel and are monotone, so they are applied after
+/// the max, on a tensor as many times smaller as there are mel positions. For a channel with a
+/// negative batch-norm scale the max of the output comes from the min of the conv, so those
+/// kernels are stored negated and the max is negated back (exact in floating point).
+struct FrontBlock {
+    /// [C, 1, kh, kw], sign-adjusted.
+    weight: Tensor,
+    /// The same as a matrix [kh * kw, C] for the CPU path.
+    weight_t: Tensor,
+    sign: Tensor,
+    bias: Tensor,
+    bn: Affine,
+    kernel: (usize, usize),
+    pad: (usize, usize),
+}
+
+impl FrontBlock {
+    fn load(vb: &VarBuilder, out: usize, kh: usize, kw: usize, eps: f64) -> Result<Self> {
+        let bn = Affine::load(&vb.pp("bn"), out, eps)?;
+        let sign = bn.scale.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
+        let weight = vb
+            .get((out, 1, kh, kw), "conv.weight")?
+            .broadcast_mul(&sign.reshape((out, 1, 1, 1))?)?;
+        let weight_t = weight.reshape((out, kh * kw))?.t()?.contiguous()?;
+        // Odd kernels pad evenly; TF 'same' puts the extra zero of even kernels after.
+        let pad = ((kh - 1) / 2, kh / 2);
+        Ok(Self {
+            weight,
+            weight_t,
+            sign: sign.reshape((1, out, 1))?,
+            bias: vb.get(out, "conv.bias")?.reshape((1, out, 1))?,
+            bn,
+            kernel: (kh, kw),
+            pad,
+        })
+    }
+
+    /// [B, 1, T, 96] -> [B, C, T], with candle's conv2d (any device).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let extreme = x
+            .pad_with_zeros(2, self.pad.0, self.pad.1)?
+            .conv2d(&self.weight, 0, 1, 1, 1)?
+            .max(D::Minus1)?;
+        self.finish(&extreme)
+    }
+
+    /// Same as `forward` for `b` patches of `t` frames given as host values [b, t, 96], with
+    /// an explicit im2col and one large matmul: on the CPU that takes about half the time of
+    /// candle's tiled conv2d for these long, thin kernels.
+    fn forward_im2col(&self, x: &[f32], b: usize, t: usize) -> Result<Tensor> {
+        let (kh, kw) = self.kernel;
+        let k = kh * kw;
+        let channels = self.weight_t.dim(1)?;
+        // Input frame under kernel row `dt` of output frame `ti`; None in the zero padding.
+        let source = |ti: usize, dt: usize| (ti + dt).checked_sub(self.pad.0).filter(|&s| s < t);
+        // Each im2col row gives one (patch, frame, mel position) output; `target` maps a row
+        // to its (patch, frame) for the max over mel.
+        let (cols, target): (Vec<f32>, Box<dyn Fn(usize) -> usize>) = if kw > 1 {
+            // Rows (patch, frame, mel position); columns (dt, df) as in the kernel.
+            let f_out = N_MELS - kw + 1;
+            let mut cols = vec![0f32; b * t * f_out * k];
+            for (r, row) in cols.chunks_exact_mut(k).enumerate() {
+                let (bi, ti, f) = (r / (t * f_out), r / f_out % t, r % f_out);
+                for dt in 0..kh {
+                    if let Some(s) = source(ti, dt) {
+                        let from = (bi * t + s) * N_MELS + f;
+                        row[dt * kw..(dt + 1) * kw].copy_from_slice(&x[from..from + kw]);
+                    }
+                }
+            }
+            (cols, Box::new(move |r| r / f_out))
+        } else {
+            // One tap per mel bin: rows (patch, mel bin, frame); columns dt.
+            let mut xt = vec![0f32; b * N_MELS * t];
+            for (i, v) in x.iter().enumerate() {
+                let (bi, ti, f) = (i / (t * N_MELS), i / N_MELS % t, i % N_MELS);
+                xt[(bi * N_MELS + f) * t + ti] = *v;
+            }
+            let mut cols = vec![0f32; b * N_MELS * t * k];
+            for (r, row) in cols.chunks_exact_mut(k).enumerate() {
+                let (series, ti) = (r / t, r % t);
+                for (dt, c) in row.iter_mut().enumerate() {
+                    if let Some(s) = source(ti, dt) {
+                        *c = xt[series * t + s];
+                    }
+                }
+            }
+            (cols, Box::new(move |r| r / (N_MELS * t) * t + r % t))
+        };
+        let rows = cols.len() / k;
+        let y = Tensor::from_vec(cols, (rows, k), &Device::Cpu)?
+            .matmul(&self.weight_t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut maxed = vec![f32::NEG_INFINITY; b * t * channels];
+        for (r, row) in y.chunks_exact(channels).enumerate() {
+            let out = &mut maxed[target(r) * channels..][..channels];
+            for (m, &v) in out.iter_mut().zip(row) {
+                *m = m.max(v);
+            }
+        }
+        let maxed = Tensor::from_vec(maxed, (b, t, channels), &Device::Cpu)?;
+        self.finish(&maxed.transpose(1, 2)?)
+    }
+
+    /// Sign, bias, ReLU and batch norm on the max over mel [B, C, T].
+    fn finish(&self, extreme: &Tensor) -> Result<Tensor> {
+        let y = extreme
+            .broadcast_mul(&self.sign)?
+            .broadcast_add(&self.bias)?
+            .relu()?;
+        self.bn.forward(&y)
+    }
+}
+
+/// Mid-end block: conv1d over time (kernel 7, same padding), ReLU, batch norm.
+struct MidBlock {
+    weight: Tensor,
+    bias: Tensor,
+    bn: Affine,
+}
+
+impl MidBlock {
+    fn load(vb: &VarBuilder, n: usize, inputs: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((MID_CHANNELS, inputs, 7), &format!("conv{n}.weight"))?,
+            bias: vb
+                .get(MID_CHANNELS, &format!("conv{n}.bias"))?
+                .reshape((1, MID_CHANNELS, 1))?,
+            bn: Affine::load(&vb.pp(format!("bn{n}")), MID_CHANNELS, eps)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x
+            .conv1d(&self.weight, 3, 1, 1, 1)?
+            .broadcast_add(&self.bias)?
+            .relu()?;
+        self.bn.forward(&y)
+    }
+}
+
+struct Net {
+    bn_input: Affine,
+    front: Vec<FrontBlock>,
+    mid: [MidBlock; 3],
+    bn_pool: Affine,
+    dense: Linear,
+    bn_dense: Affine,
+    output: Linear,
+}
+
+impl Net {
+    fn load(vb: &VarBuilder, eps: f64) -> Result<Self> {
+        let fe = vb.pp("frontend");
+        let me = vb.pp("midend");
+        let be = vb.pp("backend");
+        let front = [
+            ("timbral_f74", 204, 7, 38),
+            ("timbral_f77", 204, 7, 67),
+            ("temporal_s1", 51, 128, 1),
+            ("temporal_s2", 51, 64, 1),
+            ("temporal_s3", 51, 32, 1),
+        ]
+        .into_iter()
+        .map(|(name, out, kh, kw)| FrontBlock::load(&fe.pp(name), out, kh, kw, eps))
+        .collect::<Result<Vec<_>>>()?;
+        let linear = |name: &str, inputs: usize, outputs: usize| -> Result<Linear> {
+            let v = be.pp(name);
+            Ok(Linear::new(
+                v.get((outputs, inputs), "weight")?,
+                Some(v.get(outputs, "bias")?),
+            ))
+        };
+        Ok(Self {
+            bn_input: Affine::load(&fe.pp("bn_input"), 1, eps)?,
+            front,
+            mid: [
+                MidBlock::load(&me, 1, FRONT_IN, eps)?,
+                MidBlock::load(&me, 2, MID_CHANNELS, eps)?,
+                MidBlock::load(&me, 3, MID_CHANNELS, eps)?,
+            ],
+            bn_pool: Affine::load(&be.pp("bn_pool"), 2 * POOLED, eps)?,
+            dense: linear("dense", 2 * POOLED, EMBEDDING_DIM)?,
+            bn_dense: Affine::load(&be.pp("bn_dense"), EMBEDDING_DIM, eps)?,
+            output: linear("output", EMBEDDING_DIM, N_TAGS)?,
+        })
+    }
+
+    /// [B, T, 96] log-mel -> (taggram [B, 50], penultimate [B, 200])
+    fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = self.bn_input.forward(&x.unsqueeze(1)?)?;
+        let front = if x.device().is_cpu() {
+            let (b, _, t, _) = x.dims4()?;
+            let host = x.flatten_all()?.to_vec1::<f32>()?;
+            // Small chunks keep the im2col buffers (about 12 MB per patch and block) under the
+            // size that malloc serves from mmap, which would page-fault them in on every pass.
+            let chunks = host
+                .chunks(CPU_CHUNK * t * N_MELS)
+                .map(|c| {
+                    let n = c.len() / (t * N_MELS);
+                    let fronts = self
+                        .front
+                        .iter()
+                        .map(|f| f.forward_im2col(c, n, t))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Tensor::cat(&fronts, 1)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            debug_assert_eq!(
+                chunks.iter().map(|c| c.dim(0).unwrap_or(0)).sum::<usize>(),
+                b
+            );
+            Tensor::cat(&chunks, 0)?
+        } else {
+            let fronts = self
+                .front
+                .iter()
+                .map(|b| b.forward(&x))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&fronts, 1)?
+        };
+        let c1 = self.mid[0].forward(&front)?;
+        let c2 = (self.mid[1].forward(&c1)? + &c1)?;
+        let c3 = (self.mid[2].forward(&c2)? + &c2)?;
+        let mid = Tensor::cat(&[&front, &c1, &c2, &c3], 1)?;
+        let pooled = Tensor::cat(&[mid.max(2)?, mid.mean(2)?], 1)?;
+        let pooled = self.bn_pool.forward(&pooled)?;
+        let hidden = self.dense.forward(&pooled)?.relu()?;
+        let penultimate = self.bn_dense.forward(&hidden)?;
+        let taggram = candle_nn::ops::sigmoid(&self.output.forward(&penultimate)?)?;
+        Ok((taggram, penultimate))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn im2col_front_end_equals_conv2d() {
+        let (weights, _) = Kind::Mtt.bundled();
+        let vb = VarBuilder::from_slice_safetensors(weights, DType::F32, &Device::Cpu).unwrap();
+        let net = Net::load(&vb, 1e-3).unwrap();
+        // 40 frames: shorter than the 128-tap kernel, so every padding edge case is hit.
+        let (b, t) = (2, 40);
+        let x: Vec<f32> = (0..b * t * N_MELS)
+            .map(|i| (i * 7919 % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let input = Tensor::from_slice(&x, (b, 1, t, N_MELS), &Device::Cpu).unwrap();
+        for block in &net.front {
+            let conv = block.forward(&input).unwrap();
+            let im2col = block.forward_im2col(&x, b, t).unwrap();
+            assert_eq!(conv.dims(), im2col.dims());
+            let diff = (conv - im2col)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff < 1e-4,
+                "kernel {:?}: max abs diff {diff}",
+                block.kernel
+            );
+        }
+    }
+}
