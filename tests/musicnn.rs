@@ -99,8 +99,15 @@ async fn musicnn_columns_match_the_network() {
     let tags = tags.as_list::<i32>().value(0);
     let tags = tags.as_struct();
     assert_eq!(tags.len(), 10);
-    let tag_scores = tags.column(2).as_primitive::<Float32Type>().values().to_vec();
-    assert!(tag_scores.windows(2).all(|w| w[0] >= w[1]), "{tag_scores:?}");
+    let tag_scores = tags
+        .column(2)
+        .as_primitive::<Float32Type>()
+        .values()
+        .to_vec();
+    assert!(
+        tag_scores.windows(2).all(|w| w[0] >= w[1]),
+        "{tag_scores:?}"
+    );
     let best = scores.iter().copied().fold(f32::MIN, f32::max);
     assert!((tag_scores[0] - best).abs() < 1e-6);
 
@@ -115,7 +122,10 @@ async fn musicnn_columns_match_the_network() {
     let labels = labels().unwrap();
     for name in instruments.as_string::<i32>().iter().flatten() {
         assert!(INSTRUMENTS.contains(&name), "{name}");
-        let i = labels.iter().position(|l| l == &("mtt", name.to_string())).unwrap();
+        let i = labels
+            .iter()
+            .position(|l| l == &("mtt", name.to_string()))
+            .unwrap();
         assert!(scores[i] > INSTRUMENT_THRESHOLD, "{name}: {}", scores[i]);
     }
     let padded = column("tags_padded");
@@ -134,7 +144,10 @@ async fn musicnn_columns_match_the_network() {
     .await;
     assert_eq!(batch.column(0).as_list::<i32>().value(0).len(), 3);
     assert_eq!(batch.column(1).as_list::<i32>().value(0).len(), 100);
-    assert_eq!(f32s(batch.column(2).as_ref(), 0), got_embedding(&lake, &path).await);
+    assert_eq!(
+        f32s(batch.column(2).as_ref(), 0),
+        got_embedding(&lake, &path).await
+    );
     let err = lake
         .sql(&format!("SELECT tags('{path}', -1)"))
         .await
@@ -143,7 +156,8 @@ async fn musicnn_columns_match_the_network() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("tags: k must not be negative, got -1"),
+        err.to_string()
+            .contains("tags: k must not be negative, got -1"),
         "{err}"
     );
 }
@@ -151,7 +165,10 @@ async fn musicnn_columns_match_the_network() {
 async fn got_embedding(lake: &AudioLake, path: &str) -> Vec<f32> {
     let batch = query(
         lake,
-        &format!("SELECT embedding FROM t WHERE path LIKE '%{}'", path.rsplit('/').next().unwrap()),
+        &format!(
+            "SELECT embedding FROM t WHERE path LIKE '%{}'",
+            path.rsplit('/').next().unwrap()
+        ),
     )
     .await;
     f32s(batch.column(0).as_ref(), 0)

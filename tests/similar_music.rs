@@ -81,9 +81,14 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
     )
     .await
     .len();
-    assert!(minor >= 10, "the corpus has {minor} minor files with an embedding");
+    assert!(
+        minor >= 10,
+        "the corpus has {minor} minor files with an embedding"
+    );
 
-    assert!(explain(&lake, &knn).await.contains("HnswIndexScan: index=music_sound"));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=music_sound"));
     assert!(!explain(&lake, &exact).await.contains("HnswIndexScan"));
     let want = paths(&lake, &exact).await;
     assert_eq!(want.len(), 10);
@@ -91,6 +96,8 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
     drop(lake);
 
     let lake = open(store.path(), &corpus).await;
-    assert!(explain(&lake, &knn).await.contains("HnswIndexScan: index=music_sound"));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=music_sound"));
     assert_eq!(paths(&lake, &knn).await, want);
 }

@@ -51,10 +51,11 @@ fn batch(rows: &[(i64, Vec<f32>)]) -> RecordBatch {
         lists.append(true);
     }
     let ids = Int64Array::from_iter_values(rows.iter().map(|(id, _)| *id));
-    let modes = StringArray::from_iter_values(
-        rows.iter()
-            .map(|(id, _)| if id % 3 == 0 { "minor" } else { "major" }),
-    );
+    let modes =
+        StringArray::from_iter_values(
+            rows.iter()
+                .map(|(id, _)| if id % 3 == 0 { "minor" } else { "major" }),
+        );
     RecordBatch::try_from_iter([
         ("id", Arc::new(ids) as ArrayRef),
         ("mode", Arc::new(modes) as ArrayRef),
@@ -64,14 +65,23 @@ fn batch(rows: &[(i64, Vec<f32>)]) -> RecordBatch {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     1.0 - dot / (na * nb)
 }
 
 /// The ids of the k rows nearest to `q` by cosine distance among those `keep` accepts.
-fn brute_force(rows: &[(i64, Vec<f32>)], q: &[f32], k: usize, keep: impl Fn(i64) -> bool) -> Vec<i64> {
+fn brute_force(
+    rows: &[(i64, Vec<f32>)],
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(i64) -> bool,
+) -> Vec<i64> {
     let mut scored: Vec<(f64, i64)> = rows
         .iter()
         .filter(|(id, _)| keep(*id))
@@ -135,12 +145,7 @@ async fn ids(lake: &AudioLake, sql: &str) -> Vec<i64> {
     let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
     batches
         .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
         .collect()
 }
 
@@ -178,15 +183,24 @@ async fn operators_follow_pgvector() {
     };
     // a = [1,2,3], b = [4,6,8]: differences 3, 4, 5; a·b = 40; |a|² = 14, |b|² = 116.
     let (a, b) = ("'[1,2,3]'", "[4.0, 6.0, 8.0]");
-    close(float(&lake, &format!("SELECT {b} <-> {a}")).await, 50f64.sqrt());
+    close(
+        float(&lake, &format!("SELECT {b} <-> {a}")).await,
+        50f64.sqrt(),
+    );
     close(float(&lake, &format!("SELECT {b} <#> {a}")).await, -40.0);
     close(float(&lake, &format!("SELECT {b} <+> {a}")).await, 12.0);
     close(
         float(&lake, &format!("SELECT {b} <=> {a}")).await,
         1.0 - 40.0 / (14.0f64 * 116.0).sqrt(),
     );
-    close(float(&lake, &format!("SELECT inner_product({b}, {a})")).await, 40.0);
-    close(float(&lake, &format!("SELECT l2_distance(ARRAY[1, 2, 3], {a})")).await, 0.0);
+    close(
+        float(&lake, &format!("SELECT inner_product({b}, {a})")).await,
+        40.0,
+    );
+    close(
+        float(&lake, &format!("SELECT l2_distance(ARRAY[1, 2, 3], {a})")).await,
+        0.0,
+    );
     close(float(&lake, "SELECT l2_norm('[3,4]')").await, 5.0);
     assert_eq!(float(&lake, &format!("SELECT NULL <-> {a}")).await, None);
     assert!(error(&lake, "SELECT '[1,2,3]' <-> [1.0, 2.0]")
@@ -196,7 +210,13 @@ async fn operators_follow_pgvector() {
         .await
         .ends_with("invalid input syntax for type vector: \"[1,x]\""));
     // Without vectors, <=> keeps its meaning of null-safe equality.
-    let batches = lake.sql("SELECT 1 <=> 1").await.unwrap().collect().await.unwrap();
+    let batches = lake
+        .sql("SELECT 1 <=> 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert!(batches[0].column(0).as_boolean().value(0));
 }
 
@@ -257,9 +277,11 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     .collect()
     .await
     .unwrap();
-    assert!(error(&lake, "CREATE INDEX ON vecs USING hnsw (v) WITH (m = 300)")
-        .await
-        .ends_with("invalid index parameter: m must be between 2 and 100, not 300"));
+    assert!(
+        error(&lake, "CREATE INDEX ON vecs USING hnsw (v) WITH (m = 300)")
+            .await
+            .ends_with("invalid index parameter: m must be between 2 and 100, not 300")
+    );
     lake.sql(
         "CREATE INDEX vecs_v ON vecs USING hnsw (v vector_cosine_ops) \
          WITH (m = 16, ef_construction = 100)",
@@ -272,11 +294,18 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     assert!(error(&lake, "CREATE INDEX vecs_v ON vecs USING hnsw (v)")
         .await
         .ends_with("relation \"vecs_v\" already exists"));
-    lake.sql("SET hnsw.ef_search = 400").await.unwrap().collect().await.unwrap();
+    lake.sql("SET hnsw.ef_search = 400")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
 
     let q = &rows[17].1;
     let knn = format!("SELECT id FROM vecs ORDER BY v <=> {} LIMIT 10", literal(q));
-    assert!(explain(&lake, &knn).await.contains("HnswIndexScan: index=vecs_v"));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=vecs_v"));
     assert_eq!(ids(&lake, &knn).await, brute_force(&rows, q, 10, |_| true));
 
     // A filter: the 10 nearest rows that satisfy it, as many as exist.
@@ -285,13 +314,23 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         literal(q)
     );
     assert!(explain(&lake, &minor).await.contains("HnswIndexScan"));
-    assert_eq!(ids(&lake, &minor).await, brute_force(&rows, q, 10, |id| id % 3 == 0));
+    assert_eq!(
+        ids(&lake, &minor).await,
+        brute_force(&rows, q, 10, |id| id % 3 == 0)
+    );
     let rare = format!(
         "SELECT id FROM vecs WHERE id % 997 = 0 ORDER BY v <=> {} LIMIT 10",
         literal(q)
     );
-    assert_eq!(ids(&lake, &rare).await, brute_force(&rows, q, 10, |id| id % 997 == 0));
-    assert_eq!(ids(&lake, &rare).await.len(), 4, "ids 0, 997, 1994 and 2991");
+    assert_eq!(
+        ids(&lake, &rare).await,
+        brute_force(&rows, q, 10, |id| id % 997 == 0)
+    );
+    assert_eq!(
+        ids(&lake, &rare).await.len(),
+        4,
+        "ids 0, 997, 1994 and 2991"
+    );
 
     // A scalar subquery as the query vector.
     let by_row = "SELECT id FROM vecs ORDER BY v <=> (SELECT v FROM vecs WHERE id = 17) LIMIT 5";
@@ -322,7 +361,14 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         .map(|id| id.to_string())
         .collect();
     assert_eq!(found, want);
-    assert!(batches[0].column(1).as_primitive::<Float64Type>().value(0).abs() < 1e-6);
+    assert!(
+        batches[0]
+            .column(1)
+            .as_primitive::<Float64Type>()
+            .value(0)
+            .abs()
+            < 1e-6
+    );
 
     let listed = lake
         .sql("SELECT name, table_name, column_name, key_column, opclass, m, ef_construction, rows, dims FROM audiolake_indexes")
@@ -345,10 +391,22 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     let lake = open(&setup).await;
     let loaded = "SELECT loaded FROM audiolake_indexes";
     let flag = |batches: Vec<RecordBatch>| batches[0].column(0).as_boolean().value(0);
-    assert!(!flag(lake.sql(loaded).await.unwrap().collect().await.unwrap()));
-    lake.sql("SET hnsw.ef_search = 400").await.unwrap().collect().await.unwrap();
-    assert_eq!(ids(&lake, &minor).await, brute_force(&rows, q, 10, |id| id % 3 == 0));
-    assert!(flag(lake.sql(loaded).await.unwrap().collect().await.unwrap()));
+    assert!(!flag(
+        lake.sql(loaded).await.unwrap().collect().await.unwrap()
+    ));
+    lake.sql("SET hnsw.ef_search = 400")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&lake, &minor).await,
+        brute_force(&rows, q, 10, |id| id % 3 == 0)
+    );
+    assert!(flag(
+        lake.sql(loaded).await.unwrap().collect().await.unwrap()
+    ));
 
     // Rows added after the build are found; rows removed are not returned.
     let mut near_q = q.clone();
@@ -358,12 +416,21 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     let mut all = rows.clone();
     all.extend(added);
     let found = ids(&lake, &knn).await;
-    assert_eq!(found[..2], [17, ROWS], "the query's own row, then the added one");
+    assert_eq!(
+        found[..2],
+        [17, ROWS],
+        "the query's own row, then the added one"
+    );
     assert_eq!(found, brute_force(&all, q, 10, |_| true));
     std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
     assert_eq!(ids(&lake, &knn).await, brute_force(&rows, q, 10, |_| true));
 
-    lake.sql("DROP INDEX vecs_v").await.unwrap().collect().await.unwrap();
+    lake.sql("DROP INDEX vecs_v")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert!(!explain(&lake, &knn).await.contains("HnswIndexScan"));
     assert!(error(&lake, "DROP INDEX vecs_v")
         .await

@@ -8,34 +8,36 @@ use std::sync::Arc;
 use audiolake_udf::features::{self, musicnn};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::FunctionRegistry;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, ObjectType, Set, Statement as SqlStatement};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, ObjectType, Set, Statement as SqlStatement,
+};
 use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
-use datafusion::common::TableReference;
 use url::Url;
 
 use crate::audio::AudioTableFactory;
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
+use crate::index::ddl;
 use crate::index::knn::KnnRule;
 use crate::index::registry::Indexes;
 use crate::index::similar::Similar;
 use crate::index::system_table::IndexTable;
-use crate::index::ddl;
-use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
 use crate::progress::ScanProgress;
+use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{register_feature_tables, CompactReport, FeatureStore, FlushPolicy};
 
 /// How to open an [`Engine`].
@@ -293,7 +295,10 @@ impl Engine {
         else {
             return Ok(());
         };
-        if !variable.to_string().eq_ignore_ascii_case("audiolake.device") {
+        if !variable
+            .to_string()
+            .eq_ignore_ascii_case("audiolake.device")
+        {
             return Ok(());
         }
         let device = match values.as_slice() {

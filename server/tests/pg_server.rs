@@ -466,11 +466,7 @@ fn vector_search_through_psql() {
         .map(|(p, r)| (p.to_string(), format!("1\n3\n{r}")))
         .unwrap_or_else(|| panic!("{}\n{err}", stdout(&out)));
     assert!(plan.contains("HnswIndexScan: index=pts_v"), "{plan}");
-    assert_eq!(
-        rows,
-        "1\n3\n3\n2\npts_v|3\nt|t\n0\n",
-        "{err}"
-    );
+    assert_eq!(rows, "1\n3\n3\n2\npts_v|3\nt|t\n0\n", "{err}");
     assert!(
         err.contains("invalid index parameter: m must be between 2 and 100, not 300"),
         "{err}"

@@ -87,9 +87,7 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
         }
     };
     let params = parameters(&create.with)?;
-    params
-        .validate()
-        .map_err(|e| plan_error(e.to_string()))?;
+    params.validate().map_err(|e| plan_error(e.to_string()))?;
     let key = key_column(schema).ok_or_else(|| {
         plan_error(format!(
             "table {table} has neither a path nor an id column: an hnsw index needs one to \
@@ -192,7 +190,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (d.name.as_str(), d.table.as_str(), d.column.as_str(), d.key.as_str()),
+            (
+                d.name.as_str(),
+                d.table.as_str(),
+                d.column.as_str(),
+                d.key.as_str()
+            ),
             ("music_sound", "music", "embedding", "path")
         );
         assert_eq!(d.metric, Metric::Cosine);

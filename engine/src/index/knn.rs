@@ -21,13 +21,14 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::ScalarValue;
+use datafusion::common::TableReference;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
-    col, lit, Expr, FetchType, LogicalPlan, LogicalPlanBuilder, SkipType, TableProviderFilterPushDown,
-    TableScanBuilder, TableType,
+    col, lit, Expr, FetchType, LogicalPlan, LogicalPlanBuilder, SkipType,
+    TableProviderFilterPushDown, TableScanBuilder, TableType,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -37,7 +38,6 @@ use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::prelude::ident;
-use datafusion::common::TableReference;
 use futures::{stream, TryStreamExt};
 
 use super::registry::{Entry, Indexes};
@@ -193,9 +193,7 @@ fn has_subquery(expr: &Expr) -> bool {
 }
 
 /// `distance(column, query)` (either order), where `query` reads no column of the row.
-fn distance_call(
-    expr: &Expr,
-) -> Option<(Distance, datafusion::common::Column, Expr)> {
+fn distance_call(expr: &Expr) -> Option<(Distance, datafusion::common::Column, Expr)> {
     let Expr::ScalarFunction(call) = expr else {
         return None;
     };
@@ -211,8 +209,10 @@ fn distance_call(
         e.column_refs().is_empty()
             && !e
                 .exists(|e| {
-                    Ok(matches!(e, Expr::ScalarSubquery(s) if !s.outer_ref_columns.is_empty())
-                        || matches!(e, Expr::OuterReferenceColumn(..)))
+                    Ok(
+                        matches!(e, Expr::ScalarSubquery(s) if !s.outer_ref_columns.is_empty())
+                            || matches!(e, Expr::OuterReferenceColumn(..)),
+                    )
                 })
                 .unwrap_or(true)
     };
@@ -267,7 +267,10 @@ impl TableProvider for KnnTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -424,7 +427,10 @@ pub fn vector_of(value: &ScalarValue) -> Result<Option<Vec<f32>>> {
     if value.is_null() {
         return Ok(None);
     }
-    if let ScalarValue::Utf8(Some(text)) | ScalarValue::LargeUtf8(Some(text)) | ScalarValue::Utf8View(Some(text)) = value {
+    if let ScalarValue::Utf8(Some(text))
+    | ScalarValue::LargeUtf8(Some(text))
+    | ScalarValue::Utf8View(Some(text)) = value
+    {
         return crate::sql::vector::parse_vector(text).map(Some);
     }
     let array = cast(&value.to_array()?, &float4_list()).map_err(|_| {
@@ -522,16 +528,20 @@ pub async fn nearest(
     let mut entry = Arc::clone(&table.entry);
     let mut loaded = table.indexes.loaded(&entry).await?;
     let stale = |loaded: &super::registry::Loaded| {
-        let gone = loaded.keys.iter().filter(|k| !current.contains_key(*k)).count();
-        let added = current.keys().filter(|k| !loaded.ids.contains_key(*k)).count();
+        let gone = loaded
+            .keys
+            .iter()
+            .filter(|k| !current.contains_key(*k))
+            .count();
+        let added = current
+            .keys()
+            .filter(|k| !loaded.ids.contains_key(*k))
+            .count();
         (gone + added) as f64 > REBUILD_FRACTION * loaded.keys.len().max(1) as f64
             && gone + added > 0
     };
     if stale(&loaded) {
-        entry = table
-            .indexes
-            .build(state, entry.definition.clone())
-            .await?;
+        entry = table.indexes.build(state, entry.definition.clone()).await?;
         loaded = table.indexes.loaded(&entry).await?;
     }
     let added: Vec<String> = current

@@ -15,10 +15,10 @@ use std::sync::{Arc, RwLock};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::prelude::{ident, SessionContext};
-use datafusion::common::TableReference;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -123,7 +123,10 @@ impl Indexes {
     }
 
     fn build_path(&self, name: &str, build: i64, suffix: &str) -> Path {
-        self.dir.clone().join(name).join(format!("{build}.{suffix}"))
+        self.dir
+            .clone()
+            .join(name)
+            .join(format!("{build}.{suffix}"))
     }
 
     /// Reads the definitions kept in the store; builds are loaded at first use.
@@ -196,7 +199,11 @@ impl Indexes {
 
     /// Builds the index `template` describes (its build fields are filled in) from the rows
     /// of its table, saves it and makes it current, replacing a previous build of that name.
-    pub async fn build(&self, state: &SessionState, template: IndexDefinition) -> Result<Arc<Entry>> {
+    pub async fn build(
+        &self,
+        state: &SessionState,
+        template: IndexDefinition,
+    ) -> Result<Arc<Entry>> {
         template.params.validate().map_err(index_error)?;
         let (keys, vectors) = read_vectors(state, &template).await?;
         let mut seen = std::collections::HashSet::new();
@@ -211,7 +218,10 @@ impl Indexes {
             HnswIndex::build(
                 metric,
                 params,
-                vectors.iter().enumerate().map(|(i, v)| (i as u64, v.as_slice())),
+                vectors
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as u64, v.as_slice())),
             )
         })
         .await

@@ -9,13 +9,13 @@ use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::TableReference;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{lit, Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ident, SessionContext};
-use datafusion::common::TableReference;
 
 use super::knn::{evaluate_vector, nearest, vector_of, KnnTable};
 use super::registry::{Entry, Indexes};
@@ -112,7 +112,10 @@ impl SimilarTable {
                 })?;
                 let value = ScalarValue::try_from_array(batch.column(0), 0)?;
                 return vector_of(&value)?.ok_or_else(|| {
-                    usage(&format!("the row with {} '{text}' has no {}", d.key, d.column))
+                    usage(&format!(
+                        "the row with {} '{text}' has no {}",
+                        d.key, d.column
+                    ))
                 });
             }
         }

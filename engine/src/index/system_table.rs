@@ -49,10 +49,14 @@ impl IndexTable {
         let entries = self.indexes.list();
         let defs: Vec<_> = entries.iter().map(|e| &e.definition).collect();
         let text = |f: fn(&super::registry::IndexDefinition) -> String| {
-            Arc::new(StringArray::from(defs.iter().map(|d| f(d)).collect::<Vec<_>>()))
+            Arc::new(StringArray::from(
+                defs.iter().map(|d| f(d)).collect::<Vec<_>>(),
+            ))
         };
         let int = |f: fn(&super::registry::IndexDefinition) -> i64| {
-            Arc::new(Int64Array::from(defs.iter().map(|d| f(d)).collect::<Vec<_>>()))
+            Arc::new(Int64Array::from(
+                defs.iter().map(|d| f(d)).collect::<Vec<_>>(),
+            ))
         };
         Ok(RecordBatch::try_new(
             Self::schema_ref(),

@@ -152,11 +152,15 @@ impl Dialect for AudiolakeDialect {
         for _ in 0..3 {
             parser.advance_token();
         }
-        Some(parser.parse_subexpr(precedence).map(|right| SqlExpr::BinaryOp {
-            left: Box::new(expr.clone()),
-            op: BinaryOperator::Custom(L1_OPERATOR.to_string()),
-            right: Box::new(right),
-        }))
+        Some(
+            parser
+                .parse_subexpr(precedence)
+                .map(|right| SqlExpr::BinaryOp {
+                    left: Box::new(expr.clone()),
+                    op: BinaryOperator::Custom(L1_OPERATOR.to_string()),
+                    right: Box::new(right),
+                }),
+        )
     }
 
     delegate! {

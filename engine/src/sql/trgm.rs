@@ -111,9 +111,9 @@ impl ScalarUDFImpl for TrgmFunction {
             }
             Op::WordSimilar => {
                 let threshold = settings::trgm_threshold(&args.config_options, true)?;
-                Arc::new(BooleanArray::from_iter(
-                    (0..rows).map(|r| pair(r).map(|(x, y)| trgm::word_similar(x, y, threshold))),
-                ))
+                Arc::new(BooleanArray::from_iter((0..rows).map(|r| {
+                    pair(r).map(|(x, y)| trgm::word_similar(x, y, threshold))
+                })))
             }
             Op::ShowTrgm => {
                 let mut builder = ListBuilder::new(StringBuilder::new());

@@ -171,11 +171,7 @@ impl ScalarUDFImpl for VectorFunction {
             .args
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let columns: Vec<Vectors> = args
-            .args
-            .iter()
-            .map(Vectors::new)
-            .collect::<Result<_>>()?;
+        let columns: Vec<Vectors> = args.args.iter().map(Vectors::new).collect::<Result<_>>()?;
         let n = if all_scalar { 1 } else { rows };
         let out: ArrayRef = match self.op {
             Op::Distance(d) => {
@@ -226,7 +222,8 @@ impl Vectors {
                 match Vectors::from_array(&array)? {
                     Vectors::Column(list, _) if list.is_null(0) => Ok(Vectors::Constant(None)),
                     Vectors::Column(list, values) => {
-                        let range = list.value_offsets()[0] as usize..list.value_offsets()[1] as usize;
+                        let range =
+                            list.value_offsets()[0] as usize..list.value_offsets()[1] as usize;
                         Ok(Vectors::Constant(Some(values.values()[range].to_vec())))
                     }
                     constant => Ok(constant),
@@ -286,11 +283,8 @@ impl Vectors {
 
 /// pgvector's text form of a vector, `[1,2,3]`.
 pub fn parse_vector(text: &str) -> Result<Vec<f32>> {
-    let invalid = || {
-        DataFusionError::Execution(format!(
-            "invalid input syntax for type vector: \"{text}\""
-        ))
-    };
+    let invalid =
+        || DataFusionError::Execution(format!("invalid input syntax for type vector: \"{text}\""));
     let inner = text
         .trim()
         .strip_prefix('[')
@@ -335,7 +329,10 @@ mod tests {
         for d in Distance::ALL {
             assert_eq!(Distance::of_function(d.function_name()), Some(d));
         }
-        assert_eq!(Distance::of_operator("<#>"), Some(Distance::NegativeInnerProduct));
+        assert_eq!(
+            Distance::of_operator("<#>"),
+            Some(Distance::NegativeInnerProduct)
+        );
         assert_eq!(Distance::of_operator("<<"), None);
     }
 }

@@ -21,9 +21,9 @@ use arrow_array::builder::StringBuilder;
 use arrow_array::builder::{
     BooleanBuilder, Float32Builder, Float64Builder, Int64Builder, ListBuilder,
 };
+use arrow_array::ArrayRef;
 use arrow_array::{Float32Array, ListArray, StringArray, StructArray};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
-use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field};
 use symphonia::core::io::MediaSource;
 
@@ -33,7 +33,9 @@ use stft::Stft;
 pub use stft::{Frame, StftShape};
 
 /// Names of every feature group, in the order [`extractor`] knows them.
-pub const GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre", "musicnn"];
+pub const GROUPS: &[&str] = &[
+    "rhythm", "tonal", "loudness", "spectral", "timbre", "musicnn",
+];
 
 /// Builds a fresh extractor for the group called `name`.
 pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {

@@ -6,27 +6,71 @@
 use std::sync::{Arc, RwLock};
 
 use arrow_schema::{DataType, Field, Fields};
-use audiolake_models::{parse_device, Batcher, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS};
+use audiolake_models::{
+    parse_device, Batcher, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS,
+};
 
 use super::{f32_list_field, utf8_field, Extractor, Frame, Input, StftShape, Value};
 
 /// Tags of the MSD model that name a genre (the rest are decades, moods and descriptions).
 pub const GENRES: &[&str] = &[
-    "rock", "pop", "alternative", "indie", "electronic", "dance", "alternative rock", "jazz",
-    "metal", "chillout", "classic rock", "soul", "indie rock", "electronica", "folk", "punk",
-    "blues", "hard rock", "ambient", "experimental", "Hip-Hop", "country", "easy listening",
-    "funk", "electro", "heavy metal", "Progressive rock", "rnb", "indie pop", "House",
+    "rock",
+    "pop",
+    "alternative",
+    "indie",
+    "electronic",
+    "dance",
+    "alternative rock",
+    "jazz",
+    "metal",
+    "chillout",
+    "classic rock",
+    "soul",
+    "indie rock",
+    "electronica",
+    "folk",
+    "punk",
+    "blues",
+    "hard rock",
+    "ambient",
+    "experimental",
+    "Hip-Hop",
+    "country",
+    "easy listening",
+    "funk",
+    "electro",
+    "heavy metal",
+    "Progressive rock",
+    "rnb",
+    "indie pop",
+    "House",
 ];
 
 /// Tags of the MSD model that name a mood.
 pub const MOODS: &[&str] = &[
-    "beautiful", "Mellow", "chill", "sad", "happy", "sexy", "catchy", "party",
+    "beautiful",
+    "Mellow",
+    "chill",
+    "sad",
+    "happy",
+    "sexy",
+    "catchy",
+    "party",
 ];
 
 /// Tags of the MTT model that name an instrument.
 pub const INSTRUMENTS: &[&str] = &[
-    "guitar", "strings", "drums", "piano", "violin", "synth", "harpsichord", "flute", "sitar",
-    "harp", "cello",
+    "guitar",
+    "strings",
+    "drums",
+    "piano",
+    "violin",
+    "synth",
+    "harpsichord",
+    "flute",
+    "sitar",
+    "harp",
+    "cello",
 ];
 
 /// Score above which an instrument tag is reported in `instruments`.
@@ -80,8 +124,13 @@ fn networks() -> Result<Arc<Networks>, String> {
 /// The labels of both models in `tag_scores` order: MTT's 50, then MSD's 50.
 pub fn labels() -> Result<Vec<(&'static str, String)>, String> {
     let n = networks()?;
-    let mut labels: Vec<(&'static str, String)> =
-        n.mtt.model().labels().iter().map(|l| ("mtt", l.clone())).collect();
+    let mut labels: Vec<(&'static str, String)> = n
+        .mtt
+        .model()
+        .labels()
+        .iter()
+        .map(|l| ("mtt", l.clone()))
+        .collect();
     labels.extend(n.msd.model().labels().iter().map(|l| ("msd", l.clone())));
     Ok(labels)
 }
@@ -143,7 +192,10 @@ impl Extractor for MusicnnGroup {
     fn input(&self) -> Input {
         Input::Frames {
             rate: 16_000,
-            shape: StftShape { n_fft: 512, hop: 256 },
+            shape: StftShape {
+                n_fft: 512,
+                hop: 256,
+            },
         }
     }
 

@@ -225,7 +225,10 @@ fn l1_operator(expr: &mut Expr) -> bool {
     if op != "<+>" {
         return false;
     }
-    *expr = function("l1_distance", [left.as_ref().clone(), right.as_ref().clone()]);
+    *expr = function(
+        "l1_distance",
+        [left.as_ref().clone(), right.as_ref().clone()],
+    );
     true
 }
 
