@@ -389,6 +389,6 @@ def main():
             print(f"audiolake had {al['failed']} failed transactions: the figures are not comparable")
 
 
-ARGS = parse_args()
 if __name__ == "__main__":
+    ARGS = parse_args()  # a global of the functions above; set only when run, not imported
     main()

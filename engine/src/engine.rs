@@ -37,6 +37,7 @@ use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
 use crate::location::{object_path, resolve_location, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
 use crate::progress::ScanProgress;
+use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{register_feature_tables, CompactReport, FeatureStore, FlushPolicy};
 
@@ -162,13 +163,16 @@ impl Engine {
         ctx.register_udtf("similar", Arc::new(Similar::new(Arc::clone(&indexes))));
         ctx.register_table(
             "audiolake_indexes",
-            Arc::new(IndexTable::new(Arc::clone(&indexes))),
+            Arc::new(SnapshotTable(IndexTable::new(Arc::clone(&indexes)))),
         )?;
         register_feature_tables(&ctx, &store_url)?;
         let jobs = Arc::new(Jobs::default());
         ctx.register_table(
             "audiolake_progress",
-            Arc::new(ProgressTable::new(Arc::clone(&jobs), Arc::clone(&progress))),
+            Arc::new(SnapshotTable(ProgressTable::new(
+                Arc::clone(&jobs),
+                Arc::clone(&progress),
+            ))),
         )?;
 
         let catalog = Catalog::new(store, &store_prefix);

@@ -3,18 +3,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
 
 use crate::progress::ScanProgress;
+use crate::snapshot::Snapshot;
 use crate::store::now_micros;
 
 /// What one finished job did.
@@ -98,8 +94,10 @@ impl ProgressTable {
     pub fn new(jobs: Arc<Jobs>, progress: Arc<ScanProgress>) -> Self {
         Self { jobs, progress }
     }
+}
 
-    fn schema_ref() -> SchemaRef {
+impl Snapshot for ProgressTable {
+    fn schema() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         Arc::new(Schema::new(vec![
             Field::new("table_name", DataType::Utf8, false),
@@ -149,7 +147,7 @@ impl ProgressTable {
             rows.8.push(job.error.clone());
         }
         Ok(RecordBatch::try_new(
-            Self::schema_ref(),
+            Self::schema(),
             vec![
                 Arc::new(StringArray::from(rows.0)),
                 Arc::new(TimestampMicrosecondArray::from(rows.1).with_timezone("UTC")),
@@ -161,38 +159,6 @@ impl ProgressTable {
                 Arc::new(BooleanArray::from(rows.7)),
                 Arc::new(StringArray::from(rows.8)),
             ],
-        )?)
-    }
-}
-
-impl std::fmt::Debug for ProgressTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProgressTable")
-    }
-}
-
-#[async_trait]
-impl TableProvider for ProgressTable {
-    fn schema(&self) -> SchemaRef {
-        Self::schema_ref()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.snapshot()?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            Self::schema_ref(),
-            projection.cloned(),
         )?)
     }
 }

@@ -12,6 +12,7 @@ mod jobs;
 pub mod location;
 mod object_stores;
 mod progress;
+mod snapshot;
 pub mod sql;
 mod store;
 

@@ -163,7 +163,6 @@ fn psycopg2() {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): get_columns fails, DataFusion cannot run the correlated subqueries SQLAlchemy puts inside CASE"]
 fn sqlalchemy_pandas() {
     if !have_python(&["psycopg2", "sqlalchemy", "pandas"]) {
         return;
@@ -173,7 +172,6 @@ fn sqlalchemy_pandas() {
 }
 
 #[test]
-#[ignore = "server gap (issue 5 open): getPrimaryKeys fails, its catalog query indexes a vector column that pg_catalog keeps as text"]
 fn jdbc() {
     let jar = Path::new("/usr/share/java/postgresql.jar");
     if !have("java") || !have("javac") {

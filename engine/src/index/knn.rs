@@ -280,11 +280,7 @@ impl TableProvider for KnnTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = state
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| DataFusionError::Internal("an index scan needs a SessionState".into()))?
-            .clone();
+        let state = session_state(state)?.clone();
         let schema = match projection {
             Some(p) => Arc::new(self.inner.schema().project(p)?),
             None => self.inner.schema(),
@@ -396,6 +392,14 @@ impl ExecutionPlan for HnswScanExec {
             stream::once(rows).try_flatten(),
         )))
     }
+}
+
+/// The full session behind a scan's `Session`: index scans plan and run queries of their own.
+pub fn session_state(state: &dyn Session) -> Result<&SessionState> {
+    state
+        .as_any()
+        .downcast_ref::<SessionState>()
+        .ok_or_else(|| DataFusionError::Internal("an index scan needs a SessionState".into()))
 }
 
 /// Runs `plan` to its batches.

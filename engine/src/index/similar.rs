@@ -17,7 +17,7 @@ use datafusion::logical_expr::{lit, Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ident, SessionContext};
 
-use super::knn::{evaluate_vector, nearest, vector_of, KnnTable};
+use super::knn::{evaluate_vector, nearest, session_state, vector_of, KnnTable};
 use super::registry::{Entry, Indexes};
 use crate::sql::settings;
 
@@ -142,10 +142,7 @@ impl TableProvider for SimilarTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let state = state
-            .as_any()
-            .downcast_ref::<SessionState>()
-            .ok_or_else(|| DataFusionError::Internal("similar() needs a SessionState".into()))?;
+        let state = session_state(state)?;
         let inner = SessionContext::new_with_state(state.clone())
             .table_provider(self.table.clone())
             .await?;

@@ -2,18 +2,14 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::{
     BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_plan::ExecutionPlan;
 
 use super::registry::Indexes;
+use crate::snapshot::Snapshot;
 
 pub struct IndexTable {
     indexes: Arc<Indexes>,
@@ -23,8 +19,10 @@ impl IndexTable {
     pub fn new(indexes: Arc<Indexes>) -> Self {
         Self { indexes }
     }
+}
 
-    fn schema_ref() -> SchemaRef {
+impl Snapshot for IndexTable {
+    fn schema() -> SchemaRef {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         let text = |name| Field::new(name, DataType::Utf8, false);
         let int = |name| Field::new(name, DataType::Int64, false);
@@ -59,7 +57,7 @@ impl IndexTable {
             ))
         };
         Ok(RecordBatch::try_new(
-            Self::schema_ref(),
+            Self::schema(),
             vec![
                 text(|d| d.name.clone()),
                 text(|d| d.table.clone()),
@@ -84,38 +82,6 @@ impl IndexTable {
                     entries.iter().map(|e| e.is_loaded()).collect::<Vec<_>>(),
                 )),
             ],
-        )?)
-    }
-}
-
-impl std::fmt::Debug for IndexTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IndexTable")
-    }
-}
-
-#[async_trait]
-impl TableProvider for IndexTable {
-    fn schema(&self) -> SchemaRef {
-        Self::schema_ref()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batch = self.snapshot()?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            Self::schema_ref(),
-            projection.cloned(),
         )?)
     }
 }

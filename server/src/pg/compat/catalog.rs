@@ -1,8 +1,9 @@
 //! Corrections to datafusion-postgres's pg_catalog. Its `pg_attribute` reports every array
 //! column as `text`, so `\d`, pgJDBC's `getColumns` and BI tools see MFCC, chroma and embeddings
-//! as strings, although the wire encodes them as `float4[]`; and its `pg_index` keeps vectors
-//! as text, which clients' `unnest` fails on; `pg_class.reloptions` and some fixed settings of
-//! `pg_settings` are missing. The schema is wrapped to correct these.
+//! as strings, although the wire encodes them as `float4[]`; its `pg_index` and `pg_constraint`
+//! keep vectors and arrays as text, which clients' subscripts and `unnest` fail on;
+//! `pg_class.reloptions` and some fixed settings of `pg_settings` are missing. The schema is
+//! wrapped to correct these.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -37,6 +38,7 @@ pub fn correct_pg_catalog(ctx: &SessionContext, catalog: &str) -> Result<()> {
         inner,
         catalogs: Arc::clone(ctx.state().catalog_list()),
         index: OnceCell::new(),
+        constraint: OnceCell::new(),
     }));
     provider.register_schema("pg_catalog", Arc::new(corrected))?;
     Ok(())
@@ -50,8 +52,9 @@ struct PgCatalog(Arc<Sources>);
 struct Sources {
     inner: Arc<dyn SchemaProvider>,
     catalogs: Arc<dyn CatalogProviderList>,
-    /// `pg_index` with its vectors as arrays; the table is static.
+    /// `pg_index` and `pg_constraint` with their vectors as arrays; both tables are static.
     index: OnceCell<Arc<dyn TableProvider>>,
+    constraint: OnceCell<Arc<dyn TableProvider>>,
 }
 
 #[async_trait]
@@ -72,7 +75,15 @@ impl SchemaProvider for PgCatalog {
                 let table = self
                     .0
                     .index
-                    .get_or_try_init(|| vector_columns(index))
+                    .get_or_try_init(|| array_columns(index, pg_index_arrays))
+                    .await?;
+                Ok(Some(Arc::clone(table)))
+            }
+            Some(constraint) if name.eq_ignore_ascii_case("pg_constraint") => {
+                let table = self
+                    .0
+                    .constraint
+                    .get_or_try_init(|| array_columns(constraint, pg_constraint_arrays))
                     .await?;
                 Ok(Some(Arc::clone(table)))
             }
@@ -204,7 +215,7 @@ enum Amendment {
 }
 
 /// Settings PostgreSQL fixes at build time, with its default values.
-const FIXED_SETTINGS: &[(&str, &str)] =
+pub(super) const FIXED_SETTINGS: &[(&str, &str)] =
     &[("max_index_keys", "32"), ("max_identifier_length", "63")];
 
 /// A catalog table with an [`Amendment`], applied at scan time.
@@ -296,16 +307,32 @@ impl TableProvider for Amended {
     }
 }
 
-/// `pg_index` with `indkey`, `indoption` (int2vector) and `indclass`, `indcollation`
-/// (oidvector) as arrays, as PostgreSQL's clients index and unnest them; datafusion-postgres
-/// keeps them as space-separated text.
-async fn vector_columns(index: Arc<dyn TableProvider>) -> Result<Arc<dyn TableProvider>> {
-    let vector_type = |name: &str| match name {
+/// `pg_index`'s `indkey`, `indoption` (int2vector), `indclass` and `indcollation` (oidvector).
+fn pg_index_arrays(column: &str) -> Option<DataType> {
+    match column {
         "indkey" | "indoption" => Some(DataType::Int16),
         "indclass" | "indcollation" => Some(DataType::Int32),
         _ => None,
-    };
-    let fields: Vec<Field> = index
+    }
+}
+
+/// `pg_constraint`'s column numbers (int2[]) and operators (oid[]), which pgJDBC's
+/// `getPrimaryKeys`, `getImportedKeys` and SQLAlchemy index and unnest.
+fn pg_constraint_arrays(column: &str) -> Option<DataType> {
+    match column {
+        "conkey" | "confkey" => Some(DataType::Int16),
+        "conpfeqop" | "conppeqop" | "conffeqop" | "conexclop" => Some(DataType::Int32),
+        _ => None,
+    }
+}
+
+/// `table` with the columns `vector_type` names as arrays of that element type, as PostgreSQL's
+/// clients index and unnest them; datafusion-postgres keeps them as text (`1 2` or `[1, 2]`).
+async fn array_columns(
+    table: Arc<dyn TableProvider>,
+    vector_type: fn(&str) -> Option<DataType>,
+) -> Result<Arc<dyn TableProvider>> {
+    let fields: Vec<Field> = table
         .schema()
         .fields()
         .iter()
@@ -316,7 +343,7 @@ async fn vector_columns(index: Arc<dyn TableProvider>) -> Result<Arc<dyn TablePr
         .collect();
     let schema = Arc::new(Schema::new(fields));
     let mut batches = Vec::new();
-    for batch in scan(&index).await? {
+    for batch in scan(&table).await? {
         let columns = batch
             .columns()
             .iter()
@@ -331,7 +358,8 @@ async fn vector_columns(index: Arc<dyn TableProvider>) -> Result<Arc<dyn TablePr
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
-/// Space-separated integers ("1 2") to lists of `element`.
+/// Integers separated by spaces (`1 2`, a vector) or commas in brackets (`[2, 20]`, an array)
+/// to lists of `element`.
 fn parse_vectors(column: &ArrayRef, element: &DataType) -> Result<ArrayRef> {
     let text = cast(column, &DataType::Utf8)?;
     let text = text.as_string::<i32>();
@@ -340,9 +368,10 @@ fn parse_vectors(column: &ArrayRef, element: &DataType) -> Result<ArrayRef> {
         match value {
             None => lists.append_null(),
             Some(value) => {
-                for number in value.split_whitespace() {
+                let items = value.trim_matches(|c| matches!(c, '{' | '}' | '[' | ']'));
+                for number in items.split([' ', ',']).filter(|n| !n.is_empty()) {
                     let number = number.parse::<i64>().map_err(|e| {
-                        DataFusionError::Internal(format!("pg_index vector {value:?}: {e}"))
+                        DataFusionError::Internal(format!("pg_catalog array {value:?}: {e}"))
                     })?;
                     lists.values().append_value(number);
                 }

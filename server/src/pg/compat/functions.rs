@@ -10,10 +10,11 @@ use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::arrow::datatypes::{FieldRef, UInt64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     create_udf, Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 
@@ -27,9 +28,69 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject::new()));
     ctx.register_udf(like_escape());
-    ctx.register_udf(pg_collation_is_visible());
+    ctx.register_udf(always_visible("pg_collation_is_visible"));
+    ctx.register_udf(always_visible("pg_type_is_visible"));
+    ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new()));
     ctx.register_udf(pg_get_indexdef());
     ctx.register_udaf(AggregateUDF::new_from_impl(SingleValue::new()));
+    if let Ok(inner) = ctx.state().udf("format_type") {
+        ctx.register_udf(ScalarUDF::new_from_impl(FormatType { inner }));
+    }
+}
+
+/// datafusion-pg-catalog's `format_type`, plus the record types it formats as `oid(2287)`:
+/// list-of-struct columns such as `tags` are `record[]` on the wire, and SQLAlchemy cannot parse
+/// `oid(2287)`.
+#[derive(Debug)]
+struct FormatType {
+    inner: Arc<ScalarUDF>,
+}
+
+impl PartialEq for FormatType {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for FormatType {}
+
+impl std::hash::Hash for FormatType {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.inner.name().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for FormatType {
+    fn name(&self) -> &str {
+        "format_type"
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = row_count(&args.args);
+        let oids = args.args[0].to_array(rows)?;
+        let oids = datafusion::arrow::compute::cast(&oids, &DataType::Int64)?;
+        let oids = oids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let names = self.inner.invoke_with_args(args)?.to_array(rows)?;
+        let names = names.as_string::<i32>();
+        let mut out = StringBuilder::new();
+        for row in 0..rows {
+            match (oids.is_null(row), oids.value(row)) {
+                (false, 2249) => out.append_value("record"),
+                (false, 2287) => out.append_value("record[]"),
+                _ if names.is_null(row) => out.append_null(),
+                _ => out.append_value(names.value(row)),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
 }
 
 /// `pg_get_indexdef(index, column, pretty)`, which SQLAlchemy and pgJDBC call only for the
@@ -147,11 +208,11 @@ impl Accumulator for Single {
     }
 }
 
-/// `pg_collation_is_visible(oid)`: true, since every collation lives in pg_catalog, which is
-/// always on the search path.
-fn pg_collation_is_visible() -> ScalarUDF {
+/// `pg_collation_is_visible(oid)`, `pg_type_is_visible(oid)`: true, since every collation and
+/// type lives in pg_catalog, which is always on the search path.
+fn always_visible(name: &str) -> ScalarUDF {
     create_udf(
-        "pg_collation_is_visible",
+        name,
         vec![DataType::Int64],
         DataType::Boolean,
         Volatility::Stable,
@@ -186,6 +247,85 @@ fn pg_get_serial_sequence() -> ScalarUDF {
         Volatility::Stable,
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
     )
+}
+
+/// Settings `current_setting` knows besides the fixed ones of `pg_settings`, with the values a
+/// PostgreSQL 16 server reports; SQLAlchemy's `reflect_table` asks for the access method.
+const REPORTED_SETTINGS: &[(&str, &str)] = &[
+    ("default_table_access_method", "heap"),
+    ("server_version", PG_VERSION),
+    ("server_version_num", "160006"),
+    ("server_encoding", "UTF8"),
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// `current_setting(name [, missing_ok])` for the settings above; another name is PostgreSQL's
+/// error, or NULL with `missing_ok`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl CurrentSetting {
+    fn new() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![
+                    TypeSignature::Exact(vec![DataType::Utf8]),
+                    TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+                ],
+                Volatility::Stable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = row_count(&args.args);
+        let names = args.args[0].to_array(rows)?;
+        let names = names.as_string::<i32>();
+        let missing_ok = match args.args.get(1) {
+            Some(flag) => Some(flag.to_array(rows)?),
+            None => None,
+        };
+        let mut out = StringBuilder::new();
+        for row in 0..rows {
+            if names.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let name = names.value(row);
+            let value = REPORTED_SETTINGS
+                .iter()
+                .chain(super::catalog::FIXED_SETTINGS)
+                .find(|(n, _)| n.eq_ignore_ascii_case(name));
+            match value {
+                Some((_, v)) => out.append_value(v),
+                None if missing_ok
+                    .as_ref()
+                    .is_some_and(|m| m.as_boolean().value(row)) =>
+                {
+                    out.append_null()
+                }
+                None => return exec_err!("unrecognized configuration parameter \"{name}\""),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
 }
 
 /// The rows a call of a plain UDF covers: an array argument's length, or one for constants.

@@ -58,6 +58,12 @@ impl VisitorMut for Rewriter {
                 let _ = selection.visit(&mut filters);
                 self.changed |= filters.0;
             }
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                {
+                    self.changed |= conditional_catalog_lookup(e);
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -347,6 +353,41 @@ fn single_row_subquery(expr: &mut Expr) -> bool {
     true
 }
 
+/// `CASE WHEN c THEN (SELECT ... FROM pg_x WHERE <correlated>) ELSE NULL END` in the select
+/// list, as SQLAlchemy's `get_columns` looks up defaults (`pg_attrdef`), identity options
+/// (`pg_sequence`) and collations: DataFusion cannot run a correlated subquery inside `CASE`.
+/// When every branch is NULL or such a lookup the whole `CASE` becomes NULL, as datafusion-postgres
+/// does for correlated subqueries directly in the select list. audiolake has no column defaults,
+/// sequences or non-default collations, so PostgreSQL would answer NULL there too.
+fn conditional_catalog_lookup(expr: &mut Expr) -> bool {
+    let Expr::Case {
+        conditions,
+        else_result,
+        ..
+    } = expr
+    else {
+        return false;
+    };
+    let is_null = |e: &Expr| matches!(e, Expr::Value(v) if v.value == Value::Null);
+    let is_lookup = |e: &Expr| match e {
+        Expr::Subquery(query) => match query.body.as_ref() {
+            SetExpr::Select(select) => reads_catalog_only(select) && is_correlated(select),
+            _ => false,
+        },
+        _ => false,
+    };
+    let lookups = conditions.iter().filter(|w| is_lookup(&w.result)).count();
+    let rest_null = conditions
+        .iter()
+        .all(|w| is_lookup(&w.result) || is_null(&w.result))
+        && else_result.as_deref().is_none_or(is_null);
+    if lookups == 0 || !rest_null {
+        return false;
+    }
+    *expr = Expr::Value(Value::Null.into());
+    true
+}
+
 /// PostgreSQL's aggregate functions, by name.
 const AGGREGATES: &[&str] = &[
     "array_agg",
@@ -482,6 +523,37 @@ mod tests {
         // Only the result columns.
         assert_eq!(
             rewritten("SELECT a FROM t WHERE a IN (SELECT 1 AS one)"),
+            None
+        );
+    }
+
+    #[test]
+    fn correlated_catalog_lookups_in_case_become_null() {
+        assert_eq!(
+            rewritten(
+                "SELECT a.attname, CASE WHEN a.atthasdef THEN (SELECT pg_get_expr(d.adbin, \
+                 d.adrelid) FROM pg_catalog.pg_attrdef AS d WHERE d.adrelid = a.attrelid) \
+                 ELSE NULL END AS \"default\" FROM pg_catalog.pg_attribute AS a"
+            )
+            .as_deref(),
+            Some("SELECT a.attname, NULL AS \"default\" FROM pg_catalog.pg_attribute AS a")
+        );
+        // Uncorrelated, on user tables, or with another value: left alone.
+        assert_eq!(
+            rewritten(
+                "SELECT CASE WHEN a.x THEN (SELECT c.y FROM pg_class AS c WHERE c.oid = a.r) \
+                 ELSE 'z' END AS m FROM pg_attribute AS a"
+            ),
+            None
+        );
+        assert_eq!(
+            rewritten("SELECT CASE WHEN x THEN (SELECT max(y) FROM pg_class) END AS m FROM t"),
+            None
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT CASE WHEN t.x THEN (SELECT u.y FROM u WHERE u.k = t.k) END AS m FROM t"
+            ),
             None
         );
     }
