@@ -124,7 +124,10 @@ impl Engine {
         let mut session = settings::with_settings(
             SessionConfig::new()
                 .with_information_schema(true)
-                .set_str("datafusion.sql_parser.dialect", "PostgreSQL"),
+                .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+                // Parquet filters read only the filter columns first: an index scan fetches its
+                // k rows by key without decoding every row's vector.
+                .set_bool("datafusion.execution.parquet.pushdown_filters", true),
         );
         if let Some(n) = config.target_partitions {
             session = session.with_target_partitions(n.max(1));

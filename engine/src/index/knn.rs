@@ -9,7 +9,6 @@
 //! build exactly, and skips rows gone since. When fewer than k rows come back it lets every
 //! qualifying row through, so the result is never short.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -40,7 +39,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::ident;
 use futures::{stream, TryStreamExt};
 
-use super::registry::{Entry, Indexes};
+use super::registry::{Entry, Indexes, Loaded};
 use super::{Metric, Neighbor};
 use crate::sql::settings;
 use crate::sql::vector::Distance;
@@ -499,6 +498,54 @@ async fn knn_rows(
     run(state, plan.build()?).await
 }
 
+/// How the table's rows now stand against an index build.
+struct Freshness {
+    /// By row id of the build: whether the row still exists and passes the predicate.
+    passing: Vec<bool>,
+    /// Keys of rows added since the build that pass the predicate.
+    added_passing: Vec<String>,
+    /// Rows added since the build plus rows of the build gone since.
+    changed: usize,
+}
+
+impl Freshness {
+    /// From batches of `(keep, key)`.
+    fn of(current: &[RecordBatch], loaded: &Loaded) -> Result<Freshness> {
+        let mut passing = vec![false; loaded.keys.len()];
+        let (mut present, mut added, mut added_passing) = (0, 0, Vec::new());
+        for batch in current {
+            let keep = batch.column(0).as_boolean();
+            let keys = cast(batch.column(1), &DataType::Utf8)?;
+            let keys = keys.as_string::<i32>();
+            for row in (0..batch.num_rows()).filter(|r| !keys.is_null(*r)) {
+                match loaded.ids.get(keys.value(row)) {
+                    Some(id) => {
+                        present += 1;
+                        passing[*id as usize] = keep.value(row);
+                    }
+                    None => {
+                        added += 1;
+                        if keep.value(row) {
+                            added_passing.push(keys.value(row).to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let gone = loaded.keys.len().saturating_sub(present);
+        Ok(Freshness {
+            passing,
+            added_passing,
+            changed: gone + added,
+        })
+    }
+
+    /// Whether the build is worth redoing before answering.
+    fn stale(&self, built_rows: usize) -> bool {
+        self.changed > 0 && self.changed as f64 > REBUILD_FRACTION * built_rows.max(1) as f64
+    }
+}
+
 /// The k nearest qualifying rows with a vector, as `(key, distance)`, nearest first; fewer
 /// than k only when fewer qualify.
 pub async fn nearest(
@@ -518,52 +565,27 @@ pub async fn nearest(
             ident(key).alias("key"),
         ])?
         .build()?;
-    let mut current: HashMap<String, bool> = HashMap::new();
-    for batch in run(state, plan).await? {
-        let keep = batch.column(0).as_boolean();
-        let keys = cast(batch.column(1), &DataType::Utf8)?;
-        let keys = keys.as_string::<i32>();
-        for row in 0..batch.num_rows() {
-            if !keys.is_null(row) {
-                current.insert(keys.value(row).to_string(), keep.value(row));
-            }
-        }
-    }
+    let current = run(state, plan).await?;
     let mut entry = Arc::clone(&table.entry);
     let mut loaded = table.indexes.loaded(&entry).await?;
-    let stale = |loaded: &super::registry::Loaded| {
-        let gone = loaded
-            .keys
-            .iter()
-            .filter(|k| !current.contains_key(*k))
-            .count();
-        let added = current
-            .keys()
-            .filter(|k| !loaded.ids.contains_key(*k))
-            .count();
-        (gone + added) as f64 > REBUILD_FRACTION * loaded.keys.len().max(1) as f64
-            && gone + added > 0
-    };
-    if stale(&loaded) {
+    let mut rows = Freshness::of(&current, &loaded)?;
+    if rows.stale(loaded.keys.len()) {
         entry = table.indexes.build(state, entry.definition.clone()).await?;
         loaded = table.indexes.loaded(&entry).await?;
+        rows = Freshness::of(&current, &loaded)?;
     }
-    let added: Vec<String> = current
-        .iter()
-        .filter(|(k, keep)| **keep && !loaded.ids.contains_key(*k))
-        .map(|(k, _)| k.clone())
-        .collect();
-    let passes = |id: u64| {
-        loaded
-            .keys
-            .get(id as usize)
-            .and_then(|k| current.get(k))
-            .copied()
-            .unwrap_or(false)
+    let added = rows.added_passing;
+    let passing = rows.passing;
+    let everything_passes = passing.iter().all(|p| *p);
+    let passes = |id: u64| passing.get(id as usize).copied().unwrap_or(false);
+    let filter: Option<&dyn Fn(u64) -> bool> = if everything_passes {
+        None
+    } else {
+        Some(&passes)
     };
     let found = loaded
         .index
-        .search(query, k, ef_search, Some(&passes))
+        .search(query, k, ef_search, filter)
         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
     let mut candidates: Vec<(String, f64)> = found
         .neighbors
