@@ -141,8 +141,12 @@ async fn write_part(lake: &AudioLake, dir: &Path, name: &str, rows: &[(i64, Vec<
     .unwrap();
 }
 
+async fn run(lake: &AudioLake, sql: &str) -> Vec<RecordBatch> {
+    lake.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
 async fn ids(lake: &AudioLake, sql: &str) -> Vec<i64> {
-    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
+    let batches = run(&lake, sql).await;
     batches
         .iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
@@ -161,7 +165,7 @@ async fn explain(lake: &AudioLake, sql: &str) -> String {
 }
 
 async fn float(lake: &AudioLake, sql: &str) -> Option<f64> {
-    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
+    let batches = run(&lake, sql).await;
     let column = batches[0].column(0);
     (!column.is_null(0)).then(|| column.as_primitive::<Float64Type>().value(0))
 }
@@ -210,13 +214,7 @@ async fn operators_follow_pgvector() {
         .await
         .ends_with("invalid input syntax for type vector: \"[1,x]\""));
     // Without vectors, <=> keeps its meaning of null-safe equality.
-    let batches = lake
-        .sql("SELECT 1 <=> 1")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&lake, "SELECT 1 <=> 1").await;
     assert!(batches[0].column(0).as_boolean().value(0));
 }
 
@@ -243,20 +241,10 @@ async fn trigram_functions_follow_pg_trgm() {
     assert_eq!(text("word_similarity('word', 'two words')").await, "0.8");
     assert_eq!(text("show_trgm('cat')").await, "[  c,  ca, at , cat]");
     assert_eq!(text("'word' % 'two words'").await, "true");
-    lake.sql("SET pg_trgm.similarity_threshold = 0.5")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&lake, "SET pg_trgm.similarity_threshold = 0.5").await;
     assert_eq!(text("'word' % 'two words'").await, "false");
     assert_eq!(text("'word' <% 'two words'").await, "true");
-    lake.sql("SET pg_trgm.similarity_threshold = 2")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&lake, "SET pg_trgm.similarity_threshold = 2").await;
     assert!(error(&lake, "SELECT 'a' % 'b'")
         .await
         .ends_with("pg_trgm.similarity_threshold must be between 0 and 1, not 2"));
@@ -282,24 +270,16 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
             .await
             .ends_with("invalid index parameter: m must be between 2 and 100, not 300")
     );
-    lake.sql(
+    run(
+        &lake,
         "CREATE INDEX vecs_v ON vecs USING hnsw (v vector_cosine_ops) \
          WITH (m = 16, ef_construction = 100)",
     )
-    .await
-    .unwrap()
-    .collect()
-    .await
-    .unwrap();
+    .await;
     assert!(error(&lake, "CREATE INDEX vecs_v ON vecs USING hnsw (v)")
         .await
         .ends_with("relation \"vecs_v\" already exists"));
-    lake.sql("SET hnsw.ef_search = 400")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&lake, "SET hnsw.ef_search = 400").await;
 
     let q = &rows[17].1;
     let knn = format!("SELECT id FROM vecs ORDER BY v <=> {} LIMIT 10", literal(q));
@@ -343,13 +323,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     assert_eq!(ids(&lake, &l2).await[0], 17);
 
     // similar(): the row itself first.
-    let batches = lake
-        .sql("SELECT id, distance FROM similar('vecs', '17', 3)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&lake, "SELECT id, distance FROM similar('vecs', '17', 3)").await;
     let found: Vec<String> = batches[0]
         .column(0)
         .as_string::<i32>()
@@ -370,13 +344,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
             < 1e-6
     );
 
-    let listed = lake
-        .sql("SELECT name, table_name, column_name, key_column, opclass, m, ef_construction, rows, dims FROM audiolake_indexes")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let listed = run(&lake, "SELECT name, table_name, column_name, key_column, opclass, m, ef_construction, rows, dims FROM audiolake_indexes").await;
     assert_eq!(
         pretty_format_batches(&listed).unwrap().to_string(),
         "+--------+------------+-------------+------------+-------------------+----+-----------------+------+------+\n\
@@ -391,22 +359,13 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     let lake = open(&setup).await;
     let loaded = "SELECT loaded FROM audiolake_indexes";
     let flag = |batches: Vec<RecordBatch>| batches[0].column(0).as_boolean().value(0);
-    assert!(!flag(
-        lake.sql(loaded).await.unwrap().collect().await.unwrap()
-    ));
-    lake.sql("SET hnsw.ef_search = 400")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    assert!(!flag(run(&lake, loaded).await));
+    run(&lake, "SET hnsw.ef_search = 400").await;
     assert_eq!(
         ids(&lake, &minor).await,
         brute_force(&rows, q, 10, |id| id % 3 == 0)
     );
-    assert!(flag(
-        lake.sql(loaded).await.unwrap().collect().await.unwrap()
-    ));
+    assert!(flag(run(&lake, loaded).await));
 
     // Rows added after the build are found; rows removed are not returned.
     let mut near_q = q.clone();
@@ -425,12 +384,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
     assert_eq!(ids(&lake, &knn).await, brute_force(&rows, q, 10, |_| true));
 
-    lake.sql("DROP INDEX vecs_v")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&lake, "DROP INDEX vecs_v").await;
     assert!(!explain(&lake, &knn).await.contains("HnswIndexScan"));
     assert!(error(&lake, "DROP INDEX vecs_v")
         .await
