@@ -2,11 +2,13 @@
 //! the musicnn embeddings of an AUDIO table answers a filtered kNN query with the same rows as an
 //! exact scan, and again after a restart, from the index kept in the store.
 
+mod support;
+
 use std::path::Path;
 
 use audiolake::datafusion::arrow::array::AsArray;
-use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
+use support::explain;
 
 async fn open(store: &Path, corpus: &Path) -> AudioLake {
     AudioLake::builder()
@@ -30,17 +32,6 @@ async fn paths(lake: &AudioLake, sql: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-async fn explain(lake: &AudioLake, sql: &str) -> String {
-    let batches = lake
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

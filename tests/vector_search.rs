@@ -1,7 +1,10 @@
 //! Vector search in SQL: pgvector's operators on hand-computed values, pg_trgm's functions, and
 //! HNSW indexes on a Parquet table of 3,000 clustered vectors: the index answers equal brute
 //! force, filtered queries return every qualifying row up to k, EXPLAIN shows the index scan,
-//! indexes survive a restart and follow rows added and removed.
+//! indexes survive a restart and follow rows added and removed, and an unchanged table is
+//! answered from the index alone.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +13,10 @@ use audiolake::datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float32Builder, Int64Array, ListBuilder, RecordBatch, StringArray,
 };
 use audiolake::datafusion::arrow::compute::cast;
-use audiolake::datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use audiolake::datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
+use support::explain;
 
 const DIMS: usize = 16;
 const ROWS: i64 = 3000;
@@ -75,8 +79,17 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     1.0 - dot / (na * nb)
 }
 
-/// The ids of the k rows nearest to `q` by cosine distance among those `keep` accepts.
+fn l2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The ids of the k rows nearest to `q` by `distance` among those `keep` accepts.
 fn brute_force(
+    distance: fn(&[f32], &[f32]) -> f64,
     rows: &[(i64, Vec<f32>)],
     q: &[f32],
     k: usize,
@@ -85,7 +98,7 @@ fn brute_force(
     let mut scored: Vec<(f64, i64)> = rows
         .iter()
         .filter(|(id, _)| keep(*id))
-        .map(|(id, v)| (cosine(v, q), *id))
+        .map(|(id, v)| (distance(v, q), *id))
         .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     scored.into_iter().take(k).map(|(_, id)| id).collect()
@@ -153,15 +166,9 @@ async fn ids(lake: &AudioLake, sql: &str) -> Vec<i64> {
         .collect()
 }
 
-async fn explain(lake: &AudioLake, sql: &str) -> String {
-    let batches = lake
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
+/// `EXPLAIN ANALYZE` of `sql`: the plan with each operator's metrics.
+async fn analyze(lake: &AudioLake, sql: &str) -> String {
+    explain(lake, &format!("ANALYZE {sql}")).await
 }
 
 async fn float(lake: &AudioLake, sql: &str) -> Option<f64> {
@@ -286,7 +293,10 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     assert!(explain(&lake, &knn)
         .await
         .contains("HnswIndexScan: index=vecs_v"));
-    assert_eq!(ids(&lake, &knn).await, brute_force(&rows, q, 10, |_| true));
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(cosine, &rows, q, 10, |_| true)
+    );
 
     // A filter: the 10 nearest rows that satisfy it, as many as exist.
     let minor = format!(
@@ -296,7 +306,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     assert!(explain(&lake, &minor).await.contains("HnswIndexScan"));
     assert_eq!(
         ids(&lake, &minor).await,
-        brute_force(&rows, q, 10, |id| id % 3 == 0)
+        brute_force(cosine, &rows, q, 10, |id| id % 3 == 0)
     );
     let rare = format!(
         "SELECT id FROM vecs WHERE id % 997 = 0 ORDER BY v <=> {} LIMIT 10",
@@ -304,7 +314,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     );
     assert_eq!(
         ids(&lake, &rare).await,
-        brute_force(&rows, q, 10, |id| id % 997 == 0)
+        brute_force(cosine, &rows, q, 10, |id| id % 997 == 0)
     );
     assert_eq!(
         ids(&lake, &rare).await.len(),
@@ -315,7 +325,10 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     // A scalar subquery as the query vector.
     let by_row = "SELECT id FROM vecs ORDER BY v <=> (SELECT v FROM vecs WHERE id = 17) LIMIT 5";
     assert!(explain(&lake, by_row).await.contains("HnswIndexScan"));
-    assert_eq!(ids(&lake, by_row).await, brute_force(&rows, q, 5, |_| true));
+    assert_eq!(
+        ids(&lake, by_row).await,
+        brute_force(cosine, &rows, q, 5, |_| true)
+    );
 
     // Other shapes are exact scans with the same answer.
     let l2 = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 3", literal(q));
@@ -330,7 +343,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         .iter()
         .map(|s| s.unwrap().to_string())
         .collect();
-    let want: Vec<String> = brute_force(&rows, q, 3, |_| true)
+    let want: Vec<String> = brute_force(cosine, &rows, q, 3, |_| true)
         .iter()
         .map(|id| id.to_string())
         .collect();
@@ -363,7 +376,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     run(&lake, "SET hnsw.ef_search = 400").await;
     assert_eq!(
         ids(&lake, &minor).await,
-        brute_force(&rows, q, 10, |id| id % 3 == 0)
+        brute_force(cosine, &rows, q, 10, |id| id % 3 == 0)
     );
     assert!(flag(run(&lake, loaded).await));
 
@@ -380,9 +393,12 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         [17, ROWS],
         "the query's own row, then the added one"
     );
-    assert_eq!(found, brute_force(&all, q, 10, |_| true));
+    assert_eq!(found, brute_force(cosine, &all, q, 10, |_| true));
     std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
-    assert_eq!(ids(&lake, &knn).await, brute_force(&rows, q, 10, |_| true));
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(cosine, &rows, q, 10, |_| true)
+    );
 
     run(&lake, "DROP INDEX vecs_v").await;
     assert!(!explain(&lake, &knn).await.contains("HnswIndexScan"));
@@ -396,4 +412,117 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         .filter(|e| e.path().is_file())
         .count();
     assert_eq!(files, 0, "the definition is gone from the store");
+}
+
+#[tokio::test]
+async fn unchanged_tables_are_answered_from_the_index() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = open(&setup).await;
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_l2 ON vecs USING hnsw (v vector_l2_ops)",
+    )
+    .await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+
+    // Only the key and the float4 vector are needed: the index has both, exactly.
+    let q = &rows[42].1;
+    let knn = format!(
+        "SELECT id, v FROM vecs ORDER BY v <-> {} LIMIT 10",
+        literal(q)
+    );
+    let want = brute_force(l2, &rows, q, 10, |_| true);
+    let batches = run(&lake, &knn).await;
+    let found: Vec<(i64, Vec<f32>)> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_primitive::<Int64Type>().clone();
+            let lists = b.column(1).as_list::<i32>().clone();
+            (0..b.num_rows()).map(move |r| {
+                let v = lists.value(r);
+                (
+                    ids.value(r),
+                    v.as_primitive::<Float32Type>().values().to_vec(),
+                )
+            })
+        })
+        .collect();
+    let expected: Vec<(i64, Vec<f32>)> = want
+        .iter()
+        .map(|id| (*id, rows[*id as usize].1.clone()))
+        .collect();
+    assert_eq!(found, expected);
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+
+    // Another column, or a filter, is read from the table.
+    let with_mode = format!(
+        "SELECT id, mode FROM vecs ORDER BY v <-> {} LIMIT 10",
+        literal(q)
+    );
+    assert!(analyze(&lake, &with_mode).await.contains("table_reads=1"));
+    let minor = format!(
+        "SELECT id FROM vecs WHERE mode = 'minor' ORDER BY v <-> {} LIMIT 10",
+        literal(q)
+    );
+    assert_eq!(
+        ids(&lake, &minor).await,
+        brute_force(l2, &rows, q, 10, |id| id % 3 == 0)
+    );
+    assert!(analyze(&lake, &minor).await.contains("table_reads=2"));
+
+    // A new file is a new version: which rows exist is read again, and the new row is found.
+    let mut near_q = q.clone();
+    near_q[0] += 0.05;
+    write_part(&lake, &setup.data, "part-1.parquet", &[(ROWS, near_q)]).await;
+    assert_eq!(ids(&lake, &knn).await[..2], [42, ROWS]);
+    assert!(analyze(&lake, &knn).await.contains("table_reads=3"));
+
+    // Back to the files of the build, after a restart: the index answers alone again.
+    std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
+    drop(lake);
+    let lake = open(&setup).await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    assert_eq!(ids(&lake, &knn).await, want);
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+}
+
+#[tokio::test]
+async fn extension_settings_can_be_shown() {
+    let setup = setup();
+    let lake = open(&setup).await;
+    let show = |batches: Vec<RecordBatch>| pretty_format_batches(&batches).unwrap().to_string();
+    assert_eq!(
+        show(run(&lake, "SHOW hnsw.ef_search").await),
+        "+----------------+-------+\n\
+         | name           | value |\n\
+         +----------------+-------+\n\
+         | hnsw.ef_search | 40    |\n\
+         +----------------+-------+"
+    );
+    run(&lake, "SET hnsw.ef_search = 100").await;
+    run(&lake, "SET pg_trgm.similarity_threshold = 0.5").await;
+    let listed = run(
+        &lake,
+        "SELECT name, value FROM information_schema.df_settings \
+         WHERE name LIKE 'hnsw.%' OR name LIKE 'pg_trgm.%' OR name LIKE 'audiolake.%' ORDER BY name",
+    )
+    .await;
+    assert_eq!(
+        show(listed),
+        "+-----------------------------------+-------+\n\
+         | name                              | value |\n\
+         +-----------------------------------+-------+\n\
+         | audiolake.device                  |       |\n\
+         | hnsw.ef_search                    | 100   |\n\
+         | pg_trgm.similarity_threshold      | 0.5   |\n\
+         | pg_trgm.word_similarity_threshold | 0.6   |\n\
+         +-----------------------------------+-------+"
+    );
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: an object store that counts what is read through
-//! it, and WAV files made on the spot.
+//! it, WAV files made on the spot, and query plans as text.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::HashMap;
@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
+use audiolake::AudioLake;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
@@ -159,4 +161,16 @@ pub fn write_wav(path: &Path, seconds: u32, hz: f64) {
         out.extend_from_slice(&s.to_le_bytes());
     }
     std::fs::write(path, out).unwrap();
+}
+
+/// `EXPLAIN sql` as a table of text.
+pub async fn explain(lake: &AudioLake, sql: &str) -> String {
+    let batches = lake
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
 }

@@ -166,6 +166,20 @@ impl AudioTable {
             .collect())
     }
 
+    /// The audio files the table reads now, sorted by path.
+    pub async fn files(&self, state: &dyn Session) -> Result<Vec<ObjectMeta>> {
+        let store = state
+            .runtime_env()
+            .object_store_registry
+            .get_store(&self.url)?;
+        Ok(self
+            .list(&store)
+            .await?
+            .into_iter()
+            .map(|(meta, _)| meta)
+            .collect())
+    }
+
     /// Audio extension, and no hidden file or folder below the table's location.
     fn is_listed(&self, meta: &ObjectMeta, prefix_depth: usize) -> bool {
         let hidden = meta

@@ -109,6 +109,7 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
         rows: 0,
         dims: 0,
         size_bytes: 0,
+        version: None,
         build_seconds: 0.0,
     })
 }

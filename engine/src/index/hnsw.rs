@@ -8,7 +8,7 @@
 
 use super::IndexError;
 use audiolake_udf::vector::{self, DimensionMismatch};
-use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour};
+use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour, PointId};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
@@ -24,7 +24,8 @@ const M_MIN: usize = 2;
 const M_MAX: usize = 100;
 const EF_CONSTRUCTION_MIN: usize = 4;
 const EF_CONSTRUCTION_MAX: usize = 1000;
-const EF_SEARCH_MAX: usize = 1000;
+/// pgvector's largest `hnsw.ef_search`.
+pub const EF_SEARCH_MAX: usize = 1000;
 /// hnsw_rs's own cap on layers.
 const MAX_LAYERS: usize = 16;
 /// Rows whose filter result estimates the fraction of rows a filter passes.
@@ -178,6 +179,8 @@ pub struct HnswIndex {
     info: BuildInfo,
     /// Ids in the graph, sorted.
     ids: Vec<u64>,
+    /// The graph's point of each id in `ids`, at the same position.
+    points: Vec<PointId>,
     /// Cosine only: rows with a zero vector, whose distance to anything is NaN; kept out of the
     /// graph and returned last, as `ORDER BY` puts NaN last.
     unindexed: Vec<u64>,
@@ -249,6 +252,17 @@ impl Ord for Farthest {
     fn cmp(&self, other: &Self) -> Ordering {
         cmp_neighbors(&self.0, &other.0)
     }
+}
+
+/// The graph's ids, sorted, and the point of each.
+fn indexed_points(graph: &Graph) -> (Vec<u64>, Vec<PointId>) {
+    let mut points: Vec<(u64, PointId)> = graph
+        .get_point_indexation()
+        .into_iter()
+        .map(|p| (p.get_origin_id() as u64, p.get_point_id()))
+        .collect();
+    points.sort_unstable_by_key(|(id, _)| *id);
+    points.into_iter().unzip()
 }
 
 fn to_usize(id: u64) -> Result<usize, IndexError> {
@@ -337,8 +351,12 @@ impl HnswIndex {
         );
         graph.parallel_insert_slice(&batch);
         graph.set_searching_mode(true);
-        let mut ids: Vec<u64> = batch.iter().map(|(_, id)| *id as u64).collect();
-        ids.sort_unstable();
+        // hnsw_rs cannot iterate a graph with no points.
+        let (ids, points) = if batch.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            indexed_points(&graph)
+        };
         unindexed.sort_unstable();
 
         Ok(HnswIndex {
@@ -352,6 +370,7 @@ impl HnswIndex {
                 size_bytes: None,
             },
             ids,
+            points,
             unindexed,
             max_norm,
             dead: HashSet::new(),
@@ -366,6 +385,21 @@ impl HnswIndex {
     /// Whether `id` is one of the indexed rows (dead or not).
     pub fn contains(&self, id: u64) -> bool {
         self.ids.binary_search(&id).is_ok() || self.unindexed.binary_search(&id).is_ok()
+    }
+
+    /// The vector row `id` was indexed with, read from the graph; `None` under cosine (the graph
+    /// holds it scaled to norm 1) and for rows not in the graph.
+    pub fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        if self.info.metric == Metric::Cosine {
+            return None;
+        }
+        let at = self.ids.binary_search(&id).ok()?;
+        let mut stored = self
+            .graph
+            .get_point_indexation()
+            .get_point_data(&self.points[at])?;
+        stored.truncate(self.info.dims);
+        Some(stored)
     }
 
     /// Marks rows as deleted or changed: searches skip them. hnsw_rs cannot remove points, so
@@ -647,16 +681,11 @@ impl HnswIndex {
                 StoredL2,
             ),
         };
-        let mut ids: Vec<u64> = if meta.graph_basename.is_some() {
-            graph
-                .get_point_indexation()
-                .into_iter()
-                .map(|p| p.get_origin_id() as u64)
-                .collect()
+        let (ids, points) = if meta.graph_basename.is_some() {
+            indexed_points(&graph)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        ids.sort_unstable();
         if ids.len() + meta.unindexed.len() != meta.info.rows {
             return Err(corrupt(
                 dir,
@@ -671,6 +700,7 @@ impl HnswIndex {
             graph,
             info: meta.info,
             ids,
+            points,
             unindexed: meta.unindexed,
             max_norm: meta.max_norm,
             dead: meta.dead.into_iter().collect(),
@@ -1006,6 +1036,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn vectors_are_read_back_as_indexed() {
+        let data = clustered(200, 16, 5, 29);
+        let params = IndexParams {
+            m: 8,
+            ef_construction: 32,
+        };
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let index = build(metric, &data, params);
+            let loaded = HnswIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+            for id in [0u64, 17, 199] {
+                assert_eq!(index.vector(id).as_ref(), Some(&data[id as usize]));
+                assert_eq!(loaded.vector(id).as_ref(), Some(&data[id as usize]));
+            }
+            assert_eq!(index.vector(200), None);
+        }
+        assert_eq!(build(Metric::Cosine, &data, params).vector(0), None);
     }
 
     #[test]

@@ -4,16 +4,24 @@
 //!
 //! The rule swaps the table under the query for a [`KnnTable`] and leaves the filter, sort and
 //! limit in place, so the rows it lets through are re-ranked exactly. The scan returns the k
-//! nearest rows that satisfy the query's `WHERE`: it reads which rows qualify (the key column
-//! and the predicate), searches the graph with that filter, compares rows added since the
-//! build exactly, and skips rows gone since. When fewer than k rows come back it lets every
-//! qualifying row through, so the result is never short.
+//! nearest rows that satisfy the query's `WHERE`. While the table's files are those of the
+//! build (its [version](super::version)) and there is no `WHERE`, every indexed row exists as
+//! it was; otherwise the scan reads which rows exist and qualify (the key column and the
+//! predicate), compares rows added since the build exactly and skips rows gone since. It then
+//! searches the graph with that filter. The k rows come from the index itself when the query
+//! needs only the key and a float4 vector the index holds exactly, and from the table
+//! otherwise; when fewer than k are found every qualifying row is let through, so the result
+//! is never short. The metric `table_reads` (`EXPLAIN ANALYZE`) counts the table reads.
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, LargeListArray, ListArray,
+    RecordBatch, RecordBatchOptions, StringArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -26,12 +34,15 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{
-    col, lit, Expr, FetchType, LogicalPlan, LogicalPlanBuilder, SkipType,
-    TableProviderFilterPushDown, TableScanBuilder, TableType,
+    lit, Expr, FetchType, LogicalPlan, LogicalPlanBuilder, SkipType, TableProviderFilterPushDown,
+    TableScanBuilder, TableType,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     collect, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -39,7 +50,8 @@ use datafusion::physical_plan::{
 use datafusion::prelude::ident;
 use futures::{stream, TryStreamExt};
 
-use super::registry::{Entry, Indexes, Loaded};
+use super::registry::{Entry, IndexDefinition, Indexes, Loaded};
+use super::version::table_version;
 use super::{Metric, Neighbor};
 use crate::sql::settings;
 use crate::sql::vector::Distance;
@@ -290,6 +302,7 @@ impl TableProvider for KnnTable {
             state,
             projection: projection.cloned(),
             ef_search,
+            metrics: ExecutionPlanMetricsSet::new(),
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(Arc::clone(&schema)),
                 Partitioning::UnknownPartitioning(1),
@@ -307,6 +320,8 @@ pub struct HnswScanExec {
     state: SessionState,
     projection: Option<Vec<usize>>,
     ef_search: usize,
+    /// `table_reads`: how many times the scan read the table (0 when the index answered).
+    metrics: ExecutionPlanMetricsSet,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
@@ -350,6 +365,10 @@ impl ExecutionPlan for HnswScanExec {
         vec![]
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
@@ -382,8 +401,9 @@ impl ExecutionPlan for HnswScanExec {
         }
         let (table, state) = (self.table.clone(), self.state.clone());
         let (projection, ef) = (self.projection.clone(), self.ef_search);
+        let reads = MetricBuilder::new(&self.metrics).counter("table_reads", partition);
         let rows = async move {
-            let batches = knn_rows(&table, &state, projection, ef).await?;
+            let batches = knn_rows(&table, &state, projection, ef, &reads).await?;
             Ok::<_, DataFusionError>(stream::iter(batches.into_iter().map(Ok)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -472,36 +492,108 @@ async fn knn_rows(
     state: &SessionState,
     projection: Option<Vec<usize>>,
     ef_search: usize,
+    reads: &Count,
 ) -> Result<Vec<RecordBatch>> {
     let query = evaluate_vector(state, &table.query).await?;
     let nearest = match query {
-        Some(q) => nearest(state, table, &q, table.k, ef_search).await?,
+        Some(q) => nearest(state, table, &q, table.k, ef_search, reads).await?,
         None => Vec::new(),
     };
+    let schema = match &projection {
+        Some(p) => Arc::new(table.inner.schema().project(p)?),
+        None => table.inner.schema(),
+    };
+    if nearest.len() >= table.k {
+        if let Some(batch) = from_index(&nearest, &schema, &table.entry.definition)? {
+            return Ok(vec![batch]);
+        }
+    }
     let mut plan = scan(table)?;
     // Short of k, rows without a vector may still qualify: let every qualifying row through.
-    match (nearest.len() >= table.k).then_some(nearest) {
-        Some(found) => {
-            let keys: Vec<String> = found.into_iter().map(|(key, _)| key).collect();
-            plan = plan.filter(key_in(&table.entry.definition.key, &keys))?;
-        }
-        None => {
-            if let Some(p) = &table.predicate {
-                plan = plan.filter(p.clone())?;
-            }
-        }
+    if nearest.len() >= table.k {
+        let keys: Vec<String> = nearest.into_iter().map(|found| found.key).collect();
+        plan = plan.filter(key_in(&table.entry.definition.key, &keys))?;
+    } else if let Some(p) = &table.predicate {
+        plan = plan.filter(p.clone())?;
     }
-    if let Some(p) = projection {
-        let schema = table.inner.schema();
-        plan = plan.project(p.iter().map(|i| col(schema.field(*i).name())))?;
-    }
+    plan = plan.project(schema.fields().iter().map(|f| ident(f.name())))?;
+    reads.add(1);
     run(state, plan.build()?).await
+}
+
+/// The found rows as the scan's batch, straight from the index without reading the table:
+/// `None` unless the scan needs no column but the key and the vector column, and the index
+/// holds every found vector exactly in the column's type (float4 elements).
+fn from_index(
+    found: &[Found],
+    schema: &SchemaRef,
+    definition: &IndexDefinition,
+) -> Result<Option<RecordBatch>> {
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for field in schema.fields() {
+        let column = if field.name() == &definition.key {
+            let keys = StringArray::from_iter_values(found.iter().map(|f| f.key.as_str()));
+            match cast(&keys, field.data_type()) {
+                Ok(keys) => keys,
+                Err(_) => return Ok(None),
+            }
+        } else if field.name() == &definition.column {
+            let vectors: Option<Vec<&[f32]>> = found.iter().map(|f| f.vector.as_deref()).collect();
+            match vectors.and_then(|v| vector_array(field.data_type(), &v)) {
+                Some(array) => array,
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(found.len()));
+    Ok(Some(RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        columns,
+        &options,
+    )?))
+}
+
+/// `vectors` as an array of `data_type`, a list of float4; `None` for other types.
+fn vector_array(data_type: &DataType, vectors: &[&[f32]]) -> Option<ArrayRef> {
+    let values: ArrayRef = Arc::new(Float32Array::from_iter_values(
+        vectors.iter().flat_map(|v| v.iter().copied()),
+    ));
+    let lengths = vectors.iter().map(|v| v.len());
+    let array: ArrayRef = match data_type {
+        DataType::List(item) if item.data_type() == &DataType::Float32 => Arc::new(
+            ListArray::try_new(
+                Arc::clone(item),
+                OffsetBuffer::from_lengths(lengths),
+                values,
+                None,
+            )
+            .ok()?,
+        ),
+        DataType::LargeList(item) if item.data_type() == &DataType::Float32 => Arc::new(
+            LargeListArray::try_new(
+                Arc::clone(item),
+                OffsetBuffer::from_lengths(lengths),
+                values,
+                None,
+            )
+            .ok()?,
+        ),
+        DataType::FixedSizeList(item, size) if item.data_type() == &DataType::Float32 => {
+            Arc::new(FixedSizeListArray::try_new(Arc::clone(item), *size, values, None).ok()?)
+        }
+        _ => return None,
+    };
+    Some(array)
 }
 
 /// How the table's rows now stand against an index build.
 struct Freshness {
-    /// By row id of the build: whether the row still exists and passes the predicate.
-    passing: Vec<bool>,
+    /// By row id of the build: whether the row still exists and passes the predicate; `None`
+    /// when every row does.
+    passing: Option<Vec<bool>>,
     /// Keys of rows added since the build that pass the predicate.
     added_passing: Vec<String>,
     /// Rows added since the build plus rows of the build gone since.
@@ -534,10 +626,19 @@ impl Freshness {
         }
         let gone = loaded.keys.len().saturating_sub(present);
         Ok(Freshness {
-            passing,
+            passing: (!passing.iter().all(|p| *p)).then_some(passing),
             added_passing,
             changed: gone + added,
         })
+    }
+
+    /// The table is as it was built: every row exists and passes.
+    fn unchanged() -> Freshness {
+        Freshness {
+            passing: None,
+            added_passing: Vec::new(),
+            changed: 0,
+        }
     }
 
     /// Whether the build is worth redoing before answering.
@@ -546,58 +647,87 @@ impl Freshness {
     }
 }
 
-/// The k nearest qualifying rows with a vector, as `(key, distance)`, nearest first; fewer
-/// than k only when fewer qualify.
+/// A row a kNN search found.
+pub struct Found {
+    pub key: String,
+    /// The metric's operator value.
+    pub distance: f64,
+    /// The row's vector as the index holds it, when that is its current value: the table has
+    /// not changed since the build, and the metric keeps vectors as they are (not cosine).
+    pub vector: Option<Vec<f32>>,
+}
+
+/// The k nearest qualifying rows with a vector, nearest first; fewer than k only when fewer
+/// qualify.
+///
+/// When the table's version is the build's and there is no predicate, the table is not read:
+/// every indexed row exists as it was. Otherwise its key column (and the predicate) is read to
+/// learn which rows exist and qualify.
 pub async fn nearest(
     state: &SessionState,
     table: &KnnTable,
     query: &[f32],
     k: usize,
     ef_search: usize,
-) -> Result<Vec<(String, f64)>> {
+    reads: &Count,
+) -> Result<Vec<Found>> {
     let definition = &table.entry.definition;
     let key = definition.key.as_str();
-    // Which rows exist now, and which of them pass the predicate.
-    let keep = table.predicate.clone().unwrap_or(lit(true));
-    let plan = scan(table)?
-        .project(vec![
-            datafusion::functions::expr_fn::coalesce(vec![keep, lit(false)]).alias("keep"),
-            ident(key).alias("key"),
-        ])?
-        .build()?;
-    let current = run(state, plan).await?;
+    let version = table_version(state, table.inner.as_ref()).await?;
     let mut entry = Arc::clone(&table.entry);
     let mut loaded = table.indexes.loaded(&entry).await?;
-    let mut rows = Freshness::of(&current, &loaded)?;
-    if rows.stale(loaded.keys.len()) {
-        entry = table.indexes.build(state, entry.definition.clone()).await?;
-        loaded = table.indexes.loaded(&entry).await?;
-        rows = Freshness::of(&current, &loaded)?;
-    }
-    let added = rows.added_passing;
-    let passing = rows.passing;
-    let everything_passes = passing.iter().all(|p| *p);
-    let passes = |id: u64| passing.get(id as usize).copied().unwrap_or(false);
-    let filter: Option<&dyn Fn(u64) -> bool> = if everything_passes {
-        None
+    let unchanged = version.is_some() && version == entry.definition.version;
+    let rows = if unchanged && table.predicate.is_none() {
+        Freshness::unchanged()
     } else {
-        Some(&passes)
+        // Which rows exist now, and which of them pass the predicate.
+        let keep = table.predicate.clone().unwrap_or(lit(true));
+        let plan = scan(table)?
+            .project(vec![
+                datafusion::functions::expr_fn::coalesce(vec![keep, lit(false)]).alias("keep"),
+                ident(key).alias("key"),
+            ])?
+            .build()?;
+        reads.add(1);
+        let current = run(state, plan).await?;
+        let mut rows = Freshness::of(&current, &loaded)?;
+        if rows.stale(loaded.keys.len()) {
+            reads.add(1);
+            entry = table.indexes.build(state, entry.definition.clone()).await?;
+            loaded = table.indexes.loaded(&entry).await?;
+            rows = Freshness::of(&current, &loaded)?;
+        }
+        rows
     };
+    let unchanged = version.is_some() && version == entry.definition.version;
+    let passing = rows.passing;
+    let passes = |id: u64| {
+        passing
+            .as_ref()
+            .is_none_or(|p| p.get(id as usize).copied().unwrap_or(false))
+    };
+    let filter: Option<&dyn Fn(u64) -> bool> = passing.as_ref().map(|_| &passes as _);
     let found = loaded
         .index
         .search(query, k, ef_search, filter)
         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-    let mut candidates: Vec<(String, f64)> = found
+    let mut candidates: Vec<Found> = found
         .neighbors
         .iter()
-        .map(|Neighbor { id, distance }| (loaded.keys[*id as usize].clone(), *distance))
+        .map(|Neighbor { id, distance }| Found {
+            key: loaded.keys[*id as usize].clone(),
+            distance: *distance,
+            vector: unchanged.then(|| loaded.index.vector(*id)).flatten(),
+        })
         .collect();
+    let added = rows.added_passing;
     if !added.is_empty() {
         let column = ident(&definition.column);
         let plan = scan(table)?
             .filter(key_in(key, &added).and(column.clone().is_not_null()))?
             .project(vec![ident(key), column])?
             .build()?;
+        reads.add(1);
         for batch in run(state, plan).await? {
             let keys = cast(batch.column(0), &DataType::Utf8)?;
             let keys = keys.as_string::<i32>();
@@ -610,10 +740,18 @@ pub async fn nearest(
                     .metric
                     .distance(query, v.values())
                     .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                candidates.push((keys.value(row).to_string(), distance));
+                candidates.push(Found {
+                    key: keys.value(row).to_string(),
+                    distance,
+                    vector: None,
+                });
             }
         }
-        candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        candidates.sort_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then_with(|| a.key.cmp(&b.key))
+        });
         candidates.truncate(k);
     }
     Ok(candidates)

@@ -10,10 +10,11 @@ pub(crate) mod knn;
 pub(crate) mod registry;
 pub(crate) mod similar;
 pub(crate) mod system_table;
+mod version;
 
 pub use hnsw::{
     BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult,
-    DEFAULT_EF_SEARCH,
+    DEFAULT_EF_SEARCH, EF_SEARCH_MAX,
 };
 
 /// What went wrong building, searching, saving or loading an index.

@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
 use crate::store::now_micros;
 
@@ -48,6 +49,10 @@ pub struct IndexDefinition {
     pub dims: usize,
     pub size_bytes: u64,
     pub build_seconds: f64,
+    /// The table's version when the build read it (see [`table_version`]); `None` for tables
+    /// not made of files, and for indexes built before versions were kept.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// A loaded build: the graph and, for each row id, its key.
@@ -205,6 +210,12 @@ impl Indexes {
         template: IndexDefinition,
     ) -> Result<Arc<Entry>> {
         template.params.validate().map_err(index_error)?;
+        // Taken before the rows are read: a change made during the build leaves a version
+        // that no longer matches, and the build is not trusted to be complete.
+        let provider = SessionContext::new_with_state(state.clone())
+            .table_provider(template.table.as_str())
+            .await?;
+        let version = table_version(state, provider.as_ref()).await?;
         let (keys, vectors) = read_vectors(state, &template).await?;
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
@@ -235,6 +246,7 @@ impl Indexes {
             dims: info.dims,
             size_bytes: bytes.len() as u64,
             build_seconds: info.build_seconds,
+            version,
             ..template
         };
         let name = definition.name.clone();

@@ -14,6 +14,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{lit, Expr, TableType};
+use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ident, SessionContext};
 
@@ -157,8 +158,9 @@ impl TableProvider for SimilarTable {
             predicate: None,
         };
         let ef_search = settings::ef_search(state.config_options())?;
-        let found = nearest(state, &knn, &query, self.k, ef_search).await?;
-        let (keys, distances): (Vec<String>, Vec<f64>) = found.into_iter().unzip();
+        let found = nearest(state, &knn, &query, self.k, ef_search, &Count::new()).await?;
+        let (keys, distances): (Vec<String>, Vec<f64>) =
+            found.into_iter().map(|f| (f.key, f.distance)).unzip();
         let batch = RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![
