@@ -449,6 +449,7 @@ fn vector_search_through_psql() {
          CREATE TABLE pts AS SELECT * FROM (VALUES (1, [1.0, 0.0]), (2, [0.0, 1.0]), (3, [1.0, 1.0])) AS t(id, v);\n\
          CREATE INDEX pts_v ON pts USING hnsw (v vector_l2_ops) WITH (m = 4, ef_construction = 8);\n\
          SET hnsw.ef_search = 10;\n\
+         SHOW hnsw.ef_search;\n\
          EXPLAIN SELECT id FROM pts ORDER BY v <-> '[1,0]' LIMIT 1;\n\
          SELECT id FROM pts ORDER BY v <-> '[0.9,0.2]' LIMIT 2;\n\
          SELECT id FROM pts WHERE id <> 1 ORDER BY v <-> '[0.9,0.2]' LIMIT 1;\n\
@@ -462,7 +463,8 @@ fn vector_search_through_psql() {
     let out = server.psql_script(ALICE, script, &["-q"]);
     let err = stderr(&out);
     let (plan, rows) = stdout(&out)
-        .split_once("\n1\n3\n")
+        .strip_prefix("10\n")
+        .and_then(|out| out.split_once("\n1\n3\n"))
         .map(|(p, r)| (p.to_string(), format!("1\n3\n{r}")))
         .unwrap_or_else(|| panic!("{}\n{err}", stdout(&out)));
     assert!(plan.contains("HnswIndexScan: index=pts_v"), "{plan}");

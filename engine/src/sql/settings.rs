@@ -3,7 +3,9 @@
 //! `audiolake.device` (where the pretrained networks run). Each is per session except
 //! `audiolake.device`, which the engine applies to the whole process.
 
-use datafusion::common::config::ConfigExtension;
+use std::any::Any;
+
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use datafusion::common::extensions_options;
 use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
@@ -48,12 +50,52 @@ impl ConfigExtension for AudiolakeSettings {
     const PREFIX: &'static str = "audiolake";
 }
 
+/// An extension's settings listed under their full names (`hnsw.ef_search`). DataFusion lists
+/// an extension's entries without its prefix, so `SHOW hnsw.ef_search` and
+/// `information_schema.df_settings` would not find them. It is transparent otherwise:
+/// `extensions.get::<T>()` still finds `T`.
+#[derive(Debug, Clone, Default)]
+struct Named<T>(T);
+
+impl<T: ConfigExtension + Clone> ExtensionOptions for Named<T> {
+    fn as_any(&self) -> &dyn Any {
+        self.0.as_any()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self.0.as_any_mut()
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.0.set(key, value)
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        self.0
+            .entries()
+            .into_iter()
+            .map(|entry| ConfigEntry {
+                key: format!("{}.{}", T::PREFIX, entry.key.trim_start_matches('.')),
+                ..entry
+            })
+            .collect()
+    }
+}
+
+impl<T: ConfigExtension + Clone> ConfigExtension for Named<T> {
+    const PREFIX: &'static str = T::PREFIX;
+}
+
 /// `config` with every setting of this module at its default.
 pub fn with_settings(config: SessionConfig) -> SessionConfig {
     config
-        .with_option_extension(HnswSettings::default())
-        .with_option_extension(TrgmSettings::default())
-        .with_option_extension(AudiolakeSettings::default())
+        .with_option_extension(Named(HnswSettings::default()))
+        .with_option_extension(Named(TrgmSettings::default()))
+        .with_option_extension(Named(AudiolakeSettings::default()))
 }
 
 /// `hnsw.ef_search`, checked against pgvector's range.
@@ -62,11 +104,12 @@ pub fn ef_search(options: &ConfigOptions) -> Result<usize> {
         .extensions
         .get::<HnswSettings>()
         .map_or(crate::index::DEFAULT_EF_SEARCH, |s| s.ef_search);
-    if (1..=1000).contains(&ef) {
+    let max = crate::index::EF_SEARCH_MAX;
+    if (1..=max).contains(&ef) {
         Ok(ef)
     } else {
         Err(DataFusionError::Configuration(format!(
-            "hnsw.ef_search must be between 1 and 1000, not {ef}"
+            "hnsw.ef_search must be between 1 and {max}, not {ef}"
         )))
     }
 }

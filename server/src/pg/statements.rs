@@ -51,7 +51,18 @@ pub struct CopyOut {
 /// when neither understands it: the session then reports the syntax error.
 pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, String>> {
     if let Ok(statements) = engine.parse(sql) {
-        return Some(Ok(statements.into_iter().map(classify_df).collect()));
+        return Some(Ok(statements
+            .into_iter()
+            .map(
+                |statement| match show_extension_setting(engine, &statement) {
+                    Some(query) => Classified {
+                        rewritten: true,
+                        ..classify_df(query)
+                    },
+                    None => classify_df(statement),
+                },
+            )
+            .collect()));
     }
     let statements = PostgresCompatibilityParser::new().parse(sql).ok()?;
     Some(
@@ -113,6 +124,39 @@ fn classify_df(mut statement: DfStatement) -> Classified {
         text,
         rewritten,
     }
+}
+
+/// `SHOW hnsw.ef_search` and the engine's other extension settings (`pg_trgm.*`,
+/// `audiolake.*`) as a query of `information_schema.df_settings`, answered like PostgreSQL's
+/// `SHOW`: one row, one column named after the setting. datafusion-postgres answers `SHOW`
+/// itself and knows only its own settings. `None` for every other statement.
+fn show_extension_setting(engine: &Engine, statement: &DfStatement) -> Option<DfStatement> {
+    let DfStatement::Statement(inner) = statement else {
+        return None;
+    };
+    let Statement::ShowVariable { variable } = inner.as_ref() else {
+        return None;
+    };
+    let name = variable
+        .iter()
+        .map(|part| part.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".");
+    let known = !name.starts_with("datafusion.")
+        && engine
+            .session()
+            .state()
+            .config_options()
+            .entries()
+            .iter()
+            .any(|entry| entry.key == name);
+    if !known {
+        return None;
+    }
+    let query = format!(
+        "SELECT value AS \"{name}\" FROM information_schema.df_settings WHERE name = '{name}'"
+    );
+    engine.parse(&query).ok()?.pop_front()
 }
 
 /// `SET audiolake.device`, which the engine applies (and whose errors must reach the client:
