@@ -16,7 +16,7 @@ use audiolake::datafusion::arrow::compute::cast;
 use audiolake::datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
-use support::explain;
+use support::{explain, write_wav};
 
 const DIMS: usize = 16;
 const ROWS: i64 = 3000;
@@ -525,4 +525,52 @@ async fn extension_settings_can_be_shown() {
          | pg_trgm.word_similarity_threshold | 0.6   |\n\
          +-----------------------------------+-------+"
     );
+}
+
+#[tokio::test]
+async fn audio_files_changed_in_place_are_compared_with_their_new_vectors() {
+    let setup = setup();
+    for (name, hz) in [
+        ("a.wav", 440.0),
+        ("c.wav", 523.25),
+        ("e.wav", 659.25),
+        ("g.wav", 783.99),
+    ] {
+        write_wav(&setup.data.join(name), 1, hz);
+    }
+    let lake = open(&setup).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE tones STORED AS AUDIO LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX tones_chroma ON tones USING hnsw (chroma vector_l2_ops)",
+    )
+    .await;
+    let near_e = "SELECT file_name FROM tones \
+                  ORDER BY chroma <-> (SELECT chroma FROM tones WHERE file_name = 'e.wav') LIMIT 2";
+    assert!(explain(&lake, near_e).await.contains("HnswIndexScan"));
+    let names = |batches: Vec<RecordBatch>| -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|s| s.unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let before = names(run(&lake, near_e).await);
+    assert_eq!(before[0], "e.wav");
+    assert_ne!(before[1], "a.wav");
+
+    // a.wav becomes an E, longer: same path, new size and time, a vector next to e.wav's.
+    write_wav(&setup.data.join("a.wav"), 2, 659.25);
+    let mut after = names(run(&lake, near_e).await);
+    after.sort();
+    assert_eq!(after, ["a.wav", "e.wav"]);
 }

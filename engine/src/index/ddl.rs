@@ -110,6 +110,7 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
         dims: 0,
         size_bytes: 0,
         version: None,
+        fingerprinted: false,
         build_seconds: 0.0,
     })
 }

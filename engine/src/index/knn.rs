@@ -50,7 +50,7 @@ use datafusion::physical_plan::{
 use datafusion::prelude::ident;
 use futures::{stream, TryStreamExt};
 
-use super::registry::{Entry, IndexDefinition, Indexes, Loaded};
+use super::registry::{fingerprint, Entry, IndexDefinition, Indexes, Loaded};
 use super::version::table_version;
 use super::{Metric, Neighbor};
 use crate::sql::settings;
@@ -594,33 +594,43 @@ struct Freshness {
     /// By row id of the build: whether the row still exists and passes the predicate; `None`
     /// when every row does.
     passing: Option<Vec<bool>>,
-    /// Keys of rows added since the build that pass the predicate.
+    /// Keys of rows added (or whose file changed) since the build that pass the predicate.
     added_passing: Vec<String>,
-    /// Rows added since the build plus rows of the build gone since.
+    /// Rows added, changed or gone since the build.
     changed: usize,
 }
 
 impl Freshness {
-    /// From batches of `(keep, key)`.
+    /// From batches of `(keep, key)`, plus the file fingerprint when the build kept them.
     fn of(current: &[RecordBatch], loaded: &Loaded) -> Result<Freshness> {
         let mut passing = vec![false; loaded.keys.len()];
-        let (mut present, mut added, mut added_passing) = (0, 0, Vec::new());
+        let (mut present, mut changed, mut added_passing) = (0, 0, Vec::new());
         for batch in current {
             let keep = batch.column(0).as_boolean();
             let keys = cast(batch.column(1), &DataType::Utf8)?;
             let keys = keys.as_string::<i32>();
+            let files = match batch.columns().get(2) {
+                Some(files) => Some(cast(files, &DataType::Utf8)?),
+                None => None,
+            };
+            let files = files.as_ref().map(|f| f.as_string::<i32>());
             for row in (0..batch.num_rows()).filter(|r| !keys.is_null(*r)) {
-                match loaded.ids.get(keys.value(row)) {
-                    Some(id) => {
-                        present += 1;
-                        passing[*id as usize] = keep.value(row);
+                let id = loaded.ids.get(keys.value(row)).map(|id| *id as usize);
+                if let Some(id) = id {
+                    present += 1;
+                    let same_file = match (files, loaded.fingerprints.get(id)) {
+                        (Some(files), Some(built)) => files.value(row) == built,
+                        _ => true,
+                    };
+                    if same_file {
+                        passing[id] = keep.value(row);
+                        continue;
                     }
-                    None => {
-                        added += 1;
-                        if keep.value(row) {
-                            added_passing.push(keys.value(row).to_string());
-                        }
-                    }
+                }
+                // Added, or its file changed: its indexed vector (if any) is left out.
+                changed += 1;
+                if keep.value(row) {
+                    added_passing.push(keys.value(row).to_string());
                 }
             }
         }
@@ -628,7 +638,7 @@ impl Freshness {
         Ok(Freshness {
             passing: (!passing.iter().all(|p| *p)).then_some(passing),
             added_passing,
-            changed: gone + added,
+            changed: gone + changed,
         })
     }
 
@@ -680,14 +690,16 @@ pub async fn nearest(
     let rows = if unchanged && table.predicate.is_none() {
         Freshness::unchanged()
     } else {
-        // Which rows exist now, and which of them pass the predicate.
+        // Which rows exist now, which of them pass the predicate, and which files changed.
         let keep = table.predicate.clone().unwrap_or(lit(true));
-        let plan = scan(table)?
-            .project(vec![
-                datafusion::functions::expr_fn::coalesce(vec![keep, lit(false)]).alias("keep"),
-                ident(key).alias("key"),
-            ])?
-            .build()?;
+        let mut columns = vec![
+            datafusion::functions::expr_fn::coalesce(vec![keep, lit(false)]).alias("keep"),
+            ident(key).alias("key"),
+        ];
+        if entry.definition.fingerprinted {
+            columns.extend(fingerprint(&table.inner.schema()).map(|f| f.alias("file")));
+        }
+        let plan = scan(table)?.project(columns)?.build()?;
         reads.add(1);
         let current = run(state, plan).await?;
         let mut rows = Freshness::of(&current, &loaded)?;

@@ -7,17 +7,21 @@
 //! that dies half-way leaves the previous one in use; old builds are deleted afterwards.
 //!
 //! Rows are identified by a key column, `path` (every AUDIO table has it) or else `id`, so an
-//! index follows its table across restarts, new files and deleted ones.
+//! index follows its table across restarts, new files and deleted ones. Where each row is a
+//! file (AUDIO tables), a build also keeps each row's file fingerprint (`<build>.files.json`),
+//! so that a file changed in place is seen as a changed row.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use datafusion::common::TableReference;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
+use datafusion::functions::expr_fn::concat;
+use datafusion::logical_expr::{cast, lit, Expr};
 use datafusion::prelude::{ident, SessionContext};
 use futures::TryStreamExt;
 use object_store::path::Path;
@@ -31,6 +35,8 @@ use crate::store::now_micros;
 
 /// Key columns, in order of preference.
 const KEY_COLUMNS: [&str; 2] = ["path", "id"];
+/// Columns of a table whose rows are files (AUDIO tables) that change when a file does.
+const FILE_COLUMNS: [&str; 2] = ["size_bytes", "last_modified"];
 
 /// What `CREATE INDEX` asked for and what its current build is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,23 +59,34 @@ pub struct IndexDefinition {
     /// not made of files, and for indexes built before versions were kept.
     #[serde(default)]
     pub version: Option<String>,
+    /// Whether the build kept each row's file fingerprint (see [`fingerprint`]).
+    #[serde(default)]
+    pub fingerprinted: bool,
 }
 
-/// A loaded build: the graph and, for each row id, its key.
+/// A loaded build: the graph and, for each row id, its key and (when the table's rows are
+/// files) its file fingerprint.
 pub struct Loaded {
     pub index: HnswIndex,
     pub keys: Vec<String>,
     pub ids: HashMap<String, u64>,
+    /// Empty when the build kept none.
+    pub fingerprints: Vec<String>,
 }
 
 impl Loaded {
-    fn new(index: HnswIndex, keys: Vec<String>) -> Self {
+    fn new(index: HnswIndex, keys: Vec<String>, fingerprints: Vec<String>) -> Self {
         let ids = keys
             .iter()
             .enumerate()
             .map(|(i, k)| (k.clone(), i as u64))
             .collect();
-        Self { index, keys, ids }
+        Self {
+            index,
+            keys,
+            ids,
+            fingerprints,
+        }
     }
 }
 
@@ -216,7 +233,9 @@ impl Indexes {
             .table_provider(template.table.as_str())
             .await?;
         let version = table_version(state, provider.as_ref()).await?;
-        let (keys, vectors) = read_vectors(state, &template).await?;
+        let fingerprint = fingerprint(&provider.schema());
+        let (keys, vectors, fingerprints) =
+            read_vectors(state, &template, fingerprint.clone()).await?;
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
             return Err(DataFusionError::Execution(format!(
@@ -247,11 +266,22 @@ impl Indexes {
             size_bytes: bytes.len() as u64,
             build_seconds: info.build_seconds,
             version,
+            fingerprinted: fingerprint.is_some(),
             ..template
         };
         let name = definition.name.clone();
-        let key_json = serde_json::to_vec(&keys).expect("keys serialise");
-        for (suffix, payload) in [("hnsw", bytes), ("keys.json", key_json)] {
+        let mut files = vec![
+            ("hnsw", bytes),
+            (
+                "keys.json",
+                serde_json::to_vec(&keys).expect("keys serialise"),
+            ),
+        ];
+        if definition.fingerprinted {
+            let json = serde_json::to_vec(&fingerprints).expect("fingerprints serialise");
+            files.push(("files.json", json));
+        }
+        for (suffix, payload) in files {
             self.store
                 .put(
                     &self.build_path(&name, definition.build, suffix),
@@ -267,7 +297,7 @@ impl Indexes {
             .map_err(|e| store_error("written", e))?;
         let entry = Arc::new(Entry {
             definition,
-            loaded: Mutex::new(Some(Arc::new(Loaded::new(index, keys)))),
+            loaded: Mutex::new(Some(Arc::new(Loaded::new(index, keys, fingerprints)))),
         });
         let previous = self
             .entries
@@ -295,9 +325,12 @@ impl Indexes {
 
     /// Best effort: a build's files left behind waste space but break nothing.
     async fn delete_build(&self, definition: &IndexDefinition) {
-        for suffix in ["hnsw", "keys.json"] {
+        for suffix in ["hnsw", "keys.json", "files.json"] {
             let path = self.build_path(&definition.name, definition.build, suffix);
             if let Err(e) = self.store.delete(&path).await {
+                if suffix == "files.json" && matches!(e, object_store::Error::NotFound { .. }) {
+                    continue;
+                }
                 log::warn!("old index file {path} was not deleted: {e}");
             }
         }
@@ -325,11 +358,18 @@ impl Indexes {
         let (graph, keys) = (read("hnsw").await?, read("keys.json").await?);
         let keys: Vec<String> = serde_json::from_slice(&keys)
             .map_err(|e| DataFusionError::Execution(format!("index {} keys: {e}", d.name)))?;
+        let fingerprints: Vec<String> = if d.fingerprinted {
+            serde_json::from_slice(&read("files.json").await?).map_err(|e| {
+                DataFusionError::Execution(format!("index {} file fingerprints: {e}", d.name))
+            })?
+        } else {
+            Vec::new()
+        };
         let index = tokio::task::spawn_blocking(move || HnswIndex::from_bytes(&graph))
             .await
             .map_err(|e| DataFusionError::External(e.into()))?
             .map_err(index_error)?;
-        let loaded = Arc::new(Loaded::new(index, keys));
+        let loaded = Arc::new(Loaded::new(index, keys, fingerprints));
         *slot = Some(Arc::clone(&loaded));
         Ok(loaded)
     }
@@ -342,6 +382,23 @@ pub fn key_column(schema: &Schema) -> Option<&'static str> {
         .find(|k| schema.field_with_name(k).is_ok())
 }
 
+/// A row's file fingerprint (size and modification time, as text) for tables whose rows are
+/// files, which have the columns; `None` for other tables.
+pub fn fingerprint(schema: &Schema) -> Option<Expr> {
+    if !FILE_COLUMNS
+        .iter()
+        .all(|c| schema.field_with_name(c).is_ok())
+    {
+        return None;
+    }
+    let text = |c: &str| cast(ident(c), DataType::Utf8);
+    Some(concat(vec![
+        text(FILE_COLUMNS[0]),
+        lit(" "),
+        text(FILE_COLUMNS[1]),
+    ]))
+}
+
 /// Whether a column can be indexed: a list of numbers.
 pub fn is_vector(field: &Field) -> bool {
     matches!(
@@ -351,26 +408,34 @@ pub fn is_vector(field: &Field) -> bool {
     )
 }
 
-/// Every row's key and vector (rows whose vector is NULL are left out: no distance orders
-/// them before another row).
+/// Every row's key, vector and (with `fingerprint`) file fingerprint; rows whose vector is
+/// NULL are left out: no distance orders them before another row.
 async fn read_vectors(
     state: &SessionState,
     definition: &IndexDefinition,
-) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+    fingerprint: Option<Expr>,
+) -> Result<(Vec<String>, Vec<Vec<f32>>, Vec<String>)> {
     let ctx = SessionContext::new_with_state(state.clone());
+    let mut columns = vec![ident(&definition.key), ident(&definition.column)];
+    columns.extend(fingerprint.map(|f| f.alias("fingerprint")));
     let frame = ctx
         .table(definition.table.as_str())
         .await?
-        .select(vec![ident(&definition.key), ident(&definition.column)])?
-        .filter(ident(&definition.column).is_not_null())?;
+        .filter(ident(&definition.column).is_not_null())?
+        .select(columns)?;
     let mut stream = frame.execute_stream().await?;
-    let (mut keys, mut vectors) = (Vec::new(), Vec::new());
+    let (mut keys, mut vectors, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
     let list_type = DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)));
     while let Some(batch) = stream.try_next().await? {
-        let key = cast(batch.column(0), &DataType::Utf8)?;
+        let key = cast_array(batch.column(0), &DataType::Utf8)?;
         let key = key.as_string::<i32>();
-        let lists = cast(batch.column(1), &list_type)?;
+        let lists = cast_array(batch.column(1), &list_type)?;
         let lists = lists.as_list::<i32>();
+        let files = batch
+            .columns()
+            .get(2)
+            .map(|c| cast_array(c, &DataType::Utf8))
+            .transpose()?;
         for row in 0..batch.num_rows() {
             if key.is_null(row) {
                 return Err(DataFusionError::Execution(format!(
@@ -389,7 +454,10 @@ async fn read_vectors(
             }
             keys.push(key.value(row).to_string());
             vectors.push(values.values().to_vec());
+            if let Some(files) = &files {
+                fingerprints.push(files.as_string::<i32>().value(row).to_string());
+            }
         }
     }
-    Ok((keys, vectors))
+    Ok((keys, vectors, fingerprints))
 }
