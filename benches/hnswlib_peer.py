@@ -5,36 +5,16 @@ Usage: hnswlib_peer.py DIR --m 16 --ef-construction 200 --ef-search 10,40,100,20
 DIR holds base.npy (N x D float32), queries.npy (Q x D float32) and truth.npy (Q x k int64, the
 true nearest row numbers). Prints one JSON line: build_s, index_mib (VmHWM after the build minus
 VmRSS before it), peak_mib (VmHWM), runs [{ef, recall, qps}] with queries searched one after another on
-one thread. Installs hnswlib and numpy into a virtual environment under ~/.cache on first use and
-re-runs itself there.
+one thread. Installs hnswlib and numpy with bench_venv.py on first use.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
-VENV = os.path.join(os.path.expanduser("~"), ".cache", "audiolake-bench-venv")
-
-
-def ensure_venv():
-    try:
-        import hnswlib  # noqa: F401
-        import numpy  # noqa: F401
-        return
-    except ImportError:
-        pass
-    python = os.path.join(VENV, "bin", "python")
-    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
-        sys.exit("hnswlib or numpy is missing in " + VENV + " after installing")
-    if not os.path.exists(python):
-        subprocess.run([sys.executable, "-m", "venv", VENV], check=True, stdout=sys.stderr)
-    probe = subprocess.run([python, "-c", "import hnswlib, numpy"], capture_output=True)
-    if probe.returncode != 0:
-        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "hnswlib", "numpy"], check=True, stdout=sys.stderr)
-    os.execv(python, [python] + sys.argv)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_venv import ensure  # noqa: E402
 
 
 def proc_mib(field):
@@ -52,7 +32,7 @@ def main():
     p.add_argument("--ef-construction", type=int, required=True)
     p.add_argument("--ef-search", required=True)
     args = p.parse_args()
-    ensure_venv()
+    ensure({"hnswlib": "hnswlib", "numpy": "numpy"})
     import hnswlib
     import numpy as np
 

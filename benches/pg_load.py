@@ -133,10 +133,10 @@ def pg_env(port, user):
     return env
 
 
-def psql(env, sql):
+def psql(env, sql, timeout=300):
     """Runs sql (statements separated by ;) and returns psql's unaligned output."""
     r = subprocess.run(["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       env=env, capture_output=True, text=True, timeout=300)
+                       env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         die(f"psql failed on {sql!r}:\n{r.stderr}")
     return r.stdout.strip()

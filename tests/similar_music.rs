@@ -6,9 +6,8 @@ mod support;
 
 use std::path::Path;
 
-use audiolake::datafusion::arrow::array::AsArray;
 use audiolake::AudioLake;
-use support::explain;
+use support::{explain, strings};
 
 async fn open(store: &Path, corpus: &Path) -> AudioLake {
     AudioLake::builder()
@@ -18,20 +17,6 @@ async fn open(store: &Path, corpus: &Path) -> AudioLake {
         .build()
         .await
         .unwrap()
-}
-
-async fn paths(lake: &AudioLake, sql: &str) -> Vec<String> {
-    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_string::<i32>()
-                .iter()
-                .map(|p| p.unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +51,7 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
     let exact = format!(
         "SELECT path FROM music WHERE mode = 'minor' ORDER BY (embedding <=> {seed}) + 0 LIMIT 10"
     );
-    let minor = paths(
+    let minor = strings(
         &lake,
         "SELECT path FROM music WHERE mode = 'minor' AND embedding IS NOT NULL",
     )
@@ -81,14 +66,14 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
         .await
         .contains("HnswIndexScan: index=music_sound"));
     assert!(!explain(&lake, &exact).await.contains("HnswIndexScan"));
-    let want = paths(&lake, &exact).await;
+    let want = strings(&lake, &exact).await;
     assert_eq!(want.len(), 10);
-    assert_eq!(paths(&lake, &knn).await, want);
+    assert_eq!(strings(&lake, &knn).await, want);
     drop(lake);
 
     let lake = open(store.path(), &corpus).await;
     assert!(explain(&lake, &knn)
         .await
         .contains("HnswIndexScan: index=music_sound"));
-    assert_eq!(paths(&lake, &knn).await, want);
+    assert_eq!(strings(&lake, &knn).await, want);
 }

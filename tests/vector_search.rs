@@ -16,7 +16,7 @@ use audiolake::datafusion::arrow::compute::cast;
 use audiolake::datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
-use support::{explain, write_wav};
+use support::{explain, strings, write_wav};
 
 const DIMS: usize = 16;
 const ROWS: i64 = 3000;
@@ -552,25 +552,13 @@ async fn audio_files_changed_in_place_are_compared_with_their_new_vectors() {
     let near_e = "SELECT file_name FROM tones \
                   ORDER BY chroma <-> (SELECT chroma FROM tones WHERE file_name = 'e.wav') LIMIT 2";
     assert!(explain(&lake, near_e).await.contains("HnswIndexScan"));
-    let names = |batches: Vec<RecordBatch>| -> Vec<String> {
-        batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|s| s.unwrap().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let before = names(run(&lake, near_e).await);
+    let before = strings(&lake, near_e).await;
     assert_eq!(before[0], "e.wav");
     assert_ne!(before[1], "a.wav");
 
     // a.wav becomes an E, longer: same path, new size and time, a vector next to e.wav's.
     write_wav(&setup.data.join("a.wav"), 2, 659.25);
-    let mut after = names(run(&lake, near_e).await);
+    let mut after = strings(&lake, near_e).await;
     after.sort();
     assert_eq!(after, ["a.wav", "e.wav"]);
 }

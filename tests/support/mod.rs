@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use audiolake::datafusion::arrow::array::AsArray;
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
 use bytes::Bytes;
@@ -173,4 +174,19 @@ pub async fn explain(lake: &AudioLake, sql: &str) -> String {
         .await
         .unwrap();
     pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// The first column of `sql`'s rows, a text column without NULLs.
+pub async fn strings(lake: &AudioLake, sql: &str) -> Vec<String> {
+    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
