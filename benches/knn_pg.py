@@ -6,7 +6,7 @@
     AUDIOLAKE_BIN=target/release/audiolake python3 benches/knn_pg.py
 
 Needs a built `audiolake` binary, found as in benches/pg_load.py (AUDIOLAKE_BIN, else release,
-else debug; it says which), and psql; numpy, pyarrow and psycopg are installed with
+else debug; it says which), and psql; numpy, pyarrow, psycopg and hnswlib are installed with
 bench_venv.py on first use.
 
 Data: clustered synthetic vectors, the distribution of the core benchmark (engine/benches/
@@ -20,7 +20,9 @@ It starts `audiolake serve --dev-no-auth` over a temporary store, builds
 then over one psycopg connection runs --queries queries
 `SELECT id FROM vecs ORDER BY v <-> '[...]' LIMIT 10` for each hnsw.ef_search in --ef, and
 prints the build time, the server's memory, recall@10 and p50/p95/p99 latency and queries/s
-as the client sees them. The goal of issue 7: recall@10 >= 0.95 at 1,000,000 vectors with p99
+as the client sees them; beside them, hnswlib (PyPI) with the same m and ef_construction on the
+same rows and queries (recall@10 and queries/s in-process, one query per call; --no-hnswlib
+skips it). The goal of issue 7: recall@10 >= 0.95 at 1,000,000 vectors with p99
 under 10 ms. It reports; it does not fail on a missed goal.
 """
 import argparse
@@ -35,7 +37,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_venv import ensure  # noqa: E402
 
-ensure({"numpy": "numpy", "pyarrow": "pyarrow", "psycopg": "psycopg[binary]"})
+ensure({"numpy": "numpy", "pyarrow": "pyarrow", "psycopg": "psycopg[binary]",
+        "hnswlib": "hnswlib"})
+import hnswlib  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -56,6 +60,8 @@ def parse_args():
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=200)
     p.add_argument("--ef", default="10,40,100,200", help="hnsw.ef_search values, comma-separated")
+    p.add_argument("--no-hnswlib", action="store_true",
+                   help="skip hnswlib on the same data (its build takes minutes at 1,000,000)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     return p.parse_args()
 
@@ -94,6 +100,29 @@ def exact_nearest(path, queries):
             nearest = np.argpartition(d[:, column], K)[:K]
             truth.append(set(ids[nearest].tolist()))
     return truth
+
+
+def hnswlib_recall(path, queries, truth, args, efs):
+    """hnswlib (PyPI) on the same rows and queries, same m and ef_construction: build seconds
+    and, per ef, recall@K and queries/s (one thread, one query per call, as the client sends)."""
+    table = pq.read_table(path)
+    ids = table.column("id").to_numpy()
+    base = table.column("v").combine_chunks().flatten().to_numpy().reshape(len(ids), -1)
+    started = time.monotonic()
+    index = hnswlib.Index(space="l2", dim=base.shape[1])
+    index.init_index(max_elements=len(ids), ef_construction=args.ef_construction, M=args.m,
+                     random_seed=100)
+    index.add_items(base, ids, num_threads=-1)
+    build_s = time.monotonic() - started
+    runs = {}
+    for ef in efs:
+        index.set_ef(ef)
+        hits, started = 0, time.monotonic()
+        for q, want in zip(queries, truth):
+            labels, _ = index.knn_query(q[None, :], k=K, num_threads=1)
+            hits += len(want & set(labels[0].tolist()))
+        runs[ef] = (hits / (K * len(truth)), len(queries) / (time.monotonic() - started))
+    return build_s, runs
 
 
 def server_rss_mib(pid):
@@ -151,8 +180,15 @@ def main():
         conn = psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="audiolake",
                                sslmode="disable", autocommit=True)
         texts = ["[" + ",".join(repr(float(x)) for x in q) + "]" for q in queries]
-        print(f"\n  {'ef_search':>9} {'recall@10':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'queries/s':>10}")
-        for ef in [int(e) for e in args.ef.split(",")]:
+        efs = [int(e) for e in args.ef.split(",")]
+        peer = None
+        if not args.no_hnswlib:
+            peer_build, peer = hnswlib_recall(os.path.join(data, "vecs.parquet"), queries, truth,
+                                              args, efs)
+            print(f"  hnswlib on the same data: built in {peer_build:.1f} s")
+        print(f"\n  {'ef_search':>9} {'recall@10':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'queries/s':>10}" + (f" {'hnswlib recall':>14} {'hnswlib q/s':>11}" if peer else ""))
+        for ef in efs:
             conn.execute(f"SET hnsw.ef_search = {ef}")
             plan = "\n".join(r[1] for r in conn.execute(
                 f"EXPLAIN SELECT id FROM vecs ORDER BY v <-> '{texts[0]}' LIMIT {K}").fetchall())
@@ -167,9 +203,12 @@ def main():
                 hits += len(want & {r[0] for r in rows})
             elapsed = time.monotonic() - started
             recall = hits / (K * len(truth))
-            print(f"  {ef:>9} {recall:>9.3f} {statistics.median(latencies):>8.2f} "
-                  f"{percentile(latencies, 0.95):>8.2f} {percentile(latencies, 0.99):>8.2f} "
-                  f"{len(queries) / elapsed:>10.1f}")
+            line = (f"  {ef:>9} {recall:>9.3f} {statistics.median(latencies):>8.2f} "
+                    f"{percentile(latencies, 0.95):>8.2f} {percentile(latencies, 0.99):>8.2f} "
+                    f"{len(queries) / elapsed:>10.1f}")
+            if peer:
+                line += f" {peer[ef][0]:>14.3f} {peer[ef][1]:>11.1f}"
+            print(line)
         conn.close()
     finally:
         proc.terminate()
