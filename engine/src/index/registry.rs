@@ -228,7 +228,7 @@ impl Indexes {
     ) -> Result<Arc<Entry>> {
         template.params.validate().map_err(index_error)?;
         // Taken before the rows are read: a change made during the build leaves a version
-        // that no longer matches, and the build is not trusted to be complete.
+        // that no longer matches, so scans read the table to see the change.
         let provider = SessionContext::new_with_state(state.clone())
             .table_provider(template.table.as_str())
             .await?;
