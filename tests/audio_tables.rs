@@ -387,3 +387,52 @@ async fn corpus_analysis_matches_truth() {
     assert!(acc2 >= 0.98, "tempo Accuracy2 {acc2:.3}");
     assert!(exact >= 0.80, "key exact {exact:.3}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_is_capped_and_accounted_in_the_memory_pool() {
+    let store = tempfile::tempdir().unwrap();
+    let music = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music"))
+        .unwrap();
+    let flac = music.join("c_major_90.flac"); // 16 s at 48 kHz: 768,000 samples, 3 MB
+    let error = |lake: AudioLake, sql: String| async move {
+        match lake.sql(&sql).await {
+            Err(e) => e.to_string(),
+            Ok(frame) => frame.collect().await.unwrap_err().to_string(),
+        }
+    };
+
+    // Under a 1 MB memory limit the 6 MB of samples and column are refused, not allocated.
+    let small = AudioLake::builder()
+        .store(store.path().to_str().unwrap())
+        .allow_location(music.to_str().unwrap())
+        .memory_limit(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    let sql = format!("SELECT decode('{}')", flac.display());
+    let message = error(small, sql.clone()).await;
+    assert!(
+        message.contains("Resources exhausted") && message.contains("decode"),
+        "{message}"
+    );
+
+    // Without a limit it decodes; a lower decode_max_seconds refuses the file.
+    let lake = open(store.path(), &[&music]).await;
+    let batch = query(&lake, &sql).await;
+    assert_eq!(batch.column(0).as_list::<i32>().value(0).len(), 768_000);
+    lake.sql("SET audiolake.decode_max_seconds = 10")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        error(lake, sql).await,
+        format!(
+            "Execution error: decode('{}'): the file holds more than 10 s of audio at 48000 Hz, \
+             the most one call returns; raise audiolake.decode_max_seconds or ask for a lower \
+             sample rate",
+            flac.display()
+        )
+    );
+}

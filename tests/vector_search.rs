@@ -357,6 +357,20 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
             < 1e-6
     );
 
+    // A crafted k is capped by the rows before anything is allocated: every row comes back.
+    let huge = float(
+        &lake,
+        "SELECT CAST(count(*) AS DOUBLE) FROM similar('vecs', '17', 10000000000)",
+    )
+    .await;
+    assert_eq!(huge, Some(ROWS as f64));
+    let limit = format!(
+        "SELECT id FROM vecs ORDER BY v <=> {} LIMIT 9223372036854775807 OFFSET 3",
+        literal(q)
+    );
+    assert!(explain(&lake, &limit).await.contains("HnswIndexScan"));
+    assert_eq!(ids(&lake, &limit).await.len(), ROWS as usize - 3);
+
     let listed = run(&lake, "SELECT name, table_name, column_name, key_column, opclass, m, ef_construction, rows, dims FROM audiolake_indexes").await;
     assert_eq!(
         pretty_format_batches(&listed).unwrap().to_string(),

@@ -157,7 +157,11 @@ impl Engine {
         );
         let ctx = SessionContext::new_with_state(state);
         let registry = Arc::clone(&runtime.object_store_registry);
-        for function in path_functions(registry, Arc::clone(&features)) {
+        for function in path_functions(
+            registry,
+            Arc::clone(&features),
+            Arc::clone(&runtime.memory_pool),
+        ) {
             ctx.register_udf(function);
         }
         for function in sql::functions() {

@@ -18,6 +18,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
@@ -28,8 +29,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::audio::columns;
-use crate::audio::read::decode_object;
+use crate::audio::read::{decode_object, Decoded};
 use crate::location::{object_path, resolve_location};
+use crate::sql::settings;
 use crate::store::{analyze_cached, FeatureStore};
 
 /// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
@@ -40,6 +42,7 @@ const IN_FLIGHT: usize = 2;
 pub fn path_functions(
     registry: Arc<dyn ObjectStoreRegistry>,
     features: Arc<FeatureStore>,
+    memory: Arc<dyn MemoryPool>,
 ) -> Vec<ScalarUDF> {
     let field = |name: &'static str, group: &'static str| Kind::Field { name, group };
     [
@@ -55,7 +58,13 @@ pub fn path_functions(
     ]
     .into_iter()
     .map(|(name, kind)| {
-        let function = PathFunction::new(name, kind, Arc::clone(&registry), Arc::clone(&features));
+        let function = PathFunction::new(
+            name,
+            kind,
+            Arc::clone(&registry),
+            Arc::clone(&features),
+            Arc::clone(&memory),
+        );
         AsyncScalarUDF::new(Arc::new(function)).into_scalar_udf()
     })
     .collect()
@@ -97,6 +106,8 @@ struct PathFunction {
     signature: Signature,
     registry: Arc<dyn ObjectStoreRegistry>,
     features: Arc<FeatureStore>,
+    /// The engine's memory pool: `decode` accounts its samples there.
+    memory: Arc<dyn MemoryPool>,
 }
 
 impl PartialEq for PathFunction {
@@ -119,6 +130,7 @@ impl PathFunction {
         kind: Kind,
         registry: Arc<dyn ObjectStoreRegistry>,
         features: Arc<FeatureStore>,
+        memory: Arc<dyn MemoryPool>,
     ) -> Self {
         let path = TypeSignature::String(1);
         let signature = match kind {
@@ -135,6 +147,7 @@ impl PathFunction {
             signature: Signature::new(signature, Volatility::Volatile),
             registry,
             features,
+            memory,
         }
     }
 
@@ -175,14 +188,10 @@ impl PathFunction {
         }
     }
 
-    async fn decode(
-        &self,
-        path: &str,
-        rate: Option<u32>,
-    ) -> Result<std::result::Result<Vec<f32>, String>> {
+    async fn decode(&self, path: &str, rate: Option<u32>, max_seconds: f64) -> Result<Decoded> {
         Ok(match self.locate(path).await? {
-            Ok((store, meta, _)) => decode_object(store, meta, rate).await.map(|(s, _)| s),
-            Err(e) => Err(e),
+            Ok((store, meta, _)) => decode_object(store, meta, rate, max_seconds).await,
+            Err(e) => Decoded::Unreadable(e),
         })
     }
 
@@ -281,10 +290,14 @@ impl PathFunction {
         })
     }
 
+    /// Decodes every path (NULL paths and unreadable files give NULL). The samples are
+    /// accounted in the engine's memory pool while the column is built (twice: the decoded
+    /// rows and the column), and each row holds at most `max_seconds` of audio.
     async fn decode_all(
         &self,
         paths: &StringArray,
         rates: Option<&Int64Array>,
+        max_seconds: f64,
     ) -> Result<ArrayRef> {
         let jobs = (0..paths.len()).map(|i| {
             let path = paths.is_valid(i).then(|| paths.value(i).to_owned());
@@ -295,18 +308,41 @@ impl PathFunction {
             };
             (path, rate)
         });
+        let reservation = MemoryConsumer::new("decode").register(&self.memory);
+        let mut total = 0usize;
         let decoded: Vec<Option<Vec<f32>>> = futures::stream::iter(jobs)
             .map(|(path, rate)| async move {
                 let (Some(path), Ok(rate)) = (path, rate) else {
                     return Ok(None);
                 };
                 let rate = rate.map(check_rate).transpose()?;
-                Ok::<_, DataFusionError>(self.decode(&path, rate).await?.ok())
+                match self.decode(&path, rate, max_seconds).await? {
+                    Decoded::Samples(samples) => Ok(Some(samples)),
+                    Decoded::Unreadable(_) => Ok(None),
+                    Decoded::TooLong(reason) => Err(DataFusionError::Execution(format!(
+                        "decode('{path}'): {reason}"
+                    ))),
+                }
             })
             .buffered(IN_FLIGHT)
+            .and_then(|samples| {
+                let len = samples.as_ref().map_or(0, Vec::len);
+                total = total.saturating_add(len);
+                // The column's offsets are i32: more samples than that cannot be one batch.
+                let grown = if total > i32::MAX as usize {
+                    Err(DataFusionError::Execution(format!(
+                        "decode: one batch of rows would hold {total} samples, more than a \
+                         column can ({}); decode fewer rows at once or at a lower rate",
+                        i32::MAX
+                    )))
+                } else {
+                    reservation.try_grow(2 * len * std::mem::size_of::<f32>())
+                };
+                futures::future::ready(grown.map(|()| samples))
+            })
             .try_collect()
             .await?;
-        let mut list = ListBuilder::new(Float32Builder::new())
+        let mut list = ListBuilder::with_capacity(Float32Builder::with_capacity(total), decoded.len())
             .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
         for samples in decoded {
             match samples {
@@ -389,7 +425,8 @@ impl AsyncScalarUDFImpl for PathFunction {
                 let rates = rates
                     .as_ref()
                     .map(|r| r.as_any().downcast_ref::<Int64Array>().expect("Int64"));
-                self.decode_all(paths, rates).await?
+                let max_seconds = settings::decode_max_seconds(&args.config_options)?;
+                self.decode_all(paths, rates, max_seconds).await?
             }
             Kind::Tags => {
                 let counts = arrays

@@ -1,6 +1,8 @@
 //! Whole-table analysis jobs, and `audiolake_progress`, the system table that shows them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use datafusion::arrow::array::{
@@ -48,7 +50,7 @@ pub struct JobId(usize);
 
 impl Jobs {
     pub fn start(&self, table: &str, files: u64, progress: &ScanProgress) -> JobId {
-        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let mut jobs = self.jobs.lock();
         jobs.push(Job {
             table: table.to_owned(),
             started: Instant::now(),
@@ -63,7 +65,7 @@ impl Jobs {
     }
 
     pub fn finish(&self, id: &JobId, outcome: std::result::Result<(), String>) {
-        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let mut jobs = self.jobs.lock();
         let job = &mut jobs[id.0];
         job.finished = Some(job.started.elapsed().as_secs_f64());
         match outcome {
@@ -113,7 +115,7 @@ impl Snapshot for ProgressTable {
     }
 
     fn snapshot(&self) -> Result<RecordBatch> {
-        let jobs = self.jobs.jobs.lock().expect("jobs lock");
+        let jobs = self.jobs.jobs.lock();
         let mut rows = (
             Vec::new(),
             Vec::new(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use audiolake_udf::features::{analyze, AnalysisOutput};
+use audiolake_udf::features::{analyze, AnalysisError, AnalysisOutput};
 use audiolake_udf::probe::{panic_message, probe, AudioHeader};
 use audiolake_udf::samples::decode_mono;
 use datafusion::physical_plan::metrics::Count;
@@ -43,21 +43,37 @@ pub async fn analyze_object(
     .await
 }
 
-/// Decodes `meta` to mono samples at `rate` (`None`: the file's own rate).
+/// What `decode(path)` got from one file.
+pub enum Decoded {
+    Samples(Vec<f32>),
+    /// The file could not be read or decoded: the row is NULL.
+    Unreadable(String),
+    /// More audio than one call may return: the query fails with this message.
+    TooLong(String),
+}
+
+/// Decodes `meta` to mono samples at `rate` (`None`: the file's own rate), at most
+/// `max_seconds` of them.
 pub async fn decode_object(
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     rate: Option<u32>,
-) -> Result<(Vec<f32>, u32), String> {
-    blocking(
+    max_seconds: f64,
+) -> Decoded {
+    let decoded = blocking(
         "decode",
         store,
         meta,
         Count::new(),
         None,
-        move |source, ext| decode_mono(source, ext, rate).map_err(|e| e.to_string()),
+        move |source, ext| match decode_mono(source, ext, rate, max_seconds) {
+            Ok((samples, _)) => Ok(Decoded::Samples(samples)),
+            Err(e @ AnalysisError::TooLong { .. }) => Ok(Decoded::TooLong(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        },
     )
-    .await
+    .await;
+    decoded.unwrap_or_else(Decoded::Unreadable)
 }
 
 async fn blocking<T: Send + 'static>(

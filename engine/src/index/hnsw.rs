@@ -449,6 +449,8 @@ impl HnswIndex {
             // A zero query under cosine: every distance is NaN.
             return Ok(self.exact(None, query, k, &passes));
         };
+        // k and ef come from the query: bound them by the rows before the graph allocates.
+        let k = k.min(self.info.rows);
         if k == 0 {
             return Ok(SearchResult {
                 neighbors: Vec::new(),
@@ -465,7 +467,7 @@ impl HnswIndex {
             }
         }
         let graph_filter = |id: &usize| passes(*id as u64);
-        let mut ef = ef_search.max(k);
+        let mut ef = ef_search.max(k).min(n.max(1));
         loop {
             let found = if filtered {
                 self.graph
@@ -571,7 +573,9 @@ impl HnswIndex {
         k: usize,
         passes: &dyn Fn(u64) -> bool,
     ) -> SearchResult {
-        let mut heap: BinaryHeap<Farthest> = BinaryHeap::with_capacity(k + 1);
+        // k comes from the query (LIMIT, similar()): never more rows than the index holds.
+        let k = k.min(self.info.rows);
+        let mut heap: BinaryHeap<Farthest> = BinaryHeap::with_capacity(k.saturating_add(1));
         let mut offer = |candidate: Neighbor| {
             if heap.len() < k {
                 heap.push(Farthest(candidate));
@@ -969,6 +973,12 @@ mod tests {
         // k larger than the table: every row.
         let small = build(Metric::L2, &data[..7], IndexParams::default());
         assert_eq!(small.search(q, 10, 40, None).unwrap().neighbors.len(), 7);
+        // A crafted k (similar(..., 10000000000), LIMIT) allocates for the rows, not for k.
+        let huge = 10_000_000_000;
+        assert_eq!(small.search(q, huge, 40, None).unwrap().neighbors.len(), 7);
+        let even = |id: u64| id % 2 == 0;
+        assert_eq!(small.search(q, huge, 40, Some(&even)).unwrap().neighbors.len(), 4);
+        assert_eq!(small.exact_search(q, usize::MAX, None).unwrap().len(), 7);
     }
 
     #[test]

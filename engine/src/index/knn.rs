@@ -89,7 +89,8 @@ impl KnnRule {
         else {
             return Ok(None);
         };
-        let k = k + skip;
+        // A crafted LIMIT and OFFSET must not overflow; the index caps k by its rows.
+        let k = k.saturating_add(skip);
         // Down through projections to the sort.
         let mut node = limit.input.as_ref();
         while let LogicalPlan::Projection(p) = node {

@@ -1,6 +1,7 @@
 //! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search` (pgvector),
-//! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm), and
-//! `audiolake.device` (where the pretrained networks run). Each is per session except
+//! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm),
+//! `audiolake.device` (where the pretrained networks run) and `audiolake.decode_max_seconds`
+//! (the most audio one `decode(path)` returns). Each is per session except
 //! `audiolake.device`, which the engine applies to the whole process.
 
 use std::any::Any;
@@ -43,6 +44,26 @@ extensions_options! {
         /// Where the pretrained networks run: `cpu`, `cuda` or `cuda:N` (for every session:
         /// the engine applies it when the statement runs). Empty: the configured device.
         pub device: String, default = String::new()
+        /// The most audio one `decode(path)` call returns, in seconds (per row; up to a day).
+        pub decode_max_seconds: f64, default = DEFAULT_DECODE_MAX_SECONDS
+    }
+}
+
+/// Ten minutes: a 44.1 kHz track is then at most about 100 MB of samples.
+pub const DEFAULT_DECODE_MAX_SECONDS: f64 = 600.0;
+
+/// `audiolake.decode_max_seconds`, checked to be more than 0 and at most a day.
+pub fn decode_max_seconds(options: &ConfigOptions) -> Result<f64> {
+    let seconds = options
+        .extensions
+        .get::<AudiolakeSettings>()
+        .map_or(DEFAULT_DECODE_MAX_SECONDS, |s| s.decode_max_seconds);
+    if seconds > 0.0 && seconds <= 86_400.0 {
+        Ok(seconds)
+    } else {
+        Err(DataFusionError::Configuration(format!(
+            "audiolake.decode_max_seconds must be more than 0 and at most 86400, not {seconds}"
+        )))
     }
 }
 

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
@@ -83,7 +85,7 @@ impl Users {
     fn entries(&self) -> Arc<HashMap<String, Entry>> {
         let now = modified(&self.path);
         {
-            let loaded = self.loaded.read().expect("users lock");
+            let loaded = self.loaded.read();
             if loaded.0 == now {
                 return Arc::clone(&loaded.1);
             }
@@ -91,13 +93,13 @@ impl Users {
         match read_file(&self.path) {
             Ok(entries) => {
                 let entries = Arc::new(entries);
-                *self.loaded.write().expect("users lock") = (now, Arc::clone(&entries));
+                *self.loaded.write() = (now, Arc::clone(&entries));
                 entries
             }
             Err(e) => {
                 // Keep serving with the users known so far rather than locking everyone out.
                 log::warn!("{e:#}; keeping the users loaded before");
-                Arc::clone(&self.loaded.read().expect("users lock").1)
+                Arc::clone(&self.loaded.read().1)
             }
         }
     }

@@ -16,7 +16,9 @@ use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -75,7 +77,7 @@ pub struct Server {
 impl Server {
     /// The cancel signal of the connection with `key`, registered at its first statement.
     fn cancel_signal(&self, (pid, secret): (i32, SecretKey)) -> Arc<Notify> {
-        let mut cancels = self.cancels.lock().expect("cancels lock");
+        let mut cancels = self.cancels.lock();
         cancels.retain(|_, signal| signal.strong_count() > 0);
         let key = (pid, secret.to_bytes());
         if let Some(signal) = cancels.get(&key).and_then(Weak::upgrade) {
@@ -95,7 +97,6 @@ impl Server {
         let signal = self
             .cancels
             .lock()
-            .expect("cancels lock")
             .get(&key)
             .and_then(Weak::upgrade);
         if let Some(signal) = signal {
@@ -263,7 +264,7 @@ impl Activity {
     /// Returns once the connection has run nothing for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
         loop {
-            let last = *self.last.lock().expect("activity lock");
+            let last = *self.last.lock();
             let idle = last.elapsed();
             if self.running.load(Ordering::SeqCst) == 0 && idle >= timeout {
                 return;
@@ -279,7 +280,7 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.last.lock().expect("activity lock") = Instant::now();
+        *self.0.last.lock() = Instant::now();
         self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }

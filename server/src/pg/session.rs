@@ -5,7 +5,9 @@
 
 use std::fmt::Debug;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -520,7 +522,7 @@ struct Finish {
 
 impl Finish {
     fn set(&self, outcome: Outcome) {
-        let mut current = self.outcome.lock().expect("outcome lock");
+        let mut current = self.outcome.lock();
         if *current == Outcome::Ok {
             *current = outcome;
         }
@@ -537,7 +539,7 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        let outcome = *self.outcome.lock().expect("outcome lock");
+        let outcome = *self.outcome.lock();
         self.server
             .metrics
             .query_finished(outcome, self.started.elapsed());

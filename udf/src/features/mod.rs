@@ -229,6 +229,11 @@ pub enum AnalysisError {
     Resample(#[from] ResampleError),
     #[error("no audio could be decoded ({errors} corrupt packets)")]
     NoAudio { errors: u64 },
+    #[error(
+        "the file holds more than {max_seconds} s of audio at {rate} Hz, the most one call \
+         returns; raise audiolake.decode_max_seconds or ask for a lower sample rate"
+    )]
+    TooLong { max_seconds: f64, rate: u32 },
     #[error("cannot open {path}: {source}")]
     Open {
         path: PathBuf,
