@@ -165,7 +165,7 @@ impl MusicnnGroup {
     fn keep(&mut self, mel: [f32; N_MELS], patch_frames: usize) {
         let patch = self.seen / patch_frames;
         self.seen += 1;
-        if patch % self.stride != 0 {
+        if !patch.is_multiple_of(self.stride) {
             return;
         }
         self.frames.push(mel);
