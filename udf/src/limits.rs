@@ -27,7 +27,7 @@ pub enum LimitError {
     #[error("unsupported channel count {0} (audiolake reads 1 to {MAX_CHANNELS} channels)")]
     Channels(usize),
     #[error(
-        "unsupported bit depth of {0} bits (audiolake reads 1 to {MAX_BITS_PER_SAMPLE} bits per sample)"
+        "unsupported bit depth of {0} bits (audiolake reads up to {MAX_BITS_PER_SAMPLE} bits per sample)"
     )]
     BitsPerSample(u32),
     #[error(
@@ -55,11 +55,10 @@ pub fn check_params(params: &AudioCodecParameters) -> Result<(), LimitError> {
             return Err(LimitError::Channels(count));
         }
     }
-    for bits in [params.bits_per_sample, params.bits_per_coded_sample]
-        .into_iter()
-        .flatten()
-    {
-        if !(1..=MAX_BITS_PER_SAMPLE).contains(&bits) {
+    // Only the decoded width: demuxers fill the coded width (and 0 for "unknown") loosely for
+    // compressed codecs, e.g. CAF with AAC.
+    if let Some(bits) = params.bits_per_sample {
+        if bits > MAX_BITS_PER_SAMPLE {
             return Err(LimitError::BitsPerSample(bits));
         }
     }
@@ -96,6 +95,19 @@ mod tests {
         assert_eq!(
             check_params(&params),
             Err(LimitError::PacketFrames(1 << 32))
+        );
+        params
+            .with_max_frames_per_packet(1152)
+            .with_bits_per_sample(0)
+            .with_bits_per_coded_sample(0);
+        assert_eq!(check_params(&params), Ok(()), "0 bits means unknown");
+        params.with_bits_per_sample(96);
+        assert_eq!(
+            check_params(&params).map_err(|e| e.to_string()),
+            Err(
+                "unsupported bit depth of 96 bits (audiolake reads up to 64 bits per sample)"
+                    .into()
+            )
         );
         assert_eq!(check_sample_rate(999), Err(LimitError::SampleRate(999)));
         assert_eq!(check_sample_rate(1000), Ok(()));
