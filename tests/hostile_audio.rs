@@ -127,7 +127,19 @@ async fn crafted_files_are_error_rows_and_good_rows_keep_their_values() {
     let bpm = texts(&batch, "bpm");
     assert_eq!(
         bpm,
-        ["120", "NULL", "90", "NULL", &bpm[4], "140", "100", "NULL", "NULL", "NULL", "NULL"]
+        [
+            "120",
+            "NULL",
+            "90",
+            "NULL",
+            bpm[4].as_str(),
+            "140",
+            "100",
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL"
+        ]
     );
 
     let batch = query(
@@ -221,7 +233,7 @@ async fn path_functions_on_a_crafted_file_give_null_and_the_reason() {
             "NULL",
             "NULL",
             "true",
-            &rate_error(4_294_967_291),
+            rate_error(4_294_967_291).as_str(),
             "NULL",
             "true",
             "true"
