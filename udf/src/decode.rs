@@ -14,6 +14,8 @@ use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
+use crate::limits::{self, LimitError};
+
 /// After this many corrupt packets in a row the stream is taken as ended: a file of garbage
 /// must not keep the decoder busy for ever.
 const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
@@ -31,6 +33,8 @@ pub enum DecodeError {
     NoAudioTrack,
     #[error("the audio track has no sample rate or channel layout in its header")]
     MissingParameters,
+    #[error(transparent)]
+    Limit(#[from] LimitError),
     #[error("no decoder for the audio codec: {0}")]
     UnsupportedCodec(#[source] SymphoniaError),
     #[error("decoding stopped: {0}")]
@@ -126,6 +130,8 @@ impl DecodeStream {
             .and_then(|p| p.audio())
             .ok_or(DecodeError::NoAudioTrack)?;
         let sample_rate = params.sample_rate.ok_or(DecodeError::MissingParameters)?;
+        // Before the decoder is built: it sizes its buffers from these values.
+        limits::check_params(params)?;
         let channels = params.channels.as_ref().map_or(0, |c| c.count());
         let decoder = symphonia::default::get_codecs()
             .make_audio_decoder(params, &AudioDecoderOptions::default())

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod features;
+pub mod limits;
 pub mod probe;
 pub mod resample;
 pub mod samples;

@@ -22,6 +22,8 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::{MetadataOptions, MetadataRevision, StandardTag, Tag};
 use symphonia::core::units::Time;
 
+use crate::limits::{self, LimitError};
+
 /// Stream parameters and tags of one audio file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AudioHeader {
@@ -64,6 +66,8 @@ pub enum ProbeError {
     Io(String),
     #[error("decoder panicked while reading the header: {0}")]
     Panic(String),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// Probes one audio file. `extension` (without the dot) is a hint for the demuxer search.
@@ -144,6 +148,7 @@ fn probe_inner(
             "{format} header gives no usable sample rate or channel count"
         )));
     }
+    limits::check_params(&params)?;
     let lossless = matches!(codec.as_str(), "flac" | "alac" | "pcm" | "adpcm");
     let bits_per_sample = if lossless {
         params.bits_per_sample
@@ -153,15 +158,25 @@ fn probe_inner(
 
     let tags = read_tags(reader.as_mut(), track.id);
 
+    let seconds = |frames: u64| frames as f64 / f64::from(sample_rate.unwrap_or(1));
     let duration_s = if format == "mp3" && track.delay.is_none() {
-        count_packet_frames(reader.as_mut(), track.id)
-            .map(|frames| frames as f64 / f64::from(sample_rate.unwrap_or(1)))
+        count_packet_frames(reader.as_mut(), track.id).map(seconds)
     } else {
         let duration = track_duration(&track, sample_rate);
-        if let Some(d) = duration {
-            check_stream_reaches(reader.as_mut(), track.id, d)?;
+        // An MP3 cut short still plays and its LAME/Xing frame still claims the full length:
+        // look for audio in its last tenth of a second, elsewhere in the last second.
+        let margin_s = if format == "mp3" { 0.1 } else { 1.0 };
+        let reached =
+            duration.map(|d| check_stream_reaches(reader.as_mut(), track.id, d, margin_s));
+        match reached {
+            // Its length is then what is present, not what the header claims.
+            Some(Err(_)) if format == "mp3" => {
+                rewind(reader.as_mut(), track.id)?;
+                count_packet_frames(reader.as_mut(), track.id).map(seconds)
+            }
+            Some(Err(e)) => return Err(e),
+            _ => duration,
         }
-        duration
     };
     let bitrate_kbps = match (byte_len, duration_s) {
         (Some(len), Some(d)) if d > 0.0 => Some(len as f64 * 8.0 / d / 1000.0),
@@ -210,14 +225,15 @@ fn track_duration(track: &Track, sample_rate: Option<u32>) -> Option<f64> {
     Some(tb.calc_duration(dur)?.as_secs_f64())
 }
 
-/// Seeks to the last second the header promises and reads a packet there: a file cut short
+/// Seeks to `margin_s` before the end the header promises and reads a packet there: a file cut short
 /// (or whose header lies about its length) fails here, at the cost of one read near the end.
 fn check_stream_reaches(
     reader: &mut dyn FormatReader,
     track_id: u32,
     duration_s: f64,
+    margin_s: f64,
 ) -> Result<(), ProbeError> {
-    let target = (duration_s - 1.0).max(duration_s / 2.0);
+    let target = (duration_s - margin_s).max(duration_s / 2.0);
     let Some(time) = Time::try_from_secs_f64(target) else {
         return Ok(());
     };
@@ -242,6 +258,18 @@ fn check_stream_reaches(
             Err(e) => return Err(truncated(e.to_string())),
         }
     }
+}
+
+/// Seeks back to the first packet of `track_id`.
+fn rewind(reader: &mut dyn FormatReader, track_id: u32) -> Result<(), ProbeError> {
+    let to = SeekTo::Time {
+        time: Time::ZERO,
+        track_id: Some(track_id),
+    };
+    reader
+        .seek(SeekMode::Accurate, to)
+        .map(|_| ())
+        .map_err(classify)
 }
 
 /// Counts the audio frames of every packet of `track_id` (reads the whole stream).

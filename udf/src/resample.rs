@@ -7,6 +7,8 @@
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
 
+use crate::limits::MAX_SAMPLE_RATE;
+
 /// Input frames per resampler call: small enough to stay in cache, big enough for the FFT.
 const CHUNK: usize = 1024;
 
@@ -30,7 +32,16 @@ pub struct StreamResampler {
 }
 
 impl StreamResampler {
+    /// Both rates must lie in 1..=[`MAX_SAMPLE_RATE`]: the FFT sizes are `rate / gcd(from, to)`,
+    /// so an unchecked rate could ask for gigabytes.
     pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
+        if ![from, to].iter().all(|r| (1..=MAX_SAMPLE_RATE).contains(r)) {
+            return Err(ResampleError::Construction {
+                from,
+                to,
+                message: format!("rates must lie between 1 and {MAX_SAMPLE_RATE} Hz"),
+            });
+        }
         let inner = if from == to {
             None
         } else {
@@ -163,6 +174,16 @@ mod tests {
             })
             .fold(0.0f32, f32::max);
         assert!(max_err < 0.01, "max error {max_err}");
+    }
+
+    #[test]
+    fn absurd_rates_are_refused_before_any_allocation() {
+        let err = StreamResampler::new(4_294_967_291, 22_050).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "cannot resample from 4294967291 Hz to 22050 Hz: rates must lie between 1 and 768000 Hz"
+        );
+        assert!(StreamResampler::new(44_100, 0).is_err());
     }
 
     #[test]

@@ -135,10 +135,49 @@ pub fn labels() -> Result<Vec<(&'static str, String)>, String> {
     Ok(labels)
 }
 
-#[derive(Default)]
+/// Patches (3 s each) kept per file: about an hour. A longer file keeps an evenly spread
+/// sample of its patches (every 2nd, 4th, ...) so that memory stays bounded however many
+/// hours a header or a decompression bomb declares.
+const MAX_PATCHES: usize = 1200;
+
 pub struct MusicnnGroup {
     frames: Vec<[f32; N_MELS]>,
+    /// Frames seen, kept or not.
+    seen: usize,
+    /// Only every `stride`-th patch is kept (1 until the file passes [`MAX_PATCHES`]).
+    stride: usize,
     error: Option<String>,
+}
+
+impl Default for MusicnnGroup {
+    fn default() -> Self {
+        Self {
+            frames: Vec::new(),
+            seen: 0,
+            stride: 1,
+            error: None,
+        }
+    }
+}
+
+impl MusicnnGroup {
+    /// Keeps `mel` if its patch is one of the sampled ones; halves the sample when full.
+    fn keep(&mut self, mel: [f32; N_MELS], patch_frames: usize) {
+        let patch = self.seen / patch_frames;
+        self.seen += 1;
+        if !patch.is_multiple_of(self.stride) {
+            return;
+        }
+        self.frames.push(mel);
+        if self.frames.len() == MAX_PATCHES * patch_frames {
+            let mut index = 0;
+            self.frames.retain(|_| {
+                index += 1;
+                ((index - 1) / patch_frames).is_multiple_of(2)
+            });
+            self.stride *= 2;
+        }
+    }
 }
 
 /// The struct of one `tags` entry.
@@ -226,8 +265,9 @@ impl Extractor for MusicnnGroup {
                 return;
             }
         };
+        let patch_frames = networks.mtt.model().patch_frames().max(1);
         match networks.mtt.model().logmel_frame(frame.power) {
-            Ok(mel) => self.frames.push(mel),
+            Ok(mel) => self.keep(mel, patch_frames),
             Err(e) => self.error = Some(e.to_string()),
         }
     }
@@ -264,5 +304,26 @@ impl Extractor for MusicnnGroup {
             Value::Float32List(scores),
             Value::Bool(mtt.padded),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_file_keeps_an_evenly_spread_bounded_sample_of_patches() {
+        let patch_frames = 2;
+        let mut group = MusicnnGroup::default();
+        // 5000 patches, each frame tagged with its patch number.
+        for frame in 0..10_000 {
+            group.keep([(frame / patch_frames) as f32; N_MELS], patch_frames);
+        }
+        assert_eq!(group.stride, 8);
+        let kept: Vec<f32> = group.frames.iter().map(|mel| mel[0]).collect();
+        let expected: Vec<f32> = (0..625)
+            .flat_map(|p| [(p * 8) as f32; 2])
+            .collect::<Vec<f32>>();
+        assert_eq!(kept, expected);
     }
 }
