@@ -143,7 +143,7 @@ async fn run(moto: &Moto) {
     // Malformed parts are set aside, left in place, and reported.
     for (name, bytes) in [
         ("part-empty.parquet", &b""[..]),
-        ("part-garbage.parquet", b"garbage"),
+        ("part-garbage.parquet", &b"garbage"[..]),
     ] {
         client
             .put(
