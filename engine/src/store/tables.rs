@@ -2,7 +2,6 @@
 //! group's current version, read from its live Parquet parts (neither parts replaced by a
 //! compaction nor malformed ones).
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -79,10 +78,6 @@ impl LiveParts {
 
 #[async_trait]
 impl TableProvider for LiveParts {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
