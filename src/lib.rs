@@ -18,7 +18,7 @@
 
 pub use audiolake_engine::{
     audio, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError, FlushPolicy,
-    Result, ScanProgress, StoreStats,
+    Result, ScanProgress, StoreProblem, StoreStats, DEFAULT_RETENTION,
 };
 pub use audiolake_udf as udf;
 pub use datafusion;
@@ -95,6 +95,13 @@ impl AudioLakeBuilder {
     /// 10 seconds, and at the end of each scan).
     pub fn flush_policy(mut self, policy: FlushPolicy) -> Self {
         self.config.flush = policy;
+        self
+    }
+
+    /// How long `compact_store` keeps the parts it replaced (default one hour), so that
+    /// readers that listed them a moment before still find them; zero deletes them at once.
+    pub fn compact_retention(mut self, retention: std::time::Duration) -> Self {
+        self.config.retention = retention;
         self
     }
 

@@ -39,7 +39,10 @@ use crate::object_stores::GuardedRegistry;
 use crate::progress::ScanProgress;
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
-use crate::store::{register_feature_tables, CompactReport, FeatureStore, FlushPolicy};
+use crate::store::{
+    register_feature_tables, CompactReport, FeatureStore, FlushPolicy, StoreProblem,
+    DEFAULT_RETENTION,
+};
 
 /// How to open an [`Engine`].
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// When analysis results are published to the feature store.
     pub flush: FlushPolicy,
+    /// How long compaction keeps the parts it replaced, for readers that listed them.
+    pub retention: std::time::Duration,
     /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
     /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
     pub memory_limit: Option<usize>,
@@ -68,6 +73,7 @@ impl Default for EngineConfig {
             allowed: Vec::new(),
             target_partitions: None,
             flush: FlushPolicy::default(),
+            retention: DEFAULT_RETENTION,
             memory_limit: None,
             device: "cpu".to_string(),
             batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
@@ -139,6 +145,7 @@ impl Engine {
             Arc::clone(&store),
             &store_prefix,
             config.flush,
+            config.retention,
         ));
         let indexes = Arc::new(Indexes::new(Arc::clone(&store), &store_prefix));
         let mut state = SessionStateBuilder::new()
@@ -172,7 +179,7 @@ impl Engine {
             "audiolake_indexes",
             Arc::new(SnapshotTable(IndexTable::new(Arc::clone(&indexes)))),
         )?;
-        register_feature_tables(&ctx, &store_url)?;
+        register_feature_tables(&ctx, &store_url, &features)?;
         let jobs = Arc::new(Jobs::default());
         ctx.register_table(
             "audiolake_progress",
@@ -494,6 +501,14 @@ impl Engine {
     /// use; safe while queries run.
     pub async fn compact_store(&self) -> Result<CompactReport> {
         Ok(self.features.compact().await?)
+    }
+
+    /// Malformed objects of the store met so far (feature parts, compaction records, index
+    /// definitions): each is left in place and skipped.
+    pub fn store_problems(&self) -> Vec<StoreProblem> {
+        let mut problems = self.features.problems();
+        problems.extend(self.indexes.problems());
+        problems
     }
 
     /// Problems met while opening (tables that could not be restored).

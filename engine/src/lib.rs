@@ -21,4 +21,6 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use jobs::AnalyzeReport;
 pub use progress::ScanProgress;
-pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats};
+pub use store::{
+    CompactReport, FeatureStore, FlushPolicy, StoreProblem, StoreStats, DEFAULT_RETENTION,
+};
