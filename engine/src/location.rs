@@ -124,7 +124,7 @@ const STORE_INTERNALS: &[(&str, Access)] = &[
 /// The roots under which the engine may read and write; everything else is refused.
 ///
 /// Locations are compared segment by segment, as the object store will open them: a segment
-/// that decodes to `.`, `..` or holds a `/` or `\\` is refused, and a local path is checked
+/// that is, or decodes to, `.` or `..`, or holds a `/` or `\\`, is refused, and a local path is checked
 /// again after resolving its symlinks (or those of its nearest existing ancestor, for a file
 /// about to be written).
 #[derive(Debug, Clone, Default)]
@@ -255,7 +255,9 @@ impl AllowedRoots {
                     ),
                 });
             }
-            parts.push(decoded.into_owned());
+            // Stores open the part as it is (`%6D` is three characters, not `m`); refusing what
+            // it decodes to as well keeps a store that decodes from stepping out.
+            parts.push(raw.to_string());
         }
         url.path_segments_mut()
             .map_err(|()| EngineError::InvalidLocation {
@@ -494,7 +496,7 @@ mod tests {
                 continue;
             }
             allowed += 1;
-            // LocalFileSystem opens each part percent-decoded.
+            // The more dangerous reading: a store that opens each part percent-decoded.
             let decoded: Vec<String> = object
                 .parts()
                 .map(|p| {
