@@ -126,6 +126,13 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// The file where `CREATE SECRET` keeps S3 credentials, outside the store and readable by
+    /// its owner only (default `~/.config/audiolake/secrets.json`).
+    pub fn secrets_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.secrets_file = Some(path.into());
+        self
+    }
+
     pub async fn build(self) -> Result<AudioLake> {
         Ok(AudioLake {
             engine: Engine::open(self.config).await?,

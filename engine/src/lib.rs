@@ -4,6 +4,7 @@
 
 pub mod audio;
 mod catalog;
+mod durable;
 mod engine;
 mod error;
 mod functions;
@@ -11,7 +12,9 @@ pub mod index;
 mod jobs;
 pub mod location;
 mod object_stores;
+pub mod problems;
 mod progress;
+mod secrets;
 mod snapshot;
 pub mod sql;
 mod store;

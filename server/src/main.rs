@@ -223,6 +223,11 @@ struct EngineArgs {
     /// Patches per forward pass of the networks, shared by the files analysed at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     batch_size: usize,
+
+    /// File where CREATE SECRET keeps S3 credentials, outside the store (mode 0600; default
+    /// ~/.config/audiolake/secrets.json).
+    #[arg(long, value_name = "FILE", env = "AUDIOLAKE_SECRETS")]
+    secrets: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +258,9 @@ impl EngineArgs {
         }
         if let Some(n) = self.partitions {
             builder = builder.target_partitions(n);
+        }
+        if let Some(file) = &self.secrets {
+            builder = builder.secrets_file(file);
         }
         let interval = Duration::try_from_secs_f64(self.flush_seconds)
             .context("--flush-seconds must be a non-negative number")?;

@@ -108,6 +108,8 @@ fn classify_df(mut statement: DfStatement) -> Classified {
                     object_type: ObjectType::Table | ObjectType::Index,
                     ..
                 } | Statement::CreateIndex(_)
+                    | Statement::CreateSecret { .. }
+                    | Statement::DropSecret { .. }
             ) || sets_device(inner),
         ),
         DfStatement::Explain(explain) => (classify_df(*explain.statement.clone()).writes, false),
