@@ -270,11 +270,11 @@ async fn malformed_parts_are_set_aside_and_reported() {
         .into_iter()
         .map(|p| {
             assert!(
-                p.reason
+                p.problem
                     .starts_with("not a readable part of feature group loudness"),
                 "{p:?}"
             );
-            Path::new(&p.path)
+            Path::new(&p.object)
                 .file_name()
                 .unwrap()
                 .to_string_lossy()
@@ -493,12 +493,12 @@ async fn a_garbage_index_definition_is_set_aside() {
     let problems = b.engine().store_problems();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].path.ends_with("indexes/broken.json"),
+        problems[0].object.ends_with("indexes/broken.json"),
         "{problems:?}"
     );
     assert!(
         problems[0]
-            .reason
+            .problem
             .starts_with("not an index definition: EOF while parsing"),
         "{problems:?}"
     );

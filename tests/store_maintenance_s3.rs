@@ -161,7 +161,7 @@ async fn run(moto: &Moto) {
         .engine()
         .store_problems()
         .into_iter()
-        .map(|p| p.path)
+        .map(|p| p.object)
         .collect();
     problems.sort();
     assert_eq!(

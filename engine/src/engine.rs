@@ -38,13 +38,13 @@ use crate::index::system_table::IndexTable;
 use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
 use crate::location::{object_path, resolve_location, Access, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
-use crate::problems::{ProblemsTable, StoreProblems};
+use crate::problems::{ProblemsTable, StoreProblem, StoreProblems};
 use crate::progress::ScanProgress;
 use crate::secrets::{self, Secrets, CREDENTIAL_OPTIONS};
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{
-    register_feature_tables, CompactReport, FeatureStore, FlushPolicy, StoreProblem,
+    register_feature_tables, CompactReport, FeatureStore, FlushPolicy,
     DEFAULT_RETENTION,
 };
 
@@ -159,13 +159,19 @@ impl Engine {
         let progress = Arc::new(ScanProgress::default());
         let store = registry.engine_store(&store_url)?;
         let store_prefix = object_path(&store_url)?;
+        let problems = Arc::new(StoreProblems::default());
         let features = Arc::new(FeatureStore::new(
             Arc::clone(&store),
             &store_prefix,
             config.flush,
             config.retention,
+            Arc::clone(&problems),
         ));
-        let indexes = Arc::new(Indexes::new(Arc::clone(&store), &store_prefix));
+        let indexes = Arc::new(Indexes::new(
+            Arc::clone(&store),
+            &store_prefix,
+            Arc::clone(&problems),
+        ));
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(Arc::clone(&runtime))
@@ -207,7 +213,6 @@ impl Engine {
             ))),
         )?;
 
-        let problems = Arc::new(StoreProblems::default());
         ctx.register_table(
             "audiolake_store_problems",
             Arc::new(SnapshotTable(ProblemsTable(Arc::clone(&problems)))),
@@ -664,22 +669,15 @@ impl Engine {
         Ok(self.features.compact().await?)
     }
 
-    /// Malformed objects of the store met so far (feature parts, compaction records, index
-    /// definitions): each is left in place and skipped.
-    pub fn store_problems(&self) -> Vec<StoreProblem> {
-        let mut problems = self.features.problems();
-        problems.extend(self.indexes.problems());
-        problems
-    }
-
     /// Problems met while opening (tables that could not be restored).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
-    /// Objects in the store set aside as unusable (also the `audiolake_store_problems` table).
-    pub fn store_problems(&self) -> Arc<StoreProblems> {
-        Arc::clone(&self.problems)
+    /// Objects of the store set aside as unusable so far (catalog records, feature parts,
+    /// compaction records, index definitions; also the `audiolake_store_problems` table).
+    pub fn store_problems(&self) -> Vec<StoreProblem> {
+        self.problems.list()
     }
 }
 

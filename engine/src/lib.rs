@@ -24,6 +24,5 @@ pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use jobs::AnalyzeReport;
 pub use progress::ScanProgress;
-pub use store::{
-    CompactReport, FeatureStore, FlushPolicy, StoreProblem, StoreStats, DEFAULT_RETENTION,
-};
+pub use problems::StoreProblem;
+pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats, DEFAULT_RETENTION};

@@ -28,18 +28,31 @@ pub struct StoreProblems {
 }
 
 impl StoreProblems {
-    /// Records a problem and logs it as a warning.
+    /// Records a problem and logs it as a warning, once per object.
     pub fn report(&self, problem: StoreProblem) {
+        let mut found = self
+            .found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if found.iter().any(|p| p.object == problem.object) {
+            return;
+        }
         log::warn!(
             "store object {} set aside: {} ({})",
             problem.object,
             problem.problem,
             problem.action
         );
-        self.found
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(problem);
+        found.push(problem);
+    }
+
+    /// Records an object that its readers skip and leave where it is.
+    pub fn skipped(&self, object: &str, problem: String) {
+        self.report(StoreProblem {
+            object: object.to_owned(),
+            problem,
+            action: "left in place, not read".to_owned(),
+        });
     }
 
     pub fn list(&self) -> Vec<StoreProblem> {

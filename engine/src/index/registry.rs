@@ -43,7 +43,8 @@ use tokio::sync::Mutex;
 
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
-use crate::store::{now_micros, Quarantine, StoreProblem};
+use crate::problems::StoreProblems;
+use crate::store::now_micros;
 
 /// Key columns, in order of preference.
 const KEY_COLUMNS: [&str; 2] = ["path", "id"];
@@ -136,7 +137,7 @@ pub struct Indexes {
     store: Arc<dyn ObjectStore>,
     dir: Path,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
-    quarantine: Quarantine,
+    problems: Arc<StoreProblems>,
 }
 
 impl std::fmt::Debug for Indexes {
@@ -154,19 +155,14 @@ fn index_error(e: super::IndexError) -> DataFusionError {
 }
 
 impl Indexes {
-    /// `root` is the store's path.
-    pub fn new(store: Arc<dyn ObjectStore>, root: &Path) -> Self {
+    /// `root` is the store's path; unreadable definitions are reported to `problems`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, problems: Arc<StoreProblems>) -> Self {
         Self {
             store,
             dir: root.clone().join("indexes"),
             entries: RwLock::new(BTreeMap::new()),
-            quarantine: Quarantine::default(),
+            problems,
         }
-    }
-
-    /// Index definitions that could not be read (left in place, not loaded).
-    pub fn problems(&self) -> Vec<StoreProblem> {
-        self.quarantine.problems()
     }
 
     /// The entries; a panic elsewhere while they were held leaves them usable (each change is
@@ -216,7 +212,7 @@ impl Indexes {
                         }),
                     );
                 }
-                Err(reason) => self.quarantine.report(meta.location.as_ref(), reason),
+                Err(reason) => self.problems.skipped(meta.location.as_ref(), reason),
             }
         }
         *self.entries_mut() = entries;
@@ -229,7 +225,7 @@ impl Indexes {
         meta: &object_store::ObjectMeta,
     ) -> Result<Option<IndexDefinition>> {
         if meta.size > MAX_DEFINITION_BYTES {
-            self.quarantine.report(
+            self.problems.skipped(
                 meta.location.as_ref(),
                 format!(
                     "an index definition of {} bytes (at most {MAX_DEFINITION_BYTES} are read)",
@@ -250,7 +246,7 @@ impl Indexes {
         match serde_json::from_slice(&bytes) {
             Ok(definition) => Ok(Some(definition)),
             Err(e) => {
-                self.quarantine.report(
+                self.problems.skipped(
                     meta.location.as_ref(),
                     format!("not an index definition: {e}"),
                 );

@@ -99,7 +99,7 @@ impl FeatureStore {
             Err(e) => return Err(e.into()),
         };
         if found.meta.size > MAX_RECORD_BYTES {
-            self.quarantine.report(
+            self.problems.skipped(
                 path.as_ref(),
                 format!(
                     "a compaction record of {} bytes (at most {MAX_RECORD_BYTES} are read)",
@@ -122,7 +122,7 @@ impl FeatureStore {
                     .collect(),
             )),
             Err(e) => {
-                self.quarantine
+                self.problems
                     .report(path.as_ref(), format!("not a compaction record: {e}"));
                 Ok(RecordRead::Malformed)
             }

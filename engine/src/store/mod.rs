@@ -10,11 +10,10 @@
 //!
 //! Compaction leaves the parts it replaced in place for a while, named in a record beside them
 //! (see [`compact`]): readers take the live parts only. A part that cannot be read as one of its
-//! group's parts is set aside (see [`quarantine`]), never deleted.
+//! group's parts is set aside (see [`crate::problems`]), never deleted.
 
 mod compact;
 mod part;
-mod quarantine;
 mod read_through;
 mod tables;
 
@@ -32,12 +31,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use compact::RecordRead;
 pub use compact::{CompactReport, DEFAULT_RETENTION};
 pub(crate) use part::{Decoded, Fingerprint, StoredRow};
-pub(crate) use quarantine::Quarantine;
-pub use quarantine::StoreProblem;
 pub(crate) use read_through::analyze_cached;
 pub(crate) use tables::register_feature_tables;
 
 use crate::audio::columns::DECODE_GROUP;
+use crate::problems::StoreProblems;
 
 /// Stored parts fetched at once when reading a group's results.
 const PARTS_IN_FLIGHT: usize = 8;
@@ -153,7 +151,7 @@ pub struct FeatureStore {
     refreshing: tokio::sync::Mutex<()>,
     pending: Mutex<Pending>,
     stats: StoreStats,
-    quarantine: Quarantine,
+    problems: Arc<StoreProblems>,
 }
 
 impl std::fmt::Debug for FeatureStore {
@@ -202,12 +200,13 @@ pub(crate) fn now_micros() -> i64 {
 
 impl FeatureStore {
     /// A store under `prefix` (the engine's store location) of `store`; compaction keeps the
-    /// parts it replaces for `retention`.
+    /// parts it replaces for `retention`; malformed parts are reported to `problems`.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         prefix: &Path,
         policy: FlushPolicy,
         retention: Duration,
+        problems: Arc<StoreProblems>,
     ) -> Self {
         let root = prefix.clone().join("features");
         Self {
@@ -221,17 +220,12 @@ impl FeatureStore {
             refreshing: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             stats: StoreStats::default(),
-            quarantine: Quarantine::default(),
+            problems,
         }
     }
 
     pub fn stats(&self) -> &StoreStats {
         &self.stats
-    }
-
-    /// Malformed parts and compaction records met so far (left in place, not read).
-    pub fn problems(&self) -> Vec<StoreProblem> {
-        self.quarantine.problems()
     }
 
     /// The in-memory indexes; a panic elsewhere while one was held leaves them usable (every
@@ -349,7 +343,7 @@ impl FeatureStore {
                         }
                     }
                     Err(e) => {
-                        self.quarantine.report(
+                        self.problems.skipped(
                             path.as_ref(),
                             format!(
                                 "not a readable part of feature group {} v{}: {e}",
