@@ -191,7 +191,7 @@ impl PathFunction {
     async fn decode(&self, path: &str, rate: Option<u32>, max_seconds: f64) -> Result<Decoded> {
         Ok(match self.locate(path).await? {
             Ok((store, meta, _)) => decode_object(store, meta, rate, max_seconds).await,
-            Err(e) => Decoded::Unreadable(e),
+            Err(_) => Decoded::Unreadable,
         })
     }
 
@@ -318,7 +318,7 @@ impl PathFunction {
                 let rate = rate.map(check_rate).transpose()?;
                 match self.decode(&path, rate, max_seconds).await? {
                     Decoded::Samples(samples) => Ok(Some(samples)),
-                    Decoded::Unreadable(_) => Ok(None),
+                    Decoded::Unreadable => Ok(None),
                     Decoded::TooLong(reason) => Err(DataFusionError::Execution(format!(
                         "decode('{path}'): {reason}"
                     ))),

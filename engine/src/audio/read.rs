@@ -47,7 +47,7 @@ pub async fn analyze_object(
 pub enum Decoded {
     Samples(Vec<f32>),
     /// The file could not be read or decoded: the row is NULL.
-    Unreadable(String),
+    Unreadable,
     /// More audio than one call may return: the query fails with this message.
     TooLong(String),
 }
@@ -73,7 +73,7 @@ pub async fn decode_object(
         },
     )
     .await;
-    decoded.unwrap_or_else(Decoded::Unreadable)
+    decoded.unwrap_or(Decoded::Unreadable)
 }
 
 async fn blocking<T: Send + 'static>(
