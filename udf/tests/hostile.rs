@@ -31,6 +31,7 @@ fn decode_error(bytes: &[u8], ext: &str) -> String {
         Box::new(Cursor::new(bytes.to_vec())),
         Some(ext),
         Some(16_000),
+        600.0,
     ) {
         Ok((samples, _)) => panic!("{ext} decoded to {} samples", samples.len()),
         Err(e) => e.to_string(),

@@ -123,7 +123,7 @@ impl FeatureStore {
             )),
             Err(e) => {
                 self.problems
-                    .report(path.as_ref(), format!("not a compaction record: {e}"));
+                    .skipped(path.as_ref(), format!("not a compaction record: {e}"));
                 Ok(RecordRead::Malformed)
             }
         }
