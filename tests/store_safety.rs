@@ -133,7 +133,7 @@ async fn credentials_already_in_the_catalog_are_moved_out_when_it_opens() {
     let setup = setup();
     let tables = setup.store.join("catalog/tables");
     std::fs::create_dir_all(&tables).unwrap();
-    let old = r#"{"name": "masters", "definition": "CREATE EXTERNAL TABLE masters STORED AS AUDIO LOCATION 's3://archive/masters/' OPTIONS ('aws.region' 'eu-west-1', 'aws.secret_access_key' 'hunter2')"}"#;
+    let old = r#"{"name": "masters", "definition": "CREATE EXTERNAL TABLE masters STORED AS AUDIO LOCATION 's3://archive/masters/' OPTIONS ('aws.region' 'eu-west-1', 'aws.access_key_id' 'AKIDEXAMPLE', 'aws.secret_access_key' 'hunter2')"}"#;
     std::fs::write(tables.join("masters.json"), old).unwrap();
 
     let lake = open(&setup).await;
@@ -336,7 +336,7 @@ async fn malformed_catalog_records_are_set_aside() {
             ),
             format!(
                 "{store}/catalog/tables/wrong.json | not a table record: invalid type: integer \
-                 `3`, expected a string at line 1 column 11 | moved to \
+                 `3`, expected a string at line 1 column 10 | moved to \
                  {store}/catalog/quarantine/wrong.json; the table was not restored"
             ),
         ]

@@ -533,6 +533,7 @@ async fn extension_settings_can_be_shown() {
         "+-----------------------------------+-------+\n\
          | name                              | value |\n\
          +-----------------------------------+-------+\n\
+         | audiolake.decode_max_seconds      | 600   |\n\
          | audiolake.device                  |       |\n\
          | hnsw.ef_search                    | 100   |\n\
          | pg_trgm.similarity_threshold      | 0.5   |\n\

@@ -215,6 +215,9 @@ impl AllowedRoots {
     /// inside the store's own folders, and, for a table, not a folder that holds them.
     pub fn check_sql(&self, location: &str, access: Access) -> Result<Url> {
         let url = self.check_location(location)?;
+        // The object path the store will open, segment by segment (`%2E%2E` in a local path
+        // is `..` to the store), for a clear error at planning rather than a failed write.
+        self.check_object(&store_url(&url), &object_path(&url)?, access, true)?;
         let segments = url_segments(&url).unwrap_or_default();
         for (internal, _) in &self.internals {
             let inside = contains(internal, &url, &segments);
