@@ -44,8 +44,7 @@ use crate::secrets::{self, Secrets, CREDENTIAL_OPTIONS};
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{
-    register_feature_tables, CompactReport, FeatureStore, FlushPolicy,
-    DEFAULT_RETENTION,
+    register_feature_tables, CompactReport, FeatureStore, FlushPolicy, DEFAULT_RETENTION,
 };
 
 /// How to open an [`Engine`].

@@ -23,6 +23,6 @@ pub use catalog::TableRecord;
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use jobs::AnalyzeReport;
-pub use progress::ScanProgress;
 pub use problems::StoreProblem;
+pub use progress::ScanProgress;
 pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats, DEFAULT_RETENTION};
