@@ -18,7 +18,7 @@
 
 pub use audiolake_engine::{
     audio, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError, FlushPolicy,
-    Result, ScanProgress, StoreStats,
+    Result, ScanProgress, StoreProblem, StoreStats, DEFAULT_RETENTION,
 };
 pub use audiolake_udf as udf;
 pub use datafusion;
@@ -98,6 +98,13 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// How long `compact_store` keeps the parts it replaced (default one hour), so that
+    /// readers that listed them a moment before still find them; zero deletes them at once.
+    pub fn compact_retention(mut self, retention: std::time::Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
     /// Bytes that query execution may hold at once across all queries (default: no limit); a
     /// query that needs more fails with a "Resources exhausted" error, and the others go on.
     pub fn memory_limit(mut self, bytes: usize) -> Self {
@@ -116,6 +123,13 @@ impl AudioLakeBuilder {
     /// at once.
     pub fn model_batch_size(mut self, patches: usize) -> Self {
         self.config.batch_size = patches.max(1);
+        self
+    }
+
+    /// The file where `CREATE SECRET` keeps S3 credentials, outside the store and readable by
+    /// its owner only (default `~/.config/audiolake/secrets.json`).
+    pub fn secrets_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.secrets_file = Some(path.into());
         self
     }
 

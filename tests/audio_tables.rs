@@ -391,8 +391,8 @@ async fn corpus_analysis_matches_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_is_capped_and_accounted_in_the_memory_pool() {
     let store = tempfile::tempdir().unwrap();
-    let music = std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music"))
-        .unwrap();
+    let music =
+        std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music")).unwrap();
     let flac = music.join("c_major_90.flac"); // 16 s at 48 kHz: 768,000 samples, 3 MB
     let error = |lake: AudioLake, sql: String| async move {
         match lake.sql(&sql).await {

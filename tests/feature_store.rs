@@ -42,13 +42,15 @@ fn setup() -> Setup {
     }
 }
 
-/// An engine over the store with table `t` over the music, reading files through a counter.
+/// An engine over the store with table `t` over the music, reading files through a counter;
+/// its compactions delete what they replace at once.
 async fn open(setup: &Setup, flush: FlushPolicy) -> (AudioLake, Arc<CountingStore>) {
     let lake = AudioLake::builder()
         .store(setup.store.to_str().unwrap())
         .allow_location(setup.dir.to_str().unwrap())
         .target_partitions(2)
         .flush_policy(flush)
+        .compact_retention(std::time::Duration::ZERO)
         .build()
         .await
         .unwrap();
@@ -232,8 +234,8 @@ async fn compaction_merges_parts_and_drops_old_versions() {
     let first = query(&lake, QUERY).await;
     // Two partitions publishing after every file: at most two files per part.
     assert!(parts(&setup.store, "spectral/v2") >= 4);
-    // A change makes a second row for tone1; results of an old version and of a group that no
-    // longer exists lie beside the current ones.
+    // A change makes a second row for tone1; results of an old version, and of a group this
+    // binary does not know (a newer one's), lie beside the current ones.
     write_wav(&setup.dir.join("tone1.wav"), 3, 2000.0);
     query(&lake, QUERY).await;
     let old = setup.store.join("features/spectral/v1");
@@ -257,10 +259,10 @@ async fn compaction_merges_parts_and_drops_old_versions() {
         report.rows_superseded, 2,
         "tone1's old loudness and spectral rows"
     );
-    assert_eq!(report.stale_objects_removed, 2);
+    assert_eq!(report.stale_objects_removed, 1);
     assert_eq!(parts(&setup.store, "spectral/v2"), 1);
     assert_eq!(parts(&setup.store, "spectral/v1"), 0);
-    assert_eq!(parts(&setup.store, "tempo"), 0);
+    assert_eq!(parts(&setup.store, "tempo"), 1);
     drop(lake);
 
     // Everything is still answered from the store.

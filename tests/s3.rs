@@ -70,10 +70,12 @@ fn expected_rows() -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-/// A lake with a local store that may read `s3://<BUCKET>/fixtures/`.
-async fn open_lake(store: &Path) -> AudioLake {
+/// A lake with a local store in `dir` that may read `s3://<BUCKET>/fixtures/`; its secrets
+/// file is in `dir` too, beside the store.
+async fn open_lake(dir: &Path) -> AudioLake {
     AudioLake::builder()
-        .store(store.to_str().unwrap())
+        .store(dir.join("lake").to_str().unwrap())
+        .secrets_file(dir.join("secrets.json"))
         .allow_location(format!("s3://{BUCKET}/fixtures/"))
         .target_partitions(2)
         .build()
@@ -95,7 +97,8 @@ async fn moto_with_fixtures() -> Option<Moto> {
 
 fn create_table_sql(moto: &Moto, name: &str) -> String {
     format!(
-        "CREATE EXTERNAL TABLE {name} STORED AS AUDIO LOCATION 's3://{BUCKET}/fixtures/' {}",
+        "{}; CREATE EXTERNAL TABLE {name} STORED AS AUDIO LOCATION 's3://{BUCKET}/fixtures/' {}",
+        moto.create_secret(),
         moto.table_options()
     )
 }
@@ -327,7 +330,8 @@ async fn s3_locations_outside_the_allowed_roots_are_refused() {
 
     // The same bucket is readable once allowed: the refusal above was the guard's.
     let lake = AudioLake::builder()
-        .store(store.path().to_str().unwrap())
+        .store(store.path().join("lake").to_str().unwrap())
+        .secrets_file(store.path().join("secrets.json"))
         .allow_location(format!("s3://{other}/music/"))
         .build()
         .await
@@ -335,8 +339,9 @@ async fn s3_locations_outside_the_allowed_roots_are_refused() {
     let batch = query(
         &lake,
         &format!(
-            "CREATE EXTERNAL TABLE allowed STORED AS AUDIO LOCATION 's3://{other}/music/' {}; \
-             SELECT file_name, sample_rate, title FROM allowed",
+            "{}; CREATE EXTERNAL TABLE allowed STORED AS AUDIO \
+             LOCATION 's3://{other}/music/' {}; SELECT file_name, sample_rate, title FROM allowed",
+            moto.create_secret(),
             moto.table_options()
         ),
     )

@@ -1,16 +1,18 @@
 //! External tables survive restarts: each one's CREATE statement is kept in the store under
-//! `catalog/tables/<name>.json` and replayed when the engine opens.
+//! `catalog/tables/<name>.json` and replayed when the engine opens. Credentials never go in a
+//! record (see [`crate::secrets`]).
 
 use std::sync::Arc;
 
 use datafusion::sql::parser::CreateExternalTable;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::location::resolve_location;
+use crate::problems::{StoreProblem, StoreProblems};
 
 /// One persisted table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,13 +85,21 @@ pub fn definition(create: &CreateExternalTable) -> Result<String> {
 pub struct Catalog {
     store: Arc<dyn ObjectStore>,
     dir: Path,
+    quarantine_dir: Path,
 }
+
+/// A table record is a name and one statement; anything larger is not one.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 impl Catalog {
     /// `root` is the store's path (e.g. `home/me/audiolake-data`).
     pub fn new(store: Arc<dyn ObjectStore>, root: &Path) -> Self {
-        let dir = root.clone().join("catalog").join("tables");
-        Self { store, dir }
+        let catalog = root.clone().join("catalog");
+        Self {
+            store,
+            dir: catalog.clone().join("tables"),
+            quarantine_dir: catalog.join("quarantine"),
+        }
     }
 
     fn file(&self, name: &str) -> Path {
@@ -118,8 +128,10 @@ impl Catalog {
         }
     }
 
-    /// Every recorded table, in name order.
-    pub async fn load(&self) -> Result<Vec<TableRecord>> {
+    /// Every recorded table, in name order. A record that cannot be read as one (empty,
+    /// garbage, too large, wrong fields) is moved to `catalog/quarantine/` and reported in
+    /// `problems`; the other tables still load.
+    pub async fn load(&self, problems: &StoreProblems) -> Result<Vec<TableRecord>> {
         let read_err = |source| EngineError::Catalog {
             action: "read",
             source,
@@ -134,25 +146,61 @@ impl Catalog {
             if meta.location.extension() != Some("json") {
                 continue;
             }
-            let bytes = self
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(read_err)?
-                .bytes()
-                .await
-                .map_err(read_err)?;
-            let record: TableRecord =
-                serde_json::from_slice(&bytes).map_err(|e| EngineError::Catalog {
-                    action: "read",
-                    source: object_store::Error::Generic {
-                        store: "catalog",
-                        source: format!("{}: {e}", meta.location).into(),
-                    },
-                })?;
-            records.push(record);
+            match self.read_record(&meta).await? {
+                Ok(record) => records.push(record),
+                Err(problem) => self.quarantine(&meta.location, problem, problems).await,
+            }
         }
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(records)
+    }
+
+    /// The record in `meta`, or what is wrong with it.
+    async fn read_record(
+        &self,
+        meta: &ObjectMeta,
+    ) -> Result<std::result::Result<TableRecord, String>> {
+        if meta.size > MAX_RECORD_BYTES {
+            return Ok(Err(format!(
+                "{} bytes, more than a table record may hold ({MAX_RECORD_BYTES})",
+                meta.size
+            )));
+        }
+        let read_err = |source| EngineError::Catalog {
+            action: "read",
+            source,
+        };
+        let bytes = self
+            .store
+            .get(&meta.location)
+            .await
+            .map_err(read_err)?
+            .bytes()
+            .await
+            .map_err(read_err)?;
+        Ok(match serde_json::from_slice::<TableRecord>(&bytes) {
+            Ok(record) if record.name.is_empty() || record.definition.is_empty() => {
+                Err("the record has an empty name or definition".to_string())
+            }
+            Ok(record) => Ok(record),
+            Err(e) => Err(format!("not a table record: {e}")),
+        })
+    }
+
+    /// Moves a bad record out of `catalog/tables/` so that it is not read again.
+    async fn quarantine(&self, location: &Path, problem: String, problems: &StoreProblems) {
+        let target = self
+            .quarantine_dir
+            .clone()
+            .join(location.filename().unwrap_or("record.json"));
+        let action = match self.store.rename(location, &target).await {
+            Ok(()) => format!("moved to {target}; the table was not restored"),
+            Err(e) => format!("left in place ({e}); the table was not restored"),
+        };
+        problems.report(StoreProblem {
+            object: location.to_string(),
+            problem,
+            action,
+        });
     }
 }

@@ -3,11 +3,13 @@
 //! anything runs and records DDL in the store.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use audiolake_udf::features::{self, musicnn};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::Int64Type;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
@@ -17,9 +19,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, ObjectType, Set, Statement as SqlStatement,
+    Expr as SqlExpr, ObjectType, Set, Statement as SqlStatement, Value as SqlValue,
 };
 use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
 use url::Url;
@@ -34,12 +36,16 @@ use crate::index::registry::Indexes;
 use crate::index::similar::Similar;
 use crate::index::system_table::IndexTable;
 use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
-use crate::location::{object_path, resolve_location, AllowedRoots};
+use crate::location::{object_path, resolve_location, Access, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
+use crate::problems::{ProblemsTable, StoreProblem, StoreProblems};
 use crate::progress::ScanProgress;
+use crate::secrets::{self, Secrets, CREDENTIAL_OPTIONS};
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
-use crate::store::{register_feature_tables, CompactReport, FeatureStore, FlushPolicy};
+use crate::store::{
+    register_feature_tables, CompactReport, FeatureStore, FlushPolicy, DEFAULT_RETENTION,
+};
 
 /// How to open an [`Engine`].
 #[derive(Debug, Clone)]
@@ -52,6 +58,8 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// When analysis results are published to the feature store.
     pub flush: FlushPolicy,
+    /// How long compaction keeps the parts it replaced, for readers that listed them.
+    pub retention: std::time::Duration,
     /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
     /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
     pub memory_limit: Option<usize>,
@@ -59,6 +67,9 @@ pub struct EngineConfig {
     pub device: String,
     /// Patches per forward pass of the networks, across the files analysed at once.
     pub batch_size: usize,
+    /// Where `CREATE SECRET` keeps S3 credentials (outside the store, mode 0600); `None`: the
+    /// per-user default, `~/.config/audiolake/secrets.json`.
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -68,9 +79,11 @@ impl Default for EngineConfig {
             allowed: Vec::new(),
             target_partitions: None,
             flush: FlushPolicy::default(),
+            retention: DEFAULT_RETENTION,
             memory_limit: None,
             device: "cpu".to_string(),
             batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
+            secrets_file: None,
         }
     }
 }
@@ -90,6 +103,9 @@ pub struct Engine {
     features: Arc<FeatureStore>,
     jobs: Arc<Jobs>,
     indexes: Arc<Indexes>,
+    registry: Arc<GuardedRegistry>,
+    secrets: Arc<Secrets>,
+    problems: Arc<StoreProblems>,
     /// Patches per forward pass of the networks, kept for `SET audiolake.device`.
     model_batch_size: usize,
     store_url: Url,
@@ -105,8 +121,11 @@ impl Engine {
                 .map_err(|e| EngineError::Setting(e.to_string()))?;
         }
         let store_url = open_store_url(&config.store)?;
+        let secrets = Arc::new(Secrets::open(
+            config.secrets_file.or_else(secrets::default_file),
+        )?);
         let mut roots = AllowedRoots::new();
-        roots.add(store_url.as_str())?;
+        roots.add_store(&store_url)?;
         for location in &config.allowed {
             roots.add(location)?;
         }
@@ -114,8 +133,12 @@ impl Engine {
 
         // DataFusion keeps directory listings forever by default: a Parquet or CSV table would
         // never see files added or removed after its first query.
+        let registry = Arc::new(GuardedRegistry::new(
+            Arc::clone(&roots),
+            Arc::clone(&secrets),
+        ));
         let mut runtime = RuntimeEnvBuilder::new()
-            .with_object_store_registry(Arc::new(GuardedRegistry::new(Arc::clone(&roots))))
+            .with_object_store_registry(Arc::clone(&registry) as _)
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
         if let Some(bytes) = config.memory_limit {
             runtime = runtime.with_memory_limit(bytes, 1.0);
@@ -133,14 +156,21 @@ impl Engine {
             session = session.with_target_partitions(n.max(1));
         }
         let progress = Arc::new(ScanProgress::default());
-        let store = runtime.object_store_registry.get_store(&store_url)?;
+        let store = registry.engine_store(&store_url)?;
         let store_prefix = object_path(&store_url)?;
+        let problems = Arc::new(StoreProblems::default());
         let features = Arc::new(FeatureStore::new(
             Arc::clone(&store),
             &store_prefix,
             config.flush,
+            config.retention,
+            Arc::clone(&problems),
         ));
-        let indexes = Arc::new(Indexes::new(Arc::clone(&store), &store_prefix));
+        let indexes = Arc::new(Indexes::new(
+            Arc::clone(&store),
+            &store_prefix,
+            Arc::clone(&problems),
+        ));
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(Arc::clone(&runtime))
@@ -156,9 +186,9 @@ impl Engine {
             )),
         );
         let ctx = SessionContext::new_with_state(state);
-        let registry = Arc::clone(&runtime.object_store_registry);
+        let sql_registry = Arc::clone(&runtime.object_store_registry);
         for function in path_functions(
-            registry,
+            sql_registry,
             Arc::clone(&features),
             Arc::clone(&runtime.memory_pool),
         ) {
@@ -172,7 +202,7 @@ impl Engine {
             "audiolake_indexes",
             Arc::new(SnapshotTable(IndexTable::new(Arc::clone(&indexes)))),
         )?;
-        register_feature_tables(&ctx, &store_url)?;
+        register_feature_tables(&ctx, &store_url, &features)?;
         let jobs = Arc::new(Jobs::default());
         ctx.register_table(
             "audiolake_progress",
@@ -180,6 +210,11 @@ impl Engine {
                 Arc::clone(&jobs),
                 Arc::clone(&progress),
             ))),
+        )?;
+
+        ctx.register_table(
+            "audiolake_store_problems",
+            Arc::new(SnapshotTable(ProblemsTable(Arc::clone(&problems)))),
         )?;
 
         let catalog = Catalog::new(store, &store_prefix);
@@ -191,11 +226,16 @@ impl Engine {
             features,
             jobs,
             indexes,
+            registry,
+            secrets,
+            problems,
             model_batch_size: config.batch_size,
             store_url,
             warnings: Vec::new(),
         };
-        for record in engine.catalog.load().await? {
+        let records = engine.catalog.load(&engine.problems).await?;
+        for record in records {
+            engine.move_credentials_out(&record).await;
             if let Err(e) = engine.run_with(&record.definition, Persist::No).await {
                 engine
                     .warnings
@@ -264,11 +304,44 @@ impl Engine {
                     ..
                 } => return self.drop_indexes(names, *if_exists).await,
                 SqlStatement::Set(set) => self.set_device(set)?,
+                SqlStatement::CreateSecret {
+                    or_replace,
+                    if_not_exists,
+                    name,
+                    secret_type,
+                    options,
+                    ..
+                } => {
+                    let secret = secrets::parse_create(name.as_ref(), secret_type, options)?;
+                    self.secrets.create(secret, *or_replace, *if_not_exists)?;
+                    self.registry.forget_s3_clients();
+                    return Ok(self.ctx.read_empty()?);
+                }
+                SqlStatement::DropSecret {
+                    if_exists, name, ..
+                } => {
+                    if !self.secrets.drop_secret(&name.value)? && !if_exists {
+                        return Err(EngineError::Secret(format!(
+                            "secret \"{}\" does not exist",
+                            name.value
+                        )));
+                    }
+                    self.registry.forget_s3_clients();
+                    return Ok(self.ctx.read_empty()?);
+                }
                 _ => {}
             }
         }
-        let definition = match &statement {
-            Statement::CreateExternalTable(create) => Some(catalog::definition(create)?),
+        let mut statement = statement;
+        let definition = match &mut statement {
+            Statement::CreateExternalTable(create) => {
+                if persist == Persist::Yes {
+                    refuse_credentials(create)?;
+                }
+                let definition = catalog::definition(create)?;
+                self.add_secret_options(create);
+                Some(definition)
+            }
             _ => None,
         };
         let plan = self.ctx.state().statement_to_plan(statement).await?;
@@ -401,19 +474,118 @@ impl Engine {
 
     /// Refuses statements that name a location outside the allowed roots. (The object stores
     /// refuse such paths too; this gives the error before anything is planned or created.)
+    /// The store's own folders are refused here too, wherever the statement sits (also under
+    /// `EXPLAIN ANALYZE`).
     fn check_locations(&self, plan: &LogicalPlan) -> Result<()> {
-        match plan {
-            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
-                for location in &cmd.locations {
-                    self.roots.check_location(location)?;
+        let mut refused = None;
+        plan.apply_with_subqueries(|node| {
+            let checked = match node {
+                LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => cmd
+                    .locations
+                    .iter()
+                    .try_for_each(|l| self.roots.check_sql(l, Access::Read).map(|_| ())),
+                LogicalPlan::Copy(copy) => self
+                    .roots
+                    .check_sql(&copy.output_url, Access::Write)
+                    .map(|_| ()),
+                _ => Ok(()),
+            };
+            Ok(match checked {
+                Ok(()) => TreeNodeRecursion::Continue,
+                Err(e) => {
+                    refused = Some(e);
+                    TreeNodeRecursion::Stop
                 }
-            }
-            LogicalPlan::Copy(copy) => {
-                self.roots.check_location(&copy.output_url)?;
-            }
-            _ => {}
+            })
+        })?;
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Gives an AUDIO table on S3 the options of the secret for its bucket (those it does not
+    /// set itself). They reach the table only, never the recorded definition.
+    fn add_secret_options(&self, create: &mut CreateExternalTable) {
+        if !create.file_type.eq_ignore_ascii_case("audio") {
+            return;
         }
-        Ok(())
+        let Some(bucket) = create
+            .locations
+            .first()
+            .and_then(|l| Url::parse(l).ok())
+            .filter(|u| u.scheme() == "s3")
+            .and_then(|u| u.host_str().map(str::to_owned))
+        else {
+            return;
+        };
+        for (key, value) in self.secrets.for_bucket(&bucket) {
+            if !create
+                .options
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(&key))
+            {
+                create
+                    .options
+                    .push((key, SqlValue::SingleQuotedString(value)));
+            }
+        }
+    }
+
+    /// A record written before credentials were refused: moves them into the secrets file
+    /// (scoped to the table's bucket) and rewrites the record without them. The table is
+    /// restored from the old definition either way.
+    async fn move_credentials_out(&mut self, record: &TableRecord) {
+        let Ok(mut statements) = self.parse(&record.definition) else {
+            return;
+        };
+        let Some(Statement::CreateExternalTable(mut create)) = statements.pop_front() else {
+            return;
+        };
+        let (moved, kept): (Vec<_>, Vec<_>) = create
+            .options
+            .drain(..)
+            .partition(|(k, _)| is_credential(k));
+        create.options = kept;
+        let bucket = create
+            .locations
+            .first()
+            .and_then(|l| Url::parse(l).ok())
+            .and_then(|u| u.host_str().map(str::to_owned));
+        let (Some(bucket), false) = (bucket, moved.is_empty()) else {
+            return;
+        };
+        let secret = secrets::S3Secret {
+            name: format!("table_{}", record.name),
+            scope: Some(format!("s3://{bucket}/")),
+            options: moved
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), option_text(&v)))
+                .collect(),
+        };
+        let outcome = async {
+            self.secrets.create(secret, true, false)?;
+            self.registry.forget_s3_clients();
+            let definition = catalog::definition(&create)?;
+            self.catalog
+                .save(&TableRecord {
+                    name: record.name.clone(),
+                    definition,
+                })
+                .await
+        }
+        .await;
+        let file = self
+            .secrets
+            .file()
+            .map_or("the secrets file".to_string(), |f| f.display().to_string());
+        self.warnings.push(match outcome {
+            Ok(()) => format!(
+                "the credentials of table {} were moved out of the store into {file}",
+                record.name
+            ),
+            Err(e) => format!(
+                "the credentials of table {} are still in the store: {e}",
+                record.name
+            ),
+        });
     }
 
     /// The DataFusion session, for registering functions or tables directly.
@@ -500,6 +672,43 @@ impl Engine {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+
+    /// Objects of the store set aside as unusable so far (catalog records, feature parts,
+    /// compaction records, index definitions; also the `audiolake_store_problems` table).
+    pub fn store_problems(&self) -> Vec<StoreProblem> {
+        self.problems.list()
+    }
+}
+
+fn is_credential(key: &str) -> bool {
+    CREDENTIAL_OPTIONS
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(key))
+}
+
+/// Refuses a table whose options hold credentials: its definition goes into the store.
+fn refuse_credentials(create: &CreateExternalTable) -> Result<()> {
+    let keys: Vec<String> = create
+        .options
+        .iter()
+        .filter(|(k, _)| is_credential(k))
+        .map(|(k, _)| format!("'{k}'"))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::CredentialsInOptions {
+        table: create.name.to_string(),
+        keys: keys.join(", "),
+    })
+}
+
+/// The text of an option value as written (`'x'` gives `x`).
+fn option_text(value: &SqlValue) -> String {
+    value
+        .clone()
+        .into_string()
+        .unwrap_or_else(|| value.to_string())
 }
 
 /// Resolves the store location; a local store directory is created so that it can be used.

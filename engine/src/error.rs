@@ -10,6 +10,13 @@ pub enum EngineError {
     )]
     LocationNotAllowed { location: String, allowed: String },
 
+    #[error(
+        "location '{location}' is inside the store's own files (catalog/, indexes/, features/), \
+         which SQL cannot read or write; read results through the features_* tables and write \
+         exports to another allowed location"
+    )]
+    StoreInternals { location: String },
+
     #[error("invalid location '{location}': {reason}")]
     InvalidLocation { location: String, reason: String },
 
@@ -19,6 +26,18 @@ pub enum EngineError {
     /// A setting of the engine (`EngineConfig`, `SET audiolake.*`) that cannot be applied.
     #[error("invalid setting: {0}")]
     Setting(String),
+
+    #[error(
+        "table {table}: credentials ({keys}) are not accepted in OPTIONS, because table \
+         definitions are kept in the store; pass them in the AWS_* environment variables, as \
+         instance credentials, or with CREATE SECRET name (TYPE s3, KEY_ID '...', SECRET '...', \
+         SCOPE 's3://bucket/'), which keeps them outside the store in a file only you can read"
+    )]
+    CredentialsInOptions { table: String, keys: String },
+
+    /// A `CREATE SECRET`/`DROP SECRET` or the secrets file that cannot be used.
+    #[error("secret: {0}")]
+    Secret(String),
 
     #[error("catalog in the store could not be {action}: {source}")]
     Catalog {

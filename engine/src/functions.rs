@@ -342,8 +342,9 @@ impl PathFunction {
             })
             .try_collect()
             .await?;
-        let mut list = ListBuilder::with_capacity(Float32Builder::with_capacity(total), decoded.len())
-            .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
+        let mut list =
+            ListBuilder::with_capacity(Float32Builder::with_capacity(total), decoded.len())
+                .with_field(Arc::new(Field::new_list_field(DataType::Float32, true)));
         for samples in decoded {
             match samples {
                 Some(samples) => {

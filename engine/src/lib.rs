@@ -4,6 +4,7 @@
 
 pub mod audio;
 mod catalog;
+mod durable;
 mod engine;
 mod error;
 mod functions;
@@ -11,7 +12,9 @@ pub mod index;
 mod jobs;
 pub mod location;
 mod object_stores;
+pub mod problems;
 mod progress;
+mod secrets;
 mod snapshot;
 pub mod sql;
 mod store;
@@ -20,5 +23,6 @@ pub use catalog::TableRecord;
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use jobs::AnalyzeReport;
+pub use problems::StoreProblem;
 pub use progress::ScanProgress;
-pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats};
+pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats, DEFAULT_RETENTION};

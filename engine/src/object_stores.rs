@@ -1,6 +1,8 @@
 //! Object stores for every URL the engine touches, each wrapped so that it refuses any path
 //! outside the allowed roots. This is the one gate all reads and writes pass through: AUDIO
 //! scans, CSV/Parquet/JSON tables, `COPY ... TO`, the feature store and the catalog alike.
+//! Stores handed to SQL also refuse the store's own folders; the engine keeps a handle of its
+//! own for those ([`GuardedRegistry::engine_store`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,12 +18,14 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-use url::Url;
+use url::{Host, Url};
 
-use crate::location::{store_url, AllowedRoots};
+use crate::durable::DurableLocal;
+use crate::location::{store_url, Access, AllowedRoots};
+use crate::secrets::Secrets;
 
 /// `aws.*` options accepted on tables and by the builder, with the S3 setting each one sets.
 pub const S3_OPTIONS: &[(&str, AmazonS3ConfigKey)] = &[
@@ -32,13 +36,13 @@ pub const S3_OPTIONS: &[(&str, AmazonS3ConfigKey)] = &[
     ("aws.endpoint", AmazonS3ConfigKey::Endpoint),
     (
         "aws.allow_http",
-        AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp),
+        AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp),
     ),
 ];
 
 /// Builds an S3 client for `bucket` from the standard `AWS_*` environment variables, overridden
-/// by `options` (keys of [`S3_OPTIONS`]). A plain-HTTP endpoint (a local S3-compatible server)
-/// is allowed without further ado.
+/// by `options` (keys of [`S3_OPTIONS`]). A plain-HTTP endpoint must be on this machine
+/// (127.0.0.0/8, `localhost`, `[::1]`) or be allowed explicitly with `aws.allow_http`.
 pub fn s3_store(bucket: &str, options: &[(String, String)]) -> DfResult<Arc<dyn ObjectStore>> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in options {
@@ -47,9 +51,22 @@ pub fn s3_store(bucket: &str, options: &[(String, String)]) -> DfResult<Arc<dyn 
         };
         builder = builder.with_config(*config_key, value);
     }
-    let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
-    if endpoint.is_some_and(|e| e.starts_with("http://")) {
-        builder = builder.with_allow_http(true);
+    let allow_http = AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp);
+    let allowed = builder
+        .get_config_value(&allow_http)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if let Some(endpoint) = builder.get_config_value(&AmazonS3ConfigKey::Endpoint) {
+        if endpoint.starts_with("http://") && !allowed {
+            if !is_loopback(&endpoint) {
+                return Err(DataFusionError::Configuration(format!(
+                    "the S3 endpoint '{endpoint}' for bucket '{bucket}' is plain HTTP; allow it \
+                     with 'aws.allow_http' 'true' (or AWS_ALLOW_HTTP=true), or use https://. \
+                     Only endpoints on this machine (127.0.0.1, localhost, [::1]) are allowed \
+                     without it"
+                )));
+            }
+            builder = builder.with_allow_http(true);
+        }
     }
     let store = builder.build().map_err(|e| {
         DataFusionError::Execution(format!("cannot configure S3 for bucket '{bucket}': {e}"))
@@ -57,36 +74,86 @@ pub fn s3_store(bucket: &str, options: &[(String, String)]) -> DfResult<Arc<dyn 
     Ok(Arc::new(store))
 }
 
+/// Whether `endpoint` names this machine.
+fn is_loopback(endpoint: &str) -> bool {
+    match Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// Registry that creates stores on demand and hands out guarded ones only.
 #[derive(Debug)]
 pub struct GuardedRegistry {
     stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
     roots: Arc<AllowedRoots>,
+    secrets: Arc<Secrets>,
 }
 
 impl GuardedRegistry {
-    pub fn new(roots: Arc<AllowedRoots>) -> Self {
+    pub fn new(roots: Arc<AllowedRoots>, secrets: Arc<Secrets>) -> Self {
         Self {
             stores: RwLock::default(),
             roots,
+            secrets,
         }
+    }
+
+    /// The engine's own handle on its store: guarded by the roots, but allowed into the
+    /// store's folders (catalog, indexes, features).
+    pub fn engine_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.guarded(url, true)
+    }
+
+    /// Forgets the S3 clients made so far, so that the next use picks up changed secrets.
+    pub fn forget_s3_clients(&self) {
+        self.stores
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|key, _| !key.starts_with("s3://"));
+    }
+
+    fn guarded(&self, url: &Url, internal: bool) -> DfResult<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(GuardedStore {
+            inner: self.unguarded(url)?,
+            base: store_url(url),
+            roots: Arc::clone(&self.roots),
+            internal,
+        }))
     }
 
     fn unguarded(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
         let key = store_url(url).to_string();
-        if let Some(store) = self.stores.read().expect("registry lock").get(&key) {
-            return Ok(Arc::clone(store));
+        let cached = self
+            .stores
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(store) = cached {
+            return Ok(store);
         }
         let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "file" => Arc::new(LocalFileSystem::new()),
-            "s3" => s3_store(url.host_str().unwrap_or_default(), &[])?,
+            "file" => Arc::new(DurableLocal::new(LocalFileSystem::new())),
+            "s3" => {
+                let bucket = url.host_str().unwrap_or_default();
+                s3_store(bucket, &self.secrets.for_bucket(bucket))?
+            }
             other => {
                 let hint = "use a local path, file:// or s3://";
                 let msg = format!("no object store for scheme '{other}' ({url}); {hint}");
                 return Err(DataFusionError::Configuration(msg));
             }
         };
-        let mut stores = self.stores.write().expect("registry lock");
+        let mut stores = self
+            .stores
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(Arc::clone(stores.entry(key).or_insert(store)))
     }
 }
@@ -100,7 +167,7 @@ impl ObjectStoreRegistry for GuardedRegistry {
         let key = store_url(url).to_string();
         self.stores
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, store)
     }
 
@@ -108,26 +175,24 @@ impl ObjectStoreRegistry for GuardedRegistry {
         let key = store_url(url).to_string();
         self.stores
             .write()
-            .expect("registry lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key)
             .ok_or_else(|| DataFusionError::Execution(format!("no object store for {key}")))
     }
 
     fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(GuardedStore {
-            inner: self.unguarded(url)?,
-            base: store_url(url),
-            roots: Arc::clone(&self.roots),
-        }))
+        self.guarded(url, false)
     }
 }
 
 /// A store that checks every path against the allowed roots before passing the call on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct GuardedStore {
     inner: Arc<dyn ObjectStore>,
     base: Url,
     roots: Arc<AllowedRoots>,
+    /// The engine's own handle: the store's folders are reachable.
+    internal: bool,
 }
 
 impl fmt::Display for GuardedStore {
@@ -137,19 +202,35 @@ impl fmt::Display for GuardedStore {
 }
 
 impl GuardedStore {
-    fn check(&self, path: &Path) -> object_store::Result<()> {
-        let mut url = self.base.clone();
-        url.set_path(&format!("/{path}"));
+    fn check(&self, path: &Path, access: Access) -> object_store::Result<()> {
         self.roots
-            .check(&url)
+            .check_object(&self.base, path, access, self.internal)
+            .map(|_| ())
             .map_err(|e| object_store::Error::PermissionDenied {
-                path: url.to_string(),
+                path: format!("{}{path}", self.base),
                 source: Box::new(e),
             })
     }
 
     fn check_prefix(&self, prefix: Option<&Path>) -> object_store::Result<()> {
-        self.check(prefix.unwrap_or(&Path::from("")))
+        self.check(prefix.unwrap_or(&Path::from("")), Access::Read)
+    }
+
+    /// Drops listed objects that may not be read (e.g. symlinks to outside the roots).
+    fn readable(
+        &self,
+        listed: BoxStream<'static, object_store::Result<ObjectMeta>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let guard = self.clone();
+        listed
+            .filter(move |meta| {
+                let keep = match meta {
+                    Ok(meta) => guard.check(&meta.location, Access::Read).is_ok(),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed()
     }
 }
 
@@ -161,7 +242,7 @@ impl ObjectStore for GuardedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.check(location)?;
+        self.check(location, Access::Write)?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -170,7 +251,7 @@ impl ObjectStore for GuardedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check(location)?;
+        self.check(location, Access::Write)?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -179,7 +260,7 @@ impl ObjectStore for GuardedStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.check(location)?;
+        self.check(location, Access::Read)?;
         self.inner.get_opts(location, options).await
     }
 
@@ -188,7 +269,7 @@ impl ObjectStore for GuardedStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        self.check(location)?;
+        self.check(location, Access::Read)?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -196,20 +277,16 @@ impl ObjectStore for GuardedStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        let guard = GuardedStore {
-            inner: Arc::clone(&self.inner),
-            base: self.base.clone(),
-            roots: Arc::clone(&self.roots),
-        };
+        let guard = self.clone();
         let checked = locations
-            .map(move |path| path.and_then(|p| guard.check(&p).map(|()| p)))
+            .map(move |path| path.and_then(|p| guard.check(&p, Access::Write).map(|()| p)))
             .boxed();
         self.inner.delete_stream(checked)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         match self.check_prefix(prefix) {
-            Ok(()) => self.inner.list(prefix),
+            Ok(()) => self.readable(self.inner.list(prefix)),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
@@ -220,14 +297,21 @@ impl ObjectStore for GuardedStore {
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         match self.check_prefix(prefix) {
-            Ok(()) => self.inner.list_with_offset(prefix, offset),
+            Ok(()) => self.readable(self.inner.list_with_offset(prefix, offset)),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.check_prefix(prefix)?;
-        self.inner.list_with_delimiter(prefix).await
+        let mut listed = self.inner.list_with_delimiter(prefix).await?;
+        listed
+            .objects
+            .retain(|meta| self.check(&meta.location, Access::Read).is_ok());
+        listed
+            .common_prefixes
+            .retain(|dir| self.check(dir, Access::Read).is_ok());
+        Ok(listed)
     }
 
     async fn copy_opts(
@@ -236,8 +320,8 @@ impl ObjectStore for GuardedStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.check(from)?;
-        self.check(to)?;
+        self.check(from, Access::Read)?;
+        self.check(to, Access::Write)?;
         self.inner.copy_opts(from, to, options).await
     }
 
@@ -247,8 +331,8 @@ impl ObjectStore for GuardedStore {
         to: &Path,
         options: object_store::RenameOptions,
     ) -> object_store::Result<()> {
-        self.check(from)?;
-        self.check(to)?;
+        self.check(from, Access::Write)?;
+        self.check(to, Access::Write)?;
         self.inner.rename_opts(from, to, options).await
     }
 }
@@ -265,7 +349,7 @@ mod tests {
         std::fs::write(dir.join("inside.txt"), b"ok").unwrap();
         let mut roots = AllowedRoots::new();
         roots.add(dir.to_str().unwrap()).unwrap();
-        let registry = GuardedRegistry::new(Arc::new(roots));
+        let registry = GuardedRegistry::new(Arc::new(roots), Arc::default());
         let store = registry
             .get_store(&Url::parse("file:///").unwrap())
             .unwrap();

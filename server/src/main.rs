@@ -155,7 +155,28 @@ fn parse_size(text: &str) -> Result<usize, String> {
 enum StoreCommand {
     /// Merge each feature group's parts into one and remove results of versions no longer in
     /// use. Safe while other processes query or analyse.
-    Compact(EngineArgs),
+    Compact(CompactArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompactArgs {
+    #[command(flatten)]
+    engine: EngineArgs,
+
+    /// Keep replaced parts this long before deleting them, for readers that listed them
+    /// (e.g. 1h, 30min, or seconds); 0 deletes them at once.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    retention: Duration,
+}
+
+/// `1h`, `30min`, `90s` (humantime), or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration such as 1h, 30min or 3600: {e}"))
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +223,11 @@ struct EngineArgs {
     /// Patches per forward pass of the networks, shared by the files analysed at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     batch_size: usize,
+
+    /// File where CREATE SECRET keeps S3 credentials, outside the store (mode 0600; default
+    /// ~/.config/audiolake/secrets.json).
+    #[arg(long, value_name = "FILE", env = "AUDIOLAKE_SECRETS")]
+    secrets: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +258,9 @@ impl EngineArgs {
         }
         if let Some(n) = self.partitions {
             builder = builder.target_partitions(n);
+        }
+        if let Some(file) = &self.secrets {
+            builder = builder.secrets_file(file);
         }
         let interval = Duration::try_from_secs_f64(self.flush_seconds)
             .context("--flush-seconds must be a non-negative number")?;
@@ -280,16 +309,23 @@ async fn run_analyze(args: AnalyzeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_compact(args: EngineArgs) -> Result<()> {
-    let lake = args.open().await?;
+async fn run_compact(args: CompactArgs) -> Result<()> {
+    let lake = args
+        .engine
+        .open_with(AudioLake::builder().compact_retention(args.retention))
+        .await?;
     let report = lake
         .engine()
         .compact_store()
         .await
         .context("cannot compact the store")?;
     println!(
-        "merged {} parts into one per group ({} rows kept, {} superseded); removed {} objects of old versions",
-        report.parts_merged, report.rows_kept, report.rows_superseded, report.stale_objects_removed
+        "merged {} parts into one per group ({} rows kept, {} superseded); removed {} replaced parts past their retention and {} objects of old versions",
+        report.parts_merged,
+        report.rows_kept,
+        report.rows_superseded,
+        report.replaced_parts_removed,
+        report.stale_objects_removed
     );
     Ok(())
 }
@@ -363,5 +399,22 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_a_duration_or_seconds() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30min"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_duration("soon"),
+            Err("'soon' is not a duration such as 1h, 30min or 3600: expected number at 0".into())
+        );
     }
 }

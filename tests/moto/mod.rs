@@ -139,13 +139,19 @@ impl Moto {
         Arc::new(store)
     }
 
-    /// The `OPTIONS (...)` of an AUDIO table that reads from this server.
+    /// The `OPTIONS (...)` of an AUDIO table that reads from this server (the secret key comes
+    /// from [`Moto::create_secret`], since table options are kept in the store).
     pub fn table_options(&self) -> String {
         format!(
             "OPTIONS ('aws.endpoint' '{}', 'aws.access_key_id' '{ACCESS_KEY}', \
-             'aws.secret_access_key' '{SECRET_KEY}', 'aws.region' '{REGION}')",
+             'aws.region' '{REGION}')",
             self.endpoint()
         )
+    }
+
+    /// The statement that keeps this server's secret key outside the store.
+    pub fn create_secret(&self) -> String {
+        format!("CREATE OR REPLACE SECRET moto (TYPE s3, SECRET '{SECRET_KEY}')")
     }
 }
 

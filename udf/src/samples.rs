@@ -75,7 +75,10 @@ mod tests {
         let (native, _) = decode_mono(tone(), Some("wav"), None, 600.0).unwrap();
         let seconds = native.len() as f64 / 22_050.0;
         let err = decode_mono(tone(), Some("wav"), None, seconds / 2.0).unwrap_err();
-        assert!(matches!(err, AnalysisError::TooLong { rate: 22_050, .. }), "{err}");
+        assert!(
+            matches!(err, AnalysisError::TooLong { rate: 22_050, .. }),
+            "{err}"
+        );
         let exact = decode_mono(tone(), Some("wav"), None, seconds).unwrap();
         assert_eq!(exact.0.len(), native.len());
     }

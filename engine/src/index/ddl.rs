@@ -111,6 +111,7 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
         size_bytes: 0,
         version: None,
         fingerprinted: false,
+        previous: None,
         build_seconds: 0.0,
     })
 }

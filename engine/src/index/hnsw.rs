@@ -977,7 +977,14 @@ mod tests {
         let huge = 10_000_000_000;
         assert_eq!(small.search(q, huge, 40, None).unwrap().neighbors.len(), 7);
         let even = |id: u64| id % 2 == 0;
-        assert_eq!(small.search(q, huge, 40, Some(&even)).unwrap().neighbors.len(), 4);
+        assert_eq!(
+            small
+                .search(q, huge, 40, Some(&even))
+                .unwrap()
+                .neighbors
+                .len(),
+            4
+        );
         assert_eq!(small.exact_search(q, usize::MAX, None).unwrap().len(), 7);
     }
 

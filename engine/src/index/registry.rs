@@ -4,7 +4,17 @@
 //! Each index is kept under `<store>/indexes/`: `<name>.json` is its definition and names the
 //! current build, whose graph (`<name>/<build>.hnsw`) and row keys (`<name>/<build>.keys.json`)
 //! are written first. A rebuild writes new files and then replaces the definition, so a build
-//! that dies half-way leaves the previous one in use; old builds are deleted afterwards.
+//! that dies half-way leaves the previous one in use.
+//!
+//! Replacing a definition holds a lock, `<name>.lock`, created only if absent (an exclusive
+//! create on local disk, `If-None-Match` on S3) and taken over when older than
+//! [`STALE_LOCK`] (its holder died). Under it the stored definition is read and the new one
+//! names it as `previous`; that previous build is kept for queries that started on it, and the
+//! one before it, which no definition names any more, is deleted. Two rebuilds at once thus
+//! both publish, one after the other, and the definition always names files that exist.
+//!
+//! A definition that cannot be read is set aside (left in place, reported, skipped) so that the
+//! other indexes still open.
 //!
 //! Rows are identified by a key column, `path` (every AUDIO table has it) or else `id`, so an
 //! index follows its table across restarts, new files and deleted ones. Where each row is a
@@ -12,7 +22,9 @@
 //! so that a file changed in place is seen as a changed row.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast as cast_array;
@@ -25,18 +37,26 @@ use datafusion::logical_expr::{cast, lit, Expr};
 use datafusion::prelude::{ident, SessionContext};
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
+use crate::problems::StoreProblems;
 use crate::store::now_micros;
 
 /// Key columns, in order of preference.
 const KEY_COLUMNS: [&str; 2] = ["path", "id"];
 /// Columns of a table whose rows are files (AUDIO tables) that change when a file does.
 const FILE_COLUMNS: [&str; 2] = ["size_bytes", "last_modified"];
+/// A definition lock older than this was left by a process that died holding it (replacing a
+/// definition takes a few store round trips).
+const STALE_LOCK: Duration = Duration::from_secs(30);
+/// How long to wait for another process's lock before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// Definitions larger than this are not read (a real one is well under a kilobyte).
+const MAX_DEFINITION_BYTES: u64 = 1 << 20;
 
 /// What `CREATE INDEX` asked for and what its current build is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +82,9 @@ pub struct IndexDefinition {
     /// Whether the build kept each row's file fingerprint (see [`fingerprint`]).
     #[serde(default)]
     pub fingerprinted: bool,
+    /// The build this one replaced, kept for queries that started on it.
+    #[serde(default)]
+    pub previous: Option<i64>,
 }
 
 /// A loaded build: the graph and, for each row id, its key and (when the table's rows are
@@ -114,6 +137,7 @@ pub struct Indexes {
     store: Arc<dyn ObjectStore>,
     dir: Path,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
+    problems: Arc<StoreProblems>,
 }
 
 impl std::fmt::Debug for Indexes {
@@ -131,13 +155,24 @@ fn index_error(e: super::IndexError) -> DataFusionError {
 }
 
 impl Indexes {
-    /// `root` is the store's path.
-    pub fn new(store: Arc<dyn ObjectStore>, root: &Path) -> Self {
+    /// `root` is the store's path; unreadable definitions are reported to `problems`.
+    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, problems: Arc<StoreProblems>) -> Self {
         Self {
             store,
             dir: root.clone().join("indexes"),
             entries: RwLock::new(BTreeMap::new()),
+            problems,
         }
+    }
+
+    /// The entries; a panic elsewhere while they were held leaves them usable (each change is
+    /// one insert or removal).
+    fn entries(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Entry>>> {
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn entries_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<Entry>>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn definition_path(&self, name: &str) -> Path {
@@ -151,7 +186,8 @@ impl Indexes {
             .join(format!("{build}.{suffix}"))
     }
 
-    /// Reads the definitions kept in the store; builds are loaded at first use.
+    /// Reads the definitions kept in the store; builds are loaded at first use. A definition
+    /// that cannot be read is reported (see [`Indexes::problems`]) and skipped.
     pub async fn open(&self) -> Result<()> {
         let listing = match self.store.list_with_delimiter(Some(&self.dir)).await {
             Ok(listing) => listing.objects,
@@ -163,41 +199,131 @@ impl Indexes {
             if meta.location.extension() != Some("json") {
                 continue;
             }
-            let bytes = self
-                .store
-                .get(&meta.location)
-                .await
-                .map_err(|e| store_error("read", e))?
-                .bytes()
-                .await
-                .map_err(|e| store_error("read", e))?;
-            let definition: IndexDefinition = serde_json::from_slice(&bytes).map_err(|e| {
-                DataFusionError::Execution(format!("index definition {}: {e}", meta.location))
-            })?;
-            entries.insert(
-                definition.name.clone(),
-                Arc::new(Entry {
-                    definition,
-                    loaded: Mutex::new(None),
-                }),
-            );
+            let Some(definition) = self.read_definition(&meta).await? else {
+                continue;
+            };
+            match check_definition(&meta.location, definition) {
+                Ok(definition) => {
+                    entries.insert(
+                        definition.name.clone(),
+                        Arc::new(Entry {
+                            definition,
+                            loaded: Mutex::new(None),
+                        }),
+                    );
+                }
+                Err(reason) => self.problems.skipped(meta.location.as_ref(), reason),
+            }
         }
-        *self.entries.write().expect("index lock") = entries;
+        *self.entries_mut() = entries;
         Ok(())
     }
 
+    /// The definition stored at `meta`; `None` when it is gone or malformed (then reported).
+    async fn read_definition(
+        &self,
+        meta: &object_store::ObjectMeta,
+    ) -> Result<Option<IndexDefinition>> {
+        if meta.size > MAX_DEFINITION_BYTES {
+            self.problems.skipped(
+                meta.location.as_ref(),
+                format!(
+                    "an index definition of {} bytes (at most {MAX_DEFINITION_BYTES} are read)",
+                    meta.size
+                ),
+            );
+            return Ok(None);
+        }
+        let bytes = match self.store.get(&meta.location).await {
+            Ok(found) => found.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_error("read", e)),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(definition) => Ok(Some(definition)),
+            Err(e) => {
+                self.problems.skipped(
+                    meta.location.as_ref(),
+                    format!("not an index definition: {e}"),
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// The stored definition of `name`, if there is a readable one.
+    async fn stored_definition(&self, name: &str) -> Result<Option<IndexDefinition>> {
+        match self.store.head(&self.definition_path(name)).await {
+            Ok(meta) => self.read_definition(&meta).await,
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error("read", e)),
+        }
+    }
+
+    /// Takes the lock on `name`'s definition; `None` when the store cannot create objects
+    /// exclusively (an S3-compatible server without conditional writes), where the definition
+    /// is replaced unlocked.
+    async fn lock(&self, name: &str) -> Result<Option<Path>> {
+        let path = self.dir.clone().join(format!("{name}.lock"));
+        let started = Instant::now();
+        loop {
+            let created = self
+                .store
+                .put_opts(&path, PutPayload::new(), PutMode::Create.into())
+                .await;
+            match created {
+                Ok(_) => return Ok(Some(path)),
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    log::debug!("{path}: the store has no exclusive create; not locking");
+                    return Ok(None);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(store_error("locked", e)),
+            }
+            match self.store.head(&path).await {
+                Ok(meta) if age(&meta) > STALE_LOCK => {
+                    log::warn!("{path} was left by a process that stopped; taking it over");
+                    match self.store.delete(&path).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(store_error("unlocked", e)),
+                    }
+                    continue;
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error("locked", e)),
+            }
+            if started.elapsed() > LOCK_WAIT {
+                return Err(DataFusionError::Execution(format!(
+                    "index {name} is being replaced by another process (lock {path} held for \
+                     over {} s); try again later",
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn unlock(&self, lock: Option<Path>) {
+        let Some(path) = lock else { return };
+        if let Err(e) = self.store.delete(&path).await {
+            log::warn!(
+                "index lock {path} was not removed (it expires in {} s): {e}",
+                STALE_LOCK.as_secs()
+            );
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Entry>> {
-        self.entries.read().expect("index lock").get(name).cloned()
+        self.entries().get(name).cloned()
     }
 
     /// Every index, in name order.
     pub fn list(&self) -> Vec<Arc<Entry>> {
-        self.entries
-            .read()
-            .expect("index lock")
-            .values()
-            .cloned()
-            .collect()
+        self.entries().values().cloned().collect()
     }
 
     /// The index on `table.column` for `metric`, if there is one.
@@ -260,7 +386,7 @@ impl Indexes {
         let bytes = index.to_bytes().map_err(index_error)?;
         let info = index.info();
         let definition = IndexDefinition {
-            build: now_micros(),
+            build: next_build(),
             rows: info.rows,
             dims: info.dims,
             size_bytes: bytes.len() as u64,
@@ -290,48 +416,79 @@ impl Indexes {
                 .await
                 .map_err(|e| store_error("written", e))?;
         }
-        let json = serde_json::to_vec_pretty(&definition).expect("definition serialises");
-        self.store
-            .put(&self.definition_path(&name), PutPayload::from(json))
+        self.publish(definition, Loaded::new(index, keys, fingerprints))
             .await
-            .map_err(|e| store_error("written", e))?;
-        let entry = Arc::new(Entry {
-            definition,
-            loaded: Mutex::new(Some(Arc::new(Loaded::new(index, keys, fingerprints)))),
-        });
-        let previous = self
-            .entries
-            .write()
-            .expect("index lock")
-            .insert(name, Arc::clone(&entry));
-        if let Some(previous) = previous {
-            self.delete_build(&previous.definition).await;
+    }
+
+    /// Makes `definition` (whose files are written) the current build of its index, under the
+    /// definition's lock, and deletes the build that no definition names any more.
+    async fn publish(&self, mut definition: IndexDefinition, loaded: Loaded) -> Result<Arc<Entry>> {
+        let name = definition.name.clone();
+        let lock = self.lock(&name).await?;
+        let published = async {
+            let stored = self.stored_definition(&name).await?;
+            definition.previous = stored.as_ref().map(|d| d.build);
+            let json = serde_json::to_vec_pretty(&definition)
+                .map_err(|e| DataFusionError::External(e.into()))?;
+            self.store
+                .put(&self.definition_path(&name), PutPayload::from(json))
+                .await
+                .map_err(|e| store_error("written", e))?;
+            let entry = Arc::new(Entry {
+                definition,
+                loaded: Mutex::new(Some(Arc::new(loaded))),
+            });
+            self.entries_mut().insert(name.clone(), Arc::clone(&entry));
+            Ok::<_, DataFusionError>((entry, stored))
+        }
+        .await;
+        self.unlock(lock).await;
+        let (entry, stored) = published?;
+        let unnamed = stored
+            .and_then(|d| d.previous)
+            .filter(|&b| b != entry.definition.build && Some(b) != entry.definition.previous);
+        if let Some(build) = unnamed {
+            self.delete_build(&name, build).await;
         }
         Ok(entry)
     }
 
     /// Removes an index and its files. `Ok(false)` when there is no such index.
     pub async fn drop_index(&self, name: &str) -> Result<bool> {
-        let Some(entry) = self.entries.write().expect("index lock").remove(name) else {
+        let Some(entry) = self.entries_mut().remove(name) else {
             return Ok(false);
         };
-        match self.store.delete(&self.definition_path(name)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_error("deleted", e)),
+        let lock = self.lock(name).await?;
+        let dropped = async {
+            let stored = self.stored_definition(name).await?;
+            match self.store.delete(&self.definition_path(name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(stored),
+                Err(e) => Err(store_error("deleted", e)),
+            }
         }
-        self.delete_build(&entry.definition).await;
+        .await;
+        self.unlock(lock).await;
+        let mut builds = vec![entry.definition.build];
+        builds.extend(entry.definition.previous);
+        if let Some(stored) = dropped? {
+            builds.push(stored.build);
+            builds.extend(stored.previous);
+        }
+        builds.sort_unstable();
+        builds.dedup();
+        for build in builds {
+            self.delete_build(name, build).await;
+        }
         Ok(true)
     }
 
     /// Best effort: a build's files left behind waste space but break nothing.
-    async fn delete_build(&self, definition: &IndexDefinition) {
+    async fn delete_build(&self, name: &str, build: i64) {
         for suffix in ["hnsw", "keys.json", "files.json"] {
-            let path = self.build_path(&definition.name, definition.build, suffix);
-            if let Err(e) = self.store.delete(&path).await {
-                if suffix == "files.json" && matches!(e, object_store::Error::NotFound { .. }) {
-                    continue;
-                }
-                log::warn!("old index file {path} was not deleted: {e}");
+            let path = self.build_path(name, build, suffix);
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => log::warn!("old index file {path} was not deleted: {e}"),
             }
         }
     }
@@ -373,6 +530,39 @@ impl Indexes {
         *slot = Some(Arc::clone(&loaded));
         Ok(loaded)
     }
+}
+
+/// A new build's id: the time in microseconds, strictly increasing within the process so that
+/// two builds at once never share file names.
+fn next_build() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = now_micros();
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(previous + 1)
+}
+
+fn age(meta: &object_store::ObjectMeta) -> Duration {
+    let micros = now_micros().saturating_sub(meta.last_modified.timestamp_micros());
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// `definition` as read from `path`, if it is one this engine can use.
+fn check_definition(
+    path: &Path,
+    definition: IndexDefinition,
+) -> std::result::Result<IndexDefinition, String> {
+    if path.filename() != Some(format!("{}.json", definition.name).as_str()) {
+        return Err(format!(
+            "it names index \"{}\", not the index its file is named after",
+            definition.name
+        ));
+    }
+    definition.params.validate().map_err(|e| e.to_string())?;
+    Ok(definition)
 }
 
 /// The key column of a table's schema: `path`, else `id`.

@@ -7,6 +7,10 @@
 //! rows describe the same path, the newest analysis wins. Results are read through (looked up
 //! before any decode) and written behind (buffered, then published every few files, every few
 //! seconds and at the end of each scan).
+//!
+//! Compaction leaves the parts it replaced in place for a while, named in a record beside them
+//! (see [`compact`]): readers take the live parts only. A part that cannot be read as one of its
+//! group's parts is set aside (see [`crate::problems`]), never deleted.
 
 mod compact;
 mod part;
@@ -15,7 +19,7 @@ mod tables;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use audiolake_udf::features::{self, GroupSchema};
@@ -24,12 +28,14 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-pub use compact::CompactReport;
+use compact::RecordRead;
+pub use compact::{CompactReport, DEFAULT_RETENTION};
 pub(crate) use part::{Decoded, Fingerprint, StoredRow};
 pub(crate) use read_through::analyze_cached;
 pub(crate) use tables::register_feature_tables;
 
 use crate::audio::columns::DECODE_GROUP;
+use crate::problems::StoreProblems;
 
 /// Stored parts fetched at once when reading a group's results.
 const PARTS_IN_FLIGHT: usize = 8;
@@ -77,10 +83,17 @@ impl StoreStats {
     }
 }
 
-/// What is known of one group version: the parts read so far and the newest row per path.
+/// What is known of one group version: the parts read so far, the parts that compactions
+/// replaced, and the newest row per path.
 #[derive(Default)]
 struct GroupIndex {
     parts: HashSet<Path>,
+    /// Compaction records read so far, and the parts they name: older copies of rows that a
+    /// merged part holds, kept a while for readers that listed them.
+    records: HashSet<Path>,
+    replaced: HashSet<Path>,
+    /// Parts that could not be read as parts of the group (quarantined).
+    bad: HashSet<Path>,
     by_path: HashMap<String, Arc<StoredRow>>,
     by_hash: HashMap<String, Arc<StoredRow>>,
     /// Stored paths by size: a file whose size matches none of the candidates cannot be a
@@ -131,11 +144,14 @@ pub struct FeatureStore {
     writer: String,
     sequence: AtomicU64,
     policy: FlushPolicy,
+    /// How long compaction keeps the parts it replaced.
+    retention: Duration,
     indexes: RwLock<HashMap<&'static str, GroupIndex>>,
     /// One refresh at a time; the others wait and then find it done.
     refreshing: tokio::sync::Mutex<()>,
     pending: Mutex<Pending>,
     stats: StoreStats,
+    problems: Arc<StoreProblems>,
 }
 
 impl std::fmt::Debug for FeatureStore {
@@ -183,8 +199,15 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 impl FeatureStore {
-    /// A store under `prefix` (the engine's store location) of `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, policy: FlushPolicy) -> Self {
+    /// A store under `prefix` (the engine's store location) of `store`; compaction keeps the
+    /// parts it replaces for `retention`; malformed parts are reported to `problems`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &Path,
+        policy: FlushPolicy,
+        retention: Duration,
+        problems: Arc<StoreProblems>,
+    ) -> Self {
         let root = prefix.clone().join("features");
         Self {
             store,
@@ -192,15 +215,31 @@ impl FeatureStore {
             writer: format!("{:016x}", rand_u64()),
             sequence: AtomicU64::new(0),
             policy,
+            retention,
             indexes: RwLock::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             stats: StoreStats::default(),
+            problems,
         }
     }
 
     pub fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+
+    /// The in-memory indexes; a panic elsewhere while one was held leaves them usable (every
+    /// change to them is a whole insert or removal).
+    fn indexes(&self) -> RwLockReadGuard<'_, HashMap<&'static str, GroupIndex>> {
+        self.indexes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn indexes_mut(&self) -> RwLockWriteGuard<'_, HashMap<&'static str, GroupIndex>> {
+        self.indexes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The folder of one group version.
@@ -224,28 +263,60 @@ impl FeatureStore {
         Ok(())
     }
 
-    async fn refresh_group(&self, group: &GroupSchema) -> Result<()> {
-        // A part listed but gone was merged by a compaction that published its replacement
-        // first: listing again finds it.
-        for _ in 0..3 {
-            let listed: Vec<Path> = self
+    /// Reads the parts and compaction records of `group` published since the last refresh,
+    /// and returns the group's live parts: listed, readable, and replaced by no compaction.
+    async fn refresh_group(&self, group: &GroupSchema) -> Result<Vec<Path>> {
+        let dir = self.version_dir(group);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (records, parts): (Vec<Path>, Vec<Path>) = self
                 .store
-                .list(Some(&self.version_dir(group)))
+                .list(Some(&dir))
                 .map_ok(|meta| meta.location)
                 .try_collect::<Vec<_>>()
                 .await?
                 .into_iter()
-                .filter(|p| p.extension() == Some("parquet"))
-                .collect();
-            let new: Vec<Path> = {
-                let indexes = self.indexes.read().expect("index lock");
-                let known = indexes.get(group.name).map(|i| &i.parts);
-                listed
+                .filter(|p| compact::is_record(p) || p.extension() == Some("parquet"))
+                .partition(compact::is_record);
+            // A part or record listed but gone was removed by a compaction after its retention
+            // (records go last): listing again settles it.
+            let mut vanished = false;
+            let new_records: Vec<Path> = {
+                let indexes = self.indexes();
+                let known = indexes.get(group.name);
+                records
                     .into_iter()
-                    .filter(|p| known.is_none_or(|k| !k.contains(p)))
+                    .filter(|p| known.is_none_or(|k| !k.records.contains(p)))
                     .collect()
             };
-            let mut vanished = false;
+            for path in new_records {
+                let replaced = match self.read_record(&dir, &path).await? {
+                    RecordRead::Replaced(parts) => parts,
+                    RecordRead::Malformed => Vec::new(),
+                    RecordRead::Gone => {
+                        vanished = true;
+                        continue;
+                    }
+                };
+                let mut indexes = self.indexes_mut();
+                let index = indexes.entry(group.name).or_default();
+                index.records.insert(path);
+                index.replaced.extend(replaced);
+            }
+            let new: Vec<Path> = {
+                let indexes = self.indexes();
+                let known = indexes.get(group.name);
+                parts
+                    .iter()
+                    .filter(|p| {
+                        known.is_none_or(|k| {
+                            !k.parts.contains(*p) && !k.replaced.contains(*p) && !k.bad.contains(*p)
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            };
             // Parts are fetched a few at a time: on S3 each is a round trip.
             let mut fetched = futures::stream::iter(new)
                 .map(|path| async move {
@@ -261,26 +332,52 @@ impl FeatureStore {
                     vanished = true;
                     continue;
                 };
-                let rows = part::decode(group, bytes).map_err(|e| {
-                    DataFusionError::Execution(format!("reading stored part {path}: {e}"))
-                })?;
-                let mut indexes = self.indexes.write().expect("index lock");
+                let decoded = part::decode(group, bytes);
+                let mut indexes = self.indexes_mut();
                 let index = indexes.entry(group.name).or_default();
-                index.parts.insert(path);
-                for row in rows {
-                    index.insert(row);
+                match decoded {
+                    Ok(rows) => {
+                        index.parts.insert(path);
+                        for row in rows {
+                            index.insert(row);
+                        }
+                    }
+                    Err(e) => {
+                        self.problems.skipped(
+                            path.as_ref(),
+                            format!(
+                                "not a readable part of feature group {} v{}: {e}",
+                                group.name, group.version
+                            ),
+                        );
+                        index.bad.insert(path);
+                    }
                 }
             }
-            if !vanished {
-                return Ok(());
+            if !vanished || attempt == 3 {
+                let indexes = self.indexes();
+                let Some(known) = indexes.get(group.name) else {
+                    return Ok(Vec::new());
+                };
+                let mut live: Vec<Path> = parts
+                    .into_iter()
+                    .filter(|p| known.parts.contains(p) && !known.replaced.contains(p))
+                    .collect();
+                live.sort();
+                return Ok(live);
             }
         }
-        Ok(())
+    }
+
+    /// The live parts of `group` (see [`FeatureStore::refresh_group`]), read through.
+    pub(crate) async fn live_parts(&self, group: &GroupSchema) -> Result<Vec<Path>> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.refresh_group(group).await
     }
 
     /// The stored result of `group` for this exact file version, if any.
     pub fn lookup(&self, group: &str, file: &Fingerprint) -> Option<Arc<StoredRow>> {
-        let indexes = self.indexes.read().expect("index lock");
+        let indexes = self.indexes();
         let row = indexes.get(group)?.by_path.get(&file.path)?;
         row.fingerprint.matches(file).then(|| Arc::clone(row))
     }
@@ -296,7 +393,7 @@ impl FeatureStore {
         file: &Fingerprint,
         listed: Option<&HashSet<String>>,
     ) -> bool {
-        let indexes = self.indexes.read().expect("index lock");
+        let indexes = self.indexes();
         let Some(paths) = indexes.get(group).and_then(|i| i.by_size.get(&file.size)) else {
             return false;
         };
@@ -307,19 +404,19 @@ impl FeatureStore {
 
     /// A stored successful result of `group` for content with this hash.
     pub fn by_hash(&self, group: &str, hash: &str) -> Option<Arc<StoredRow>> {
-        let indexes = self.indexes.read().expect("index lock");
+        let indexes = self.indexes();
         indexes.get(group)?.by_hash.get(hash).cloned()
     }
 
     /// Buffers one file's rows (one per group) for the next part; true when a flush is due.
     pub fn add(&self, rows: Vec<(&'static str, StoredRow)>) -> bool {
         {
-            let mut indexes = self.indexes.write().expect("index lock");
+            let mut indexes = self.indexes_mut();
             for (group, row) in &rows {
                 indexes.entry(group).or_default().insert(row.clone());
             }
         }
-        let mut pending = self.pending.lock().expect("pending lock");
+        let mut pending = self.pending();
         for (group, row) in rows {
             pending.rows.entry(group).or_default().push(row);
         }
@@ -331,7 +428,7 @@ impl FeatureStore {
     /// Publishes everything buffered, one part per group.
     pub async fn flush(&self) -> Result<()> {
         let rows = {
-            let mut pending = self.pending.lock().expect("pending lock");
+            let mut pending = self.pending();
             let rows = std::mem::take(&mut pending.rows);
             *pending = Pending::default();
             rows
@@ -345,7 +442,7 @@ impl FeatureStore {
             let path = self.part_path(&group);
             self.store.put(&path, PutPayload::from(bytes)).await?;
             self.stats.parts_written.fetch_add(1, Ordering::Relaxed);
-            let mut indexes = self.indexes.write().expect("index lock");
+            let mut indexes = self.indexes_mut();
             indexes.entry(group.name).or_default().parts.insert(path);
         }
         Ok(())

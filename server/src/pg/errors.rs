@@ -58,9 +58,13 @@ pub fn from_datafusion(e: DataFusionError) -> PgWireError {
 
 fn engine_code(e: &EngineError) -> &'static str {
     match e {
-        EngineError::LocationNotAllowed { .. } => INSUFFICIENT_PRIVILEGE,
+        EngineError::LocationNotAllowed { .. } | EngineError::StoreInternals { .. } => {
+            INSUFFICIENT_PRIVILEGE
+        }
         EngineError::InvalidLocation { .. }
         | EngineError::InvalidOption(_)
+        | EngineError::CredentialsInOptions { .. }
+        | EngineError::Secret(_)
         | EngineError::Setting(_) => "22023",
         EngineError::Catalog { .. } => "58030",
         EngineError::DataFusion(e) => datafusion_code(e),

@@ -94,11 +94,7 @@ impl Server {
             .cancel(request.pid, &request.secret_key)
             .await;
         let key = (request.pid, request.secret_key.to_bytes());
-        let signal = self
-            .cancels
-            .lock()
-            .get(&key)
-            .and_then(Weak::upgrade);
+        let signal = self.cancels.lock().get(&key).and_then(Weak::upgrade);
         if let Some(signal) = signal {
             signal.notify_waiters();
         }

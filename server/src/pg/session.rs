@@ -156,6 +156,8 @@ impl Session {
                     ..
                 } => "DROP INDEX",
                 Statement::Set(_) => "SET",
+                Statement::CreateSecret { .. } => "CREATE SECRET",
+                Statement::DropSecret { .. } => "DROP SECRET",
                 _ => "DROP TABLE",
             },
             _ => "DROP TABLE",

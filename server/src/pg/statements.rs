@@ -108,9 +108,15 @@ fn classify_df(mut statement: DfStatement) -> Classified {
                     object_type: ObjectType::Table | ObjectType::Index,
                     ..
                 } | Statement::CreateIndex(_)
+                    | Statement::CreateSecret { .. }
+                    | Statement::DropSecret { .. }
             ) || sets_device(inner),
         ),
-        DfStatement::Explain(explain) => (classify_df(*explain.statement.clone()).writes, false),
+        // EXPLAIN ANALYZE runs its statement: the engine checks its locations the same way.
+        DfStatement::Explain(explain) => {
+            let inner = classify_df(*explain.statement.clone());
+            (inner.writes, matches!(inner.route, Route::Engine(_)))
+        }
         DfStatement::Reset(_) => (false, false),
     };
     let route = if engine {
