@@ -14,7 +14,7 @@ use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
 use futures::TryStreamExt;
-use moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -102,21 +102,8 @@ fn store_on_s3_from_environment_variables() {
     let Some(moto) = Moto::start() else {
         return;
     };
-    // Set while this is the only thread of the test binary's test (one test in this file).
-    let env = [
-        ("AWS_ENDPOINT_URL", moto.endpoint()),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_REGION", REGION.to_string()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ];
-    for (key, value) in env {
-        // SAFETY: no other thread of this process reads the environment at this point.
-        #[allow(unused_unsafe)]
-        unsafe {
-            std::env::set_var(key, value)
-        };
-    }
+    // While this is the only thread of the test binary's test (one test in this file).
+    moto.export_env();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

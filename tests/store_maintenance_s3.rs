@@ -19,7 +19,7 @@ use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::datafusion::physical_plan::collect;
 use audiolake::{AudioLake, FlushPolicy};
 use futures::TryStreamExt;
-use moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -30,21 +30,8 @@ fn store_maintenance_on_s3() {
     let Some(moto) = Moto::start() else {
         return;
     };
-    // Set while this is the only thread of the test binary's test (one test in this file).
-    let env = [
-        ("AWS_ENDPOINT_URL", moto.endpoint()),
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
-        ("AWS_REGION", REGION.to_string()),
-        ("AWS_ALLOW_HTTP", "true".to_string()),
-    ];
-    for (key, value) in env {
-        // SAFETY: no other thread of this process reads the environment at this point.
-        #[allow(unused_unsafe)]
-        unsafe {
-            std::env::set_var(key, value)
-        };
-    }
+    // While this is the only thread of the test binary's test (one test in this file).
+    moto.export_env();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

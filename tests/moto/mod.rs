@@ -149,6 +149,25 @@ impl Moto {
         )
     }
 
+    /// Points the standard `AWS_*` variables at this server, for code that reads them (a store
+    /// given as `s3://...`). Call it while the test's thread is the only one of the process.
+    pub fn export_env(&self) {
+        let env = [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ];
+        for (key, value) in env {
+            // SAFETY: no other thread of this process reads the environment at this point.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::env::set_var(key, value)
+            };
+        }
+    }
+
     /// The statement that keeps this server's secret key outside the store.
     pub fn create_secret(&self) -> String {
         format!("CREATE OR REPLACE SECRET moto (TYPE s3, SECRET '{SECRET_KEY}')")
