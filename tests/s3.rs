@@ -350,3 +350,46 @@ async fn s3_locations_outside_the_allowed_roots_are_refused() {
     assert_eq!(ints(&batch, "sample_rate"), [Some(44100)]);
     assert_eq!(strings(&batch, "title"), [Some("Fixture CBR".to_string())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tables_endpoint_reaches_that_table_only() {
+    // Two S3 servers with a bucket of the same name: the fixtures on one, a single file on
+    // the other.
+    let Some(full) = moto_with_fixtures().await else {
+        return;
+    };
+    let Some(single) = Moto::start() else {
+        return;
+    };
+    single.create_bucket(BUCKET);
+    let bytes = std::fs::read(fixtures().join("cbr.mp3")).unwrap();
+    object_store::ObjectStoreExt::put(
+        single.client(BUCKET).as_ref(),
+        &object_store::path::Path::from("fixtures/only.mp3"),
+        bytes.into(),
+    )
+    .await
+    .unwrap();
+
+    let store = tempfile::tempdir().unwrap();
+    let counts = |lake: AudioLake| async move {
+        let mut counts = Vec::new();
+        for table in ["on_full", "on_single", "on_full"] {
+            let batch = query(&lake, &format!("SELECT count(*) FROM {table}")).await;
+            counts.push(count(&batch));
+        }
+        counts
+    };
+    let fixtures_count = expected_rows().len() as i64;
+    {
+        let lake = open_lake(store.path()).await;
+        query(&lake, &create_table_sql(&full, "on_full")).await;
+        query(&lake, &create_table_sql(&single, "on_single")).await;
+        assert_eq!(counts(lake).await, [fixtures_count, 1, fixtures_count]);
+    }
+    // Restored from the catalog, each table still reads its own server.
+    assert_eq!(
+        counts(open_lake(store.path()).await).await,
+        [fixtures_count, 1, fixtures_count]
+    );
+}

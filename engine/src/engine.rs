@@ -183,6 +183,7 @@ impl Engine {
             Arc::new(AudioTableFactory::new(
                 Arc::clone(&progress),
                 Arc::clone(&features),
+                Arc::clone(&registry),
             )),
         );
         let ctx = SessionContext::new_with_state(state);
@@ -338,9 +339,7 @@ impl Engine {
                 if persist == Persist::Yes {
                     refuse_credentials(create)?;
                 }
-                let definition = catalog::definition(create)?;
-                self.add_secret_options(create);
-                Some(definition)
+                Some(catalog::definition(create)?)
             }
             _ => None,
         };
@@ -499,34 +498,6 @@ impl Engine {
             })
         })?;
         refused.map_or(Ok(()), Err)
-    }
-
-    /// Gives an AUDIO table on S3 the options of the secret for its bucket (those it does not
-    /// set itself). They reach the table only, never the recorded definition.
-    fn add_secret_options(&self, create: &mut CreateExternalTable) {
-        if !create.file_type.eq_ignore_ascii_case("audio") {
-            return;
-        }
-        let Some(bucket) = create
-            .locations
-            .first()
-            .and_then(|l| Url::parse(l).ok())
-            .filter(|u| u.scheme() == "s3")
-            .and_then(|u| u.host_str().map(str::to_owned))
-        else {
-            return;
-        };
-        for (key, value) in self.secrets.for_bucket(&bucket) {
-            if !create
-                .options
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(&key))
-            {
-                create
-                    .options
-                    .push((key, SqlValue::SingleQuotedString(value)));
-            }
-        }
     }
 
     /// A record written before credentials were refused: moves them into the secrets file

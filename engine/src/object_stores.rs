@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use object_store::{
     ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
+use parking_lot::RwLock;
 use url::{Host, Url};
 
 use crate::durable::DurableLocal;
@@ -110,50 +111,85 @@ impl GuardedRegistry {
         self.guarded(url, true)
     }
 
+    /// The store an AUDIO table reads through: the bucket's shared one, or, when the table
+    /// sets `aws.*` options, a client of its own configured by them over the bucket's secret
+    /// and the environment. Clients are shared between tables with the same options only, so
+    /// one table's endpoint never reaches another table on the same bucket.
+    pub fn table_store(
+        &self,
+        url: &Url,
+        options: &[(String, String)],
+    ) -> DfResult<Arc<dyn ObjectStore>> {
+        if options.is_empty() || url.scheme() != "s3" {
+            return self.guarded(url, false);
+        }
+        // Keyed by a digest, so that no credential sits in a key.
+        let mut digest = blake3::Hasher::new();
+        for (key, value) in options {
+            for part in [key, value] {
+                digest.update(&(part.len() as u64).to_le_bytes());
+                digest.update(part.as_bytes());
+            }
+        }
+        let key = format!("{}#{}", store_url(url), digest.finalize().to_hex());
+        let inner = self.cached(key, || {
+            let bucket = url.host_str().unwrap_or_default();
+            let mut merged = self.secrets.for_bucket(bucket);
+            merged.extend(options.iter().cloned());
+            s3_store(bucket, &merged)
+        })?;
+        Ok(self.wrap(inner, url, false))
+    }
+
     /// Forgets the S3 clients made so far, so that the next use picks up changed secrets.
     pub fn forget_s3_clients(&self) {
         self.stores
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|key, _| !key.starts_with("s3://"));
     }
 
     fn guarded(&self, url: &Url, internal: bool) -> DfResult<Arc<dyn ObjectStore>> {
-        Ok(Arc::new(GuardedStore {
-            inner: self.unguarded(url)?,
+        let inner = self.unguarded(url)?;
+        Ok(self.wrap(inner, url, internal))
+    }
+
+    fn wrap(&self, inner: Arc<dyn ObjectStore>, url: &Url, internal: bool) -> Arc<dyn ObjectStore> {
+        Arc::new(GuardedStore {
+            inner,
             base: store_url(url),
             roots: Arc::clone(&self.roots),
             internal,
-        }))
+        })
     }
 
+    /// The bucket's or folder's shared client, made from the environment and secrets.
     fn unguarded(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        let key = store_url(url).to_string();
-        let cached = self
-            .stores
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        if let Some(store) = cached {
-            return Ok(store);
-        }
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "file" => Arc::new(DurableLocal::new(LocalFileSystem::new())),
+        self.cached(store_url(url).to_string(), || match url.scheme() {
+            "file" => Ok(Arc::new(DurableLocal::new(LocalFileSystem::new())) as _),
             "s3" => {
                 let bucket = url.host_str().unwrap_or_default();
-                s3_store(bucket, &self.secrets.for_bucket(bucket))?
+                s3_store(bucket, &self.secrets.for_bucket(bucket))
             }
             other => {
                 let hint = "use a local path, file:// or s3://";
                 let msg = format!("no object store for scheme '{other}' ({url}); {hint}");
-                return Err(DataFusionError::Configuration(msg));
+                Err(DataFusionError::Configuration(msg))
             }
-        };
-        let mut stores = self
-            .stores
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        })
+    }
+
+    /// The client cached under `key`, made by `make` the first time.
+    fn cached(
+        &self,
+        key: String,
+        make: impl FnOnce() -> DfResult<Arc<dyn ObjectStore>>,
+    ) -> DfResult<Arc<dyn ObjectStore>> {
+        let cached = self.stores.read().get(&key).cloned();
+        if let Some(store) = cached {
+            return Ok(store);
+        }
+        let store = make()?;
+        let mut stores = self.stores.write();
         Ok(Arc::clone(stores.entry(key).or_insert(store)))
     }
 }
@@ -165,17 +201,13 @@ impl ObjectStoreRegistry for GuardedRegistry {
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
         let key = store_url(url).to_string();
-        self.stores
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, store)
+        self.stores.write().insert(key, store)
     }
 
     fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
         let key = store_url(url).to_string();
         self.stores
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key)
             .ok_or_else(|| DataFusionError::Execution(format!("no object store for {key}")))
     }

@@ -17,8 +17,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use object_store::ObjectMeta;
-use url::Url;
+use object_store::{ObjectMeta, ObjectStore};
 
 use super::columns::{self, FileRow, Work};
 use super::read::probe_object;
@@ -39,7 +38,7 @@ type Listed = (ObjectMeta, String);
 
 #[derive(Debug)]
 pub struct AudioScanExec {
-    store_url: Url,
+    store: Arc<dyn ObjectStore>,
     location: String,
     partitions: Vec<Arc<Vec<Listed>>>,
     projection: Vec<usize>,
@@ -57,7 +56,7 @@ pub struct AudioScanExec {
 
 impl AudioScanExec {
     pub fn new(
-        store_url: Url,
+        store: Arc<dyn ObjectStore>,
         location: String,
         files: Vec<Listed>,
         projection: Vec<usize>,
@@ -85,7 +84,7 @@ impl AudioScanExec {
             Boundedness::Bounded,
         ));
         Ok(Self {
-            store_url,
+            store,
             location,
             partitions: partitions.into_iter().map(Arc::new).collect(),
             projection,
@@ -192,10 +191,7 @@ impl ExecutionPlan for AudioScanExec {
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)));
         }
 
-        let store = context
-            .runtime_env()
-            .object_store_registry
-            .get_store(&self.store_url)?;
+        let store = Arc::clone(&self.store);
         let bytes_read = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
         let files_opened = MetricBuilder::new(&self.metrics).counter("files_opened", partition);
         let progress = Arc::clone(&self.progress);

@@ -22,7 +22,7 @@ use super::columns::{self, Cost};
 use super::scan::AudioScanExec;
 use crate::error::EngineError;
 use crate::location::{object_path, resolve_location, store_url};
-use crate::object_stores::{s3_store, S3_OPTIONS};
+use crate::object_stores::{GuardedRegistry, S3_OPTIONS};
 use crate::progress::ScanProgress;
 use crate::store::FeatureStore;
 
@@ -37,11 +37,20 @@ pub const DEFAULT_EXTENSIONS: &[&str] = &[
 pub struct AudioTableFactory {
     progress: Arc<ScanProgress>,
     features: Arc<FeatureStore>,
+    stores: Arc<GuardedRegistry>,
 }
 
 impl AudioTableFactory {
-    pub fn new(progress: Arc<ScanProgress>, features: Arc<FeatureStore>) -> Self {
-        Self { progress, features }
+    pub fn new(
+        progress: Arc<ScanProgress>,
+        features: Arc<FeatureStore>,
+        stores: Arc<GuardedRegistry>,
+    ) -> Self {
+        Self {
+            progress,
+            features,
+            stores,
+        }
     }
 }
 
@@ -49,7 +58,7 @@ impl AudioTableFactory {
 impl TableProviderFactory for AudioTableFactory {
     async fn create(
         &self,
-        state: &dyn Session,
+        _state: &dyn Session,
         cmd: &CreateExternalTable,
     ) -> Result<Arc<dyn TableProvider>> {
         if !cmd.schema.fields().is_empty() {
@@ -66,16 +75,16 @@ impl TableProviderFactory for AudioTableFactory {
         };
         let url = resolve_location(location)?;
         let options = AudioOptions::parse(&cmd.options)?;
-        if !options.s3.is_empty() {
-            if url.scheme() != "s3" {
-                return plan_err!("aws.* options only apply to s3:// locations, not {url}");
-            }
-            let store = s3_store(url.host_str().unwrap_or_default(), &options.s3)?;
-            state.runtime_env().register_object_store(&url, store);
+        if !options.s3.is_empty() && url.scheme() != "s3" {
+            return plan_err!("aws.* options only apply to s3:// locations, not {url}");
         }
+        // Made now so that a bad option fails the CREATE, not the first query.
+        self.stores.table_store(&url, &options.s3)?;
         Ok(Arc::new(AudioTable {
             url,
             extensions: options.extensions,
+            s3: options.s3,
+            stores: Arc::clone(&self.stores),
             progress: Arc::clone(&self.progress),
             features: Arc::clone(&self.features),
         }))
@@ -133,6 +142,9 @@ impl AudioOptions {
 pub struct AudioTable {
     url: Url,
     extensions: HashSet<String>,
+    /// The table's own `aws.*` options: they configure its store and no other table's.
+    s3: Vec<(String, String)>,
+    stores: Arc<GuardedRegistry>,
     progress: Arc<ScanProgress>,
     features: Arc<FeatureStore>,
 }
@@ -166,14 +178,15 @@ impl AudioTable {
             .collect())
     }
 
+    /// The store the table reads its files from.
+    fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        self.stores.table_store(&self.url, &self.s3)
+    }
+
     /// The audio files the table reads now, sorted by path.
-    pub async fn files(&self, state: &dyn Session) -> Result<Vec<ObjectMeta>> {
-        let store = state
-            .runtime_env()
-            .object_store_registry
-            .get_store(&self.url)?;
+    pub async fn files(&self) -> Result<Vec<ObjectMeta>> {
         Ok(self
-            .list(&store)
+            .list(&self.store()?)
             .await?
             .into_iter()
             .map(|(meta, _)| meta)
@@ -269,10 +282,7 @@ impl TableProvider for AudioTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let store = state
-            .runtime_env()
-            .object_store_registry
-            .get_store(&self.url)?;
+        let store = self.store()?;
         let files = self.list(&store).await?;
         let mut files = filter_files(state, files, filters)?;
         // Every filter pushed here is exact, so a limit may cut the listing before probing.
@@ -284,7 +294,7 @@ impl TableProvider for AudioTable {
             .unwrap_or_else(|| (0..columns::schema().fields().len()).collect());
         let partitions = state.config().target_partitions().max(1);
         Ok(Arc::new(AudioScanExec::new(
-            store_url(&self.url),
+            store,
             self.url.to_string(),
             files,
             projection,

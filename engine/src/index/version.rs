@@ -18,7 +18,7 @@ pub async fn table_version(
     table: &dyn TableProvider,
 ) -> Result<Option<String>> {
     let files = if let Some(audio) = table.downcast_ref::<AudioTable>() {
-        audio.files(state).await?
+        audio.files().await?
     } else if let Some(listing) = table.downcast_ref::<ListingTable>() {
         let extension = &listing.options().file_extension;
         let mut files = Vec::new();
