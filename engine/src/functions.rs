@@ -17,6 +17,8 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::cast::{as_int64_array, as_string_array};
+use datafusion::common::exec_err;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool};
 use datafusion::execution::object_store::ObjectStoreRegistry;
@@ -412,20 +414,18 @@ impl AsyncScalarUDFImpl for PathFunction {
             .map(|arg| arg.to_array(rows))
             .collect::<Result<Vec<_>>>()?
             .into_iter();
-        let paths = cast(&arrays.next().expect("one path argument"), &DataType::Utf8)?;
-        let paths = paths
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("cast to Utf8 gives a StringArray");
+        let Some(paths) = arrays.next() else {
+            return exec_err!("{}() takes a path", self.name);
+        };
+        let paths = cast(&paths, &DataType::Utf8)?;
+        let paths = as_string_array(&paths)?;
         let result = match self.kind {
             Kind::Decode => {
                 let rates = arrays
                     .next()
                     .map(|rates| cast(&rates, &DataType::Int64))
                     .transpose()?;
-                let rates = rates
-                    .as_ref()
-                    .map(|r| r.as_any().downcast_ref::<Int64Array>().expect("Int64"));
+                let rates = rates.as_ref().map(|r| as_int64_array(r)).transpose()?;
                 let max_seconds = settings::decode_max_seconds(&args.config_options)?;
                 self.decode_all(paths, rates, max_seconds).await?
             }
@@ -434,9 +434,7 @@ impl AsyncScalarUDFImpl for PathFunction {
                     .next()
                     .map(|k| cast(&k, &DataType::Int64))
                     .transpose()?;
-                let counts = counts
-                    .as_ref()
-                    .map(|k| k.as_any().downcast_ref::<Int64Array>().expect("Int64"));
+                let counts = counts.as_ref().map(|k| as_int64_array(k)).transpose()?;
                 self.analyze_all(paths, counts).await?
             }
             _ => self.analyze_all(paths, None).await?,

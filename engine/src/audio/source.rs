@@ -3,12 +3,13 @@
 //! a decode reading straight through grows its blocks to keep requests few.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::physical_plan::metrics::Count;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
 use symphonia::core::io::MediaSource;
 use tokio::runtime::Handle;
 
@@ -46,7 +47,7 @@ struct RecordState {
 
 impl ReadRecord {
     fn saw(&self, pos: u64, bytes: &[u8]) {
-        let mut state = self.0.lock().expect("read record lock");
+        let mut state = self.0.lock();
         let end = pos + bytes.len() as u64;
         if pos <= state.hashed && end > state.hashed {
             let from = (state.hashed - pos) as usize;
@@ -56,11 +57,11 @@ impl ReadRecord {
     }
 
     fn failed_read(&self) {
-        self.0.lock().expect("read record lock").failed = true;
+        self.0.lock().failed = true;
     }
 
     pub fn failed(&self) -> bool {
-        self.0.lock().expect("read record lock").failed
+        self.0.lock().failed
     }
 
     /// The blake3 hash (hex) of the whole object: what was not read in order yet is fetched
@@ -73,7 +74,7 @@ impl ReadRecord {
         bytes_read: &Count,
     ) -> io::Result<String> {
         let (mut hasher, mut hashed) = {
-            let state = self.0.lock().expect("read record lock");
+            let state = self.0.lock();
             (state.hasher.clone(), state.hashed)
         };
         while hashed < len {
