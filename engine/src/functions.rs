@@ -32,9 +32,10 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::audio::columns;
 use crate::audio::read::{decode_object, Decoded};
+use crate::audio::read_through::analyze_cached;
 use crate::location::{object_path, resolve_location};
 use crate::sql::settings;
-use crate::store::{analyze_cached, FeatureStore};
+use crate::store::FeatureStore;
 
 /// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
 const IN_FLIGHT: usize = 2;

@@ -11,9 +11,9 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::error::Result;
 
+use crate::clock::now_micros;
 use crate::progress::ScanProgress;
 use crate::snapshot::Snapshot;
-use crate::store::now_micros;
 
 /// What one finished job did.
 #[derive(Debug, Clone, PartialEq)]

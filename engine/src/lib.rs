@@ -4,6 +4,7 @@
 
 pub mod audio;
 mod catalog;
+mod clock;
 mod durable;
 mod engine;
 mod error;

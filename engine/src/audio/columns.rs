@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use audiolake_udf::features::{self, AnalysisOutput, GroupResult};
+use audiolake_udf::features::{self, AnalysisOutput, GroupResult, DECODE_GROUP};
 use audiolake_udf::probe::AudioHeader;
 use datafusion::arrow::array::{
     ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, RecordBatchOptions,
@@ -32,9 +32,6 @@ pub struct Column {
     pub cost: Cost,
     pub group: Option<&'static str>,
 }
-
-/// The pseudo-group of `decoded_duration_s` and `decode_errors`: a decode with no extractor.
-pub const DECODE_GROUP: &str = "decode";
 
 const UTC: &str = "UTC";
 

@@ -2,6 +2,7 @@
 
 pub mod columns;
 pub(crate) mod read;
+pub(crate) mod read_through;
 mod scan;
 pub(crate) mod source;
 mod table;

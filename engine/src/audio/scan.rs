@@ -21,8 +21,9 @@ use object_store::{ObjectMeta, ObjectStore};
 
 use super::columns::{self, FileRow, Work};
 use super::read::probe_object;
+use super::read_through::analyze_cached;
 use crate::progress::ScanProgress;
-use crate::store::{analyze_cached, FeatureStore};
+use crate::store::FeatureStore;
 
 /// Files per output batch when headers are read: small, so partitions stay busy and results
 /// stream early.

@@ -43,8 +43,8 @@ use tokio::sync::Mutex;
 
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
+use crate::clock::now_micros;
 use crate::problems::StoreProblems;
-use crate::store::now_micros;
 
 /// Key columns, in order of preference.
 const KEY_COLUMNS: [&str; 2] = ["path", "id"];

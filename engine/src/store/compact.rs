@@ -29,7 +29,8 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{now_micros, part, stored_groups, FeatureStore, StoredRow};
+use super::{part, stored_groups, FeatureStore, StoredRow};
+use crate::clock::now_micros;
 
 /// How long compaction keeps the parts it replaced, unless told otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);

@@ -5,8 +5,9 @@
 //! reader sees all of it or none, and the listing of a version's folder is its manifest. Part
 //! names are unique per writer, so concurrent writers never overwrite each other; when two
 //! rows describe the same path, the newest analysis wins. Results are read through (looked up
-//! before any decode) and written behind (buffered, then published every few files, every few
-//! seconds and at the end of each scan).
+//! before any decode, by [`crate::audio::read_through`], which sits above the store and the
+//! audio readers) and written behind (buffered, then published every few files, every few
+//! seconds and at the end of each scan). The store knows nothing of audio files.
 //!
 //! Compaction leaves the parts it replaced in place for a while, named in a record beside them
 //! (see [`compact`]): readers take the live parts only. A part that cannot be read as one of its
@@ -14,15 +15,14 @@
 
 mod compact;
 mod part;
-mod read_through;
 mod tables;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use audiolake_udf::features::{self, GroupSchema};
+use audiolake_udf::features::{self, GroupSchema, DECODE_GROUP, DECODE_VERSION};
 use datafusion::error::{DataFusionError, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -31,10 +31,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use compact::RecordRead;
 pub use compact::{CompactReport, DEFAULT_RETENTION};
 pub(crate) use part::{Decoded, Fingerprint, StoredRow};
-pub(crate) use read_through::analyze_cached;
 pub(crate) use tables::register_feature_tables;
 
-use crate::audio::columns::DECODE_GROUP;
+use crate::clock::now_micros;
 use crate::problems::StoreProblems;
 
 /// Stored parts fetched at once when reading a group's results.
@@ -165,7 +164,7 @@ pub(crate) fn group_schema(name: &str) -> Option<GroupSchema> {
     if name == DECODE_GROUP {
         return Some(GroupSchema {
             name: DECODE_GROUP,
-            version: 1,
+            version: DECODE_VERSION,
             fields: Vec::new(),
         });
     }
@@ -190,12 +189,6 @@ pub(crate) fn stored_for(groups: &[&'static str]) -> Vec<&'static str> {
     } else {
         groups.to_vec()
     }
-}
-
-pub(crate) fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl FeatureStore {

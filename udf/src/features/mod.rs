@@ -200,8 +200,8 @@ impl AnalysisOutput {
     /// The decode columns as a result row, matching [`decode_fields`].
     pub fn decode_row(&self) -> GroupResult {
         GroupResult {
-            name: "decode",
-            version: 1,
+            name: DECODE_GROUP,
+            version: DECODE_VERSION,
             fields: decode_fields(),
             values: vec![
                 Value::Float64(self.decoded_duration_s),
@@ -210,6 +210,12 @@ impl AnalysisOutput {
         }
     }
 }
+
+/// The pseudo-group of the decode columns ([`decode_fields`]): what decoding itself measures,
+/// stored and versioned like a group that has no extractor.
+pub const DECODE_GROUP: &str = "decode";
+/// The version of the decode columns; stored values of another version are recomputed.
+pub const DECODE_VERSION: u32 = 1;
 
 /// Fields that come from decoding itself rather than from a group.
 pub fn decode_fields() -> Vec<Field> {

@@ -1,19 +1,22 @@
 //! Analysis through the store: stored results first, then stored results of the same content
 //! under another name, then one decode for whatever is still missing, written back.
+//!
+//! The one place that joins the audio readers and the feature store: it imports both, and
+//! neither imports it back (the AUDIO scan and the path functions call it).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use audiolake_udf::features::{AnalysisOutput, GroupResult};
+use audiolake_udf::features::{AnalysisOutput, GroupResult, DECODE_GROUP};
 use datafusion::error::Result;
 use datafusion::physical_plan::metrics::Count;
 use object_store::{ObjectMeta, ObjectStore};
 
-use super::{group_schema, now_micros, stored_for, Decoded, FeatureStore, Fingerprint, StoredRow};
-use crate::audio::columns::DECODE_GROUP;
-use crate::audio::read::analyze_object;
-use crate::audio::source::ReadRecord;
+use super::read::analyze_object;
+use super::source::ReadRecord;
+use crate::clock::now_micros;
+use crate::store::{group_schema, stored_for, Decoded, FeatureStore, Fingerprint, StoredRow};
 
 /// The analysis of `meta` for `groups` (none: the decode columns only), from the store where
 /// it can be. `listed`: every path of the scan's listing, when there is one. The inner result is the file's: an error there is a row's error. The outer one
@@ -78,7 +81,7 @@ pub(crate) async fn analyze_cached(
         .await;
         // A failed read says nothing about the file: report it, keep nothing.
         if record.failed() {
-            features.stats.analysed.fetch_add(1, Ordering::Relaxed);
+            features.stats().analysed.fetch_add(1, Ordering::Relaxed);
             return Ok(result);
         }
         let hash = record
@@ -110,9 +113,9 @@ pub(crate) async fn analyze_cached(
     }
 
     let counter = match (&analysed, to_store.is_empty()) {
-        (Some(_), _) => &features.stats.analysed,
-        (None, false) => &features.stats.reused,
-        (None, true) => &features.stats.hits,
+        (Some(_), _) => &features.stats().analysed,
+        (None, false) => &features.stats().reused,
+        (None, true) => &features.stats().hits,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if !to_store.is_empty() && features.add(to_store) {
