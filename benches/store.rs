@@ -147,8 +147,8 @@ async fn main() {
         let lake = open(&store_dir, &music_dir).await;
         let (elapsed, batches, bytes) = run(&lake).await;
         check(&batches, args.files);
-        let analysed = lake.engine().feature_store().stats().analysed();
-        assert_eq!(analysed, 0, "a stored file was analysed again");
+        let analyzed = lake.engine().feature_store().stats().analyzed();
+        assert_eq!(analyzed, 0, "a stored file was analysed again");
         println!(
             "from the store:                  {:>9.3} s, {:>12} audio bytes read",
             elapsed.as_secs_f64(),

@@ -84,7 +84,7 @@ fn audio_bytes(counting: &CountingStore) -> u64 {
 
 fn counts(lake: &AudioLake) -> (u64, u64) {
     let stats = lake.engine().feature_store().stats();
-    (stats.analysed(), stats.from_store())
+    (stats.analyzed(), stats.from_store())
 }
 
 const QUERY: &str = "SELECT file_name, rms_dbfs, spectral_centroid_hz, decode_errors FROM t \
@@ -124,7 +124,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn analysed_once_then_answered_from_the_store() {
+async fn analyzed_once_then_answered_from_the_store() {
     let setup = setup();
     let (lake, counting) = open(&setup, FlushPolicy::default()).await;
     let first = query(&lake, QUERY).await;
@@ -185,7 +185,7 @@ async fn analysed_once_then_answered_from_the_store() {
 async fn results_are_plain_tables() {
     let setup = setup();
     let (lake, _) = open(&setup, FlushPolicy::default()).await;
-    let analysed = query(&lake, "SELECT path, rms_dbfs FROM t ORDER BY path").await;
+    let analyzed = query(&lake, "SELECT path, rms_dbfs FROM t ORDER BY path").await;
     // The layout: <store>/features/<group>/v<version>/*.parquet.
     assert!(parts(&setup.store, "loudness/v1") >= 1);
 
@@ -194,7 +194,7 @@ async fn results_are_plain_tables() {
         "SELECT path, rms_dbfs FROM features_loudness ORDER BY path",
     )
     .await;
-    assert_eq!(stored.columns(), analysed.columns());
+    assert_eq!(stored.columns(), analyzed.columns());
     let failed = query(
         &lake,
         "SELECT count(*) AS n FROM features_loudness WHERE error IS NOT NULL",
@@ -304,11 +304,11 @@ async fn analyze_table_reports_progress_in_a_system_table() {
     let (lake, _) = open(&setup, FlushPolicy::default()).await;
     let report = lake.analyze_table("t").await.unwrap();
     assert_eq!(
-        (report.files, report.analysed, report.from_store),
+        (report.files, report.analyzed, report.from_store),
         (7, 7, 0)
     );
     let again = lake.analyze_table("t").await.unwrap();
-    assert_eq!((again.analysed, again.from_store), (0, 7));
+    assert_eq!((again.analyzed, again.from_store), (0, 7));
 
     let jobs = query(
         &lake,

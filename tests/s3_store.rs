@@ -116,7 +116,7 @@ fn store_on_s3_from_environment_variables() {
 const ANALYSIS: &str = "SELECT file_name, rms_dbfs, decoded_duration_s FROM music ORDER BY path";
 
 async fn run(moto: &Moto) {
-    let analysed;
+    let analyzed;
     moto.create_bucket(BUCKET);
     let client = moto.client(BUCKET);
     moto::upload_fixtures(&client, "music").await;
@@ -135,9 +135,9 @@ async fn run(moto: &Moto) {
         )
         .await;
         check_music(&lake).await;
-        analysed = query(&lake, ANALYSIS).await;
+        analyzed = query(&lake, ANALYSIS).await;
         let stats = lake.engine().feature_store().stats();
-        assert_eq!((stats.analysed(), stats.from_store()), (14, 0));
+        assert_eq!((stats.analyzed(), stats.from_store()), (14, 0));
     }
 
     // The results went to the bucket as Parquet parts.
@@ -180,9 +180,9 @@ async fn run(moto: &Moto) {
         );
         check_music(&lake).await;
         // ... and the analysis results: nothing is decoded again.
-        assert_eq!(query(&lake, ANALYSIS).await, analysed);
+        assert_eq!(query(&lake, ANALYSIS).await, analyzed);
         let stats = lake.engine().feature_store().stats();
-        assert_eq!((stats.analysed(), stats.from_store()), (0, 14));
+        assert_eq!((stats.analyzed(), stats.from_store()), (0, 14));
         let stored = query(&lake, "SELECT count(*) FROM features_loudness").await;
         assert_eq!(stored.column(0).as_primitive::<Int64Type>().value(0), 14);
     }

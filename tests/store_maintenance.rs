@@ -216,7 +216,7 @@ async fn two_compactions_at_once_keep_every_row_once() {
     assert_eq!(now.num_rows(), expected.num_rows());
     // Everything is still answered from the store.
     query(&reader, "SELECT file_name, rms_dbfs FROM t").await;
-    assert_eq!(reader.engine().feature_store().stats().analysed(), 0);
+    assert_eq!(reader.engine().feature_store().stats().analyzed(), 0);
     assert_eq!(reader.engine().store_problems(), Vec::new());
 }
 
@@ -262,7 +262,7 @@ async fn malformed_parts_are_set_aside_and_reported() {
         ),
         lines(&expected)
     );
-    assert_eq!(lake.engine().feature_store().stats().analysed(), 0);
+    assert_eq!(lake.engine().feature_store().stats().analyzed(), 0);
     assert_eq!(lines(&query(&lake, LOUDNESS).await), lines(&good));
     let mut problems: Vec<String> = lake
         .engine()

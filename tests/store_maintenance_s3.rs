@@ -143,7 +143,7 @@ async fn run(moto: &Moto) {
     let fresh = open(audiolake::DEFAULT_RETENTION).await;
     assert_eq!(text(&[query(&fresh, LOUDNESS).await]), text(&[expected]));
     query(&fresh, "SELECT rms_dbfs FROM music").await;
-    assert_eq!(fresh.engine().feature_store().stats().analysed(), 0);
+    assert_eq!(fresh.engine().feature_store().stats().analyzed(), 0);
     let mut problems: Vec<String> = fresh
         .engine()
         .store_problems()

@@ -609,7 +609,7 @@ impl Engine {
             per_group.join(", ")
         );
         let stats = self.features.stats();
-        let before = (stats.analysed(), stats.from_store());
+        let before = (stats.analyzed(), stats.from_store());
         let job = self
             .jobs
             .start(table, u64::try_from(files).unwrap_or(0), &self.progress);
@@ -627,7 +627,7 @@ impl Engine {
         Ok(AnalyzeReport {
             table: table.to_owned(),
             files: u64::try_from(files).unwrap_or(0),
-            analysed: stats.analysed() - before.0,
+            analyzed: stats.analyzed() - before.0,
             from_store: stats.from_store() - before.1,
             seconds: started.elapsed().as_secs_f64(),
         })

@@ -21,7 +21,7 @@ pub struct AnalyzeReport {
     pub table: String,
     pub files: u64,
     /// Files decoded and analysed by this job.
-    pub analysed: u64,
+    pub analyzed: u64,
     /// Files answered by stored results (including copies found by content hash).
     pub from_store: u64,
     pub seconds: f64,

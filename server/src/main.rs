@@ -304,7 +304,7 @@ async fn run_analyze(args: AnalyzeArgs) -> Result<()> {
     let report = result.with_context(|| format!("cannot analyse table {}", args.table))?;
     println!(
         "{}: {} files, {} analysed, {} from the store, in {:.1} s",
-        report.table, report.files, report.analysed, report.from_store, report.seconds
+        report.table, report.files, report.analyzed, report.from_store, report.seconds
     );
     Ok(())
 }

@@ -164,12 +164,12 @@ fn killed_analysis_resumes(store: &Store) {
         (1..FILES).contains(&published),
         "{published} files published"
     );
-    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
+    let (analyzed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
     assert_eq!(from_store, published, "every published file is reused");
-    assert_eq!(analysed, FILES - published, "only the rest is analysed");
+    assert_eq!(analyzed, FILES - published, "only the rest is analysed");
 
-    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
-    assert_eq!((analysed, from_store), (0, FILES));
+    let (analyzed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
+    assert_eq!((analyzed, from_store), (0, FILES));
 }
 
 fn concurrent_writers(store: &Store) {
@@ -183,13 +183,13 @@ fn concurrent_writers(store: &Store) {
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let (analysed_a, _) = summary(&a);
-    let (analysed_b, _) = summary(&b);
-    assert!(analysed_a + analysed_b >= FILES);
+    let (analyzed_a, _) = summary(&a);
+    let (analyzed_b, _) = summary(&b);
+    assert!(analyzed_a + analyzed_b >= FILES);
 
     assert_eq!(complete(store), FILES);
-    let (analysed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
-    assert_eq!((analysed, from_store), (0, FILES));
+    let (analyzed, from_store) = summary(&analyze(store, music.path()).output().unwrap());
+    assert_eq!((analyzed, from_store), (0, FILES));
 }
 
 #[test]

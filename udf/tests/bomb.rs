@@ -18,7 +18,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 #[test]
-fn an_hour_of_silent_flac_analyses_in_bounded_memory() {
+fn an_hour_of_silent_flac_analyzes_in_bounded_memory() {
     let rate = 22_050u64;
     let blocks = (3600 * rate).div_ceil(FLAC_BLOCK);
     let bytes = silent_flac(rate as u32, blocks * FLAC_BLOCK, blocks);

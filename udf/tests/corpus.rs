@@ -6,7 +6,7 @@ mod corpus;
 
 use audiolake_udf::features::{analyze_path, AnalysisOutput};
 
-fn analyse_all(entries: &[corpus::Entry]) -> Vec<AnalysisOutput> {
+fn analyze_all(entries: &[corpus::Entry]) -> Vec<AnalysisOutput> {
     // Two threads: the files are independent and the test machine has two cores.
     let half = entries.len().div_ceil(2);
     std::thread::scope(|s| {
@@ -35,7 +35,7 @@ fn corpus_accuracy_floors() {
     let Some(entries) = corpus::load() else {
         return;
     };
-    let outputs = analyse_all(&entries);
+    let outputs = analyze_all(&entries);
     let (mut acc1, mut acc2, mut keyed, mut exact, mut mirex) = (0, 0, 0, 0, 0.0);
     for (e, out) in entries.iter().zip(&outputs) {
         assert_eq!(out.decode_errors, 0, "{}", e.file);

@@ -130,7 +130,7 @@ fn a_header_claiming_far_more_audio_than_present_reads_what_is_there() {
 }
 
 #[test]
-fn a_flac_declaring_a_hundred_hours_with_a_second_present_analyses_that_second() {
+fn a_flac_declaring_a_hundred_hours_with_a_second_present_analyzes_that_second() {
     let declared = 100 * 3600 * 16_000;
     let bytes = silent_flac(16_000, declared, 4);
     assert!(matches!(

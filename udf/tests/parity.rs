@@ -40,7 +40,7 @@ fn fixture_path(name: &str) -> PathBuf {
     }
 }
 
-fn analyse(path: &Path) -> AnalysisOutput {
+fn analyze_fixture(path: &Path) -> AnalysisOutput {
     analyze_path(path, &["loudness", "spectral", "timbre"])
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -83,7 +83,7 @@ fn argmax(v: &[f64]) -> usize {
 #[test]
 fn integrated_loudness_matches_pyloudnorm() {
     for (name, r) in fixtures() {
-        let out = analyse(&fixture_path(&name));
+        let out = analyze_fixture(&fixture_path(&name));
         let (lufs, expected) = (ours(&out, "loudness_lufs"), number(&r["loudness_lufs"]));
         // At 44.1/48 kHz both K-filters follow BS.1770's 48 kHz design, but pyloudnorm's rounded
         // constants read 0.04 LU low (-3.05 LUFS for the reference sine) and our meter's
@@ -107,7 +107,7 @@ fn feature_fixtures() -> Vec<(String, Json, AnalysisOutput)> {
         .into_iter()
         .filter(|(_, r)| r.get("mfcc").is_some())
         .map(|(name, r)| {
-            let out = analyse(&fixture_path(&name));
+            let out = analyze_fixture(&fixture_path(&name));
             (name, r, out)
         })
         .collect();
@@ -148,7 +148,7 @@ fn mfcc_matches_librosa() {
 fn mfcc_of_a_pure_tone_differs_from_librosa_only_by_its_80_db_floor() {
     let r = reference();
     let tone = &r["files"]["tone.wav"];
-    let out = analyse(&data_dir().join("tone.wav"));
+    let out = analyze_fixture(&data_dir().join("tone.wav"));
     let c0 = f64::from(out.get("mfcc").unwrap().as_f32_list().unwrap()[0]);
     // Without the floor the empty bands sit near -100 dB and pull c0 down by some 230 dB.
     assert!(

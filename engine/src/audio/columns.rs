@@ -67,11 +67,11 @@ static COLUMNS: LazyLock<Vec<Column>> = LazyLock::new(|| {
         plain("track_number", DataType::Int32, true, Cost::Header),
         plain("year", DataType::Int32, true, Cost::Header),
     ];
-    let analysed = features::group_schemas()
+    let analyzed = features::group_schemas()
         .iter()
         .map(|g| (g.name, g.fields.clone()))
         .chain([(DECODE_GROUP, features::decode_fields())]);
-    for (group, fields) in analysed {
+    for (group, fields) in analyzed {
         columns.extend(fields.into_iter().map(|field| Column {
             field: Arc::new(field),
             cost: Cost::Decode,

@@ -63,7 +63,7 @@ pub(crate) async fn analyze_cached(
         }
     }
 
-    let mut analysed = None;
+    let mut analyzed = None;
     if !missing.is_empty() {
         let record = ReadRecord::default();
         let decode: Vec<&'static str> = missing
@@ -81,7 +81,7 @@ pub(crate) async fn analyze_cached(
         .await;
         // A failed read says nothing about the file: report it, keep nothing.
         if record.failed() {
-            features.stats().analysed.fetch_add(1, Ordering::Relaxed);
+            features.stats().analyzed.fetch_add(1, Ordering::Relaxed);
             return Ok(result);
         }
         let hash = record
@@ -109,11 +109,11 @@ pub(crate) async fn analyze_cached(
                 },
             ));
         }
-        analysed = Some(result);
+        analyzed = Some(result);
     }
 
-    let counter = match (&analysed, to_store.is_empty()) {
-        (Some(_), _) => &features.stats().analysed,
+    let counter = match (&analyzed, to_store.is_empty()) {
+        (Some(_), _) => &features.stats().analyzed,
         (None, false) => &features.stats().reused,
         (None, true) => &features.stats().hits,
     };
@@ -121,7 +121,7 @@ pub(crate) async fn analyze_cached(
     if !to_store.is_empty() && features.add(to_store) {
         features.flush().await?;
     }
-    Ok(assemble(groups, found, analysed))
+    Ok(assemble(groups, found, analyzed))
 }
 
 fn decoded(out: &AnalysisOutput) -> Decoded {
@@ -137,9 +137,9 @@ fn decoded(out: &AnalysisOutput) -> Decoded {
 fn assemble(
     groups: &[&'static str],
     found: Vec<(&'static str, Arc<StoredRow>)>,
-    analysed: Option<std::result::Result<AnalysisOutput, String>>,
+    analyzed: Option<std::result::Result<AnalysisOutput, String>>,
 ) -> std::result::Result<AnalysisOutput, String> {
-    let fresh = analysed.transpose()?;
+    let fresh = analyzed.transpose()?;
     let mut stored = Vec::with_capacity(found.len());
     for (group, row) in found {
         match &row.outcome {

@@ -31,7 +31,7 @@ const PROBED_PER_BATCH: usize = 16;
 /// Headers read at once per partition (hides object-store latency).
 const PROBES_IN_FLIGHT: usize = 4;
 /// Files per output batch when files are decoded (seconds each, so fewer).
-const ANALYSED_PER_BATCH: usize = 4;
+const ANALYZED_PER_BATCH: usize = 4;
 /// Decodes at once per partition: CPU-bound, so one per core, plus one to hide reads.
 const ANALYSES_IN_FLIGHT: usize = 2;
 
@@ -199,7 +199,7 @@ impl ExecutionPlan for AudioScanExec {
         progress.add_total(files.len() as u64);
 
         let (in_flight, per_batch) = if self.work.decode.is_some() {
-            (ANALYSES_IN_FLIGHT, ANALYSED_PER_BATCH)
+            (ANALYSES_IN_FLIGHT, ANALYZED_PER_BATCH)
         } else {
             (PROBES_IN_FLIGHT, PROBED_PER_BATCH)
         };

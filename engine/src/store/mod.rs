@@ -63,7 +63,7 @@ pub struct StoreStats {
     /// Files answered from stored results.
     pub hits: AtomicU64,
     /// Files that had to be decoded.
-    pub analysed: AtomicU64,
+    pub analyzed: AtomicU64,
     /// Files whose results were taken from another file with the same content.
     pub reused: AtomicU64,
     /// Parts published.
@@ -72,8 +72,8 @@ pub struct StoreStats {
 
 impl StoreStats {
     /// Files decoded and analysed.
-    pub fn analysed(&self) -> u64 {
-        self.analysed.load(Ordering::Relaxed)
+    pub fn analyzed(&self) -> u64 {
+        self.analyzed.load(Ordering::Relaxed)
     }
 
     /// Files answered from stored results, directly or through a copy with the same content.

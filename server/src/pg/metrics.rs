@@ -159,13 +159,13 @@ impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.engine().feature_store().stats();
         let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-        let (hits, reused, analysed) = (
+        let (hits, reused, analyzed) = (
             load(&stats.hits),
             load(&stats.reused),
-            load(&stats.analysed),
+            load(&stats.analyzed),
         );
         for (name, help, value) in [
-            ("files_analysed", "Files decoded and analysed", analysed),
+            ("files_analysed", "Files decoded and analysed", analyzed),
             (
                 "store_hits",
                 "Files whose results were found in the feature store by path and fingerprint",
@@ -174,7 +174,7 @@ impl Collector for StoreCollector {
             (
                 "store_misses",
                 "Files not found by fingerprint: analysed, or reused from a file with the same content",
-                analysed + reused,
+                analyzed + reused,
             ),
             (
                 "store_parts_written",

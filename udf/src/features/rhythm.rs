@@ -550,14 +550,14 @@ mod tests {
         out
     }
 
-    fn analyse(signal: &[f32]) -> Vec<Value> {
+    fn analyze(signal: &[f32]) -> Vec<Value> {
         run_frames(Box::new(Rhythm::new()), signal, 4096)
     }
 
     #[test]
     fn click_tracks_read_their_tempo_within_one_percent() {
         for bpm in [60.0, 80.0, 100.0, 120.0, 140.0, 160.0, 180.0, 200.0] {
-            let v = analyse(&click_track(bpm, 30.0));
+            let v = analyze(&click_track(bpm, 30.0));
             let got = v[0].as_f64().expect("a tempo");
             assert!(
                 (got / bpm - 1.0).abs() < 0.01,
@@ -576,7 +576,7 @@ mod tests {
     #[test]
     fn a_clip_shorter_than_a_window_still_reads_its_tempo() {
         for bpm in [70.0, 120.0, 180.0] {
-            let v = analyse(&click_track(bpm, 4.0));
+            let v = analyze(&click_track(bpm, 4.0));
             let got = v[0].as_f64().expect("a tempo");
             assert!((got / bpm - 1.0).abs() < 0.04, "{bpm} BPM read as {got}");
         }
@@ -592,7 +592,7 @@ mod tests {
 
     #[test]
     fn silence_has_no_tempo() {
-        let v = analyse(&vec![0.0; RATE as usize * 5]);
+        let v = analyze(&vec![0.0; RATE as usize * 5]);
         assert_eq!(v[0], Value::Null);
         assert_eq!(v[2], Value::Float64(0.0));
     }
