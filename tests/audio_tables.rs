@@ -103,9 +103,11 @@ async fn fixture_values_match_fixtures_csv() {
                 .column_by_name(col)
                 .unwrap()
                 .as_primitive::<Int32Type>();
-            a.is_valid(i)
-                .then(|| a.value(i).to_string())
-                .unwrap_or_default()
+            if a.is_valid(i) {
+                a.value(i).to_string()
+            } else {
+                Default::default()
+            }
         };
         assert_eq!(int("sample_rate"), row["sample_rate"], "{file}");
         assert_eq!(int("channels"), row["channels"], "{file}");

@@ -74,11 +74,9 @@ async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
 /// Every value of column `col` as text, `NULL` for nulls.
 fn texts(batch: &RecordBatch, col: &str) -> Vec<String> {
     let array = batch.column_by_name(col).unwrap();
-    let array = audiolake::datafusion::arrow::compute::cast(
-        array,
-        &audiolake::datafusion::arrow::datatypes::DataType::Utf8,
-    )
-    .unwrap();
+    let array =
+        datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Utf8)
+            .unwrap();
     let array = array.as_string::<i32>();
     (0..array.len())
         .map(|i| match array.is_valid(i) {

@@ -85,7 +85,7 @@ async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
 
 /// The batch as text lines, for comparing results.
 fn lines(batch: &RecordBatch) -> Vec<String> {
-    audiolake::datafusion::arrow::util::pretty::pretty_format_batches(&[batch.clone()])
+    datafusion::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
         .unwrap()
         .to_string()
         .lines()

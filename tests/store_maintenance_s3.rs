@@ -107,7 +107,7 @@ async fn run(moto: &Moto) {
     let report = lake.engine().compact_store().await.unwrap();
     assert_eq!(report.parts_merged, before.len());
     let read = collect(planned, task).await.unwrap();
-    assert_eq!(text(&read), text(&[expected.clone()]));
+    assert_eq!(text(&read), text(std::slice::from_ref(&expected)));
     let after = keys(&client, PARTS).await;
     assert_eq!(
         after.len(),
@@ -124,7 +124,7 @@ async fn run(moto: &Moto) {
     let fresh = open(audiolake::DEFAULT_RETENTION).await;
     assert_eq!(
         text(&[query(&fresh, LOUDNESS).await]),
-        text(&[expected.clone()])
+        text(std::slice::from_ref(&expected))
     );
 
     // Malformed parts are set aside, left in place, and reported.

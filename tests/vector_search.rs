@@ -159,7 +159,7 @@ async fn run(lake: &AudioLake, sql: &str) -> Vec<RecordBatch> {
 }
 
 async fn ids(lake: &AudioLake, sql: &str) -> Vec<i64> {
-    let batches = run(&lake, sql).await;
+    let batches = run(lake, sql).await;
     batches
         .iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
@@ -172,7 +172,7 @@ async fn analyze(lake: &AudioLake, sql: &str) -> String {
 }
 
 async fn float(lake: &AudioLake, sql: &str) -> Option<f64> {
-    let batches = run(&lake, sql).await;
+    let batches = run(lake, sql).await;
     let column = batches[0].column(0);
     (!column.is_null(0)).then(|| column.as_primitive::<Float64Type>().value(0))
 }

@@ -271,9 +271,9 @@ impl Engine {
     async fn run_with(&self, sql: &str, persist: Persist) -> Result<DataFrame> {
         let statements = self.parse(sql)?;
         if statements.is_empty() {
-            return Err(EngineError::DataFusion(
-                datafusion::error::DataFusionError::Plan("no SQL statement given".to_string()),
-            ));
+            return Err(EngineError::DataFusion(DataFusionError::Plan(
+                "no SQL statement given".to_string(),
+            )));
         }
         let last = statements.len() - 1;
         let mut result = None;

@@ -339,7 +339,7 @@ impl PathFunction {
                         i32::MAX
                     )))
                 } else {
-                    reservation.try_grow(2 * len * std::mem::size_of::<f32>())
+                    reservation.try_grow(2 * len * size_of::<f32>())
                 };
                 futures::future::ready(grown.map(|()| samples))
             })

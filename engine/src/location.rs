@@ -582,8 +582,7 @@ mod tests {
         let mut roots = AllowedRoots::new();
         roots.add(root.to_str().unwrap()).unwrap();
         let base = Url::parse("file:///").unwrap();
-        let object =
-            |p: &std::path::Path| object_store::path::Path::parse(p.to_str().unwrap()).unwrap();
+        let object = |p: &Path| object_store::path::Path::parse(p.to_str().unwrap()).unwrap();
 
         for (path, access) in [
             (root.join("file.txt"), Access::Read),

@@ -314,7 +314,7 @@ struct Affine {
 }
 
 impl Affine {
-    fn load(vb: &VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder<'_>, channels: usize, eps: f64) -> Result<Self> {
         let gamma = vb.get(channels, "weight")?;
         let beta = vb.get(channels, "bias")?;
         let mean = vb.get(channels, "running_mean")?;
@@ -351,7 +351,7 @@ struct FrontBlock {
 }
 
 impl FrontBlock {
-    fn load(vb: &VarBuilder, out: usize, kh: usize, kw: usize, eps: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder<'_>, out: usize, kh: usize, kw: usize, eps: f64) -> Result<Self> {
         let bn = Affine::load(&vb.pp("bn"), out, eps)?;
         let sign = bn.scale.ge(0f32)?.to_dtype(DType::F32)?.affine(2.0, -1.0)?;
         let weight = vb
@@ -457,7 +457,7 @@ struct MidBlock {
 }
 
 impl MidBlock {
-    fn load(vb: &VarBuilder, n: usize, inputs: usize, eps: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder<'_>, n: usize, inputs: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get((MID_CHANNELS, inputs, 7), &format!("conv{n}.weight"))?,
             bias: vb
@@ -487,7 +487,7 @@ struct Net {
 }
 
 impl Net {
-    fn load(vb: &VarBuilder, eps: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder<'_>, eps: f64) -> Result<Self> {
         let fe = vb.pp("frontend");
         let me = vb.pp("midend");
         let be = vb.pp("backend");

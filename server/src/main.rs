@@ -227,7 +227,7 @@ struct EngineArgs {
     /// File where CREATE SECRET keeps S3 credentials, outside the store (mode 0600; default
     /// ~/.config/audiolake/secrets.json).
     #[arg(long, value_name = "FILE", env = "AUDIOLAKE_SECRETS")]
-    secrets: Option<std::path::PathBuf>,
+    secrets: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -143,7 +143,8 @@ pub fn write_wav(path: &Path, seconds: u32, hz: f64) {
     out.extend_from_slice(b"RIFF");
     out.extend_from_slice(&(36 + frames * 4).to_le_bytes());
     out.extend_from_slice(b"WAVEfmt ");
-    for v in [16u32] {
+    {
+        let v = 16u32;
         out.extend_from_slice(&v.to_le_bytes());
     }
     for v in [1u16, 2] {

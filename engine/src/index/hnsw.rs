@@ -935,7 +935,7 @@ mod tests {
         let q = &clustered(1, DIMS, 30, 5)[0];
 
         // Most rows pass: a graph search.
-        let most = |id: u64| id % 5 != 0;
+        let most = |id: u64| !id.is_multiple_of(5);
         let got = index.search(q, 10, 40, Some(&most)).unwrap();
         assert!(
             matches!(got.plan, SearchPlan::Graph { .. }),
@@ -976,7 +976,7 @@ mod tests {
         // A crafted k (similar(..., 10000000000), LIMIT) allocates for the rows, not for k.
         let huge = 10_000_000_000;
         assert_eq!(small.search(q, huge, 40, None).unwrap().neighbors.len(), 7);
-        let even = |id: u64| id % 2 == 0;
+        let even = |id: u64| id.is_multiple_of(2);
         assert_eq!(
             small
                 .search(q, huge, 40, Some(&even))

@@ -49,7 +49,7 @@ fn literal(expr: &Expr) -> Option<&ScalarValue> {
 }
 
 impl TableFunctionImpl for Similar {
-    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+    fn call_with_args(&self, args: TableFunctionArgs<'_, '_>) -> Result<Arc<dyn TableProvider>> {
         let [table, query, k] = args.exprs() else {
             return Err(usage("takes three arguments"));
         };

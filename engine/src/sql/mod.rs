@@ -108,7 +108,7 @@ pub struct AudiolakeDialect(PostgreSqlDialect);
 const L1_OPERATOR: &str = "<+>";
 
 /// Whether the next tokens are `<`, `+`, `>` written without spaces.
-fn at_l1_operator(parser: &Parser) -> bool {
+fn at_l1_operator(parser: &Parser<'_>) -> bool {
     let (lt, plus, gt) = (
         parser.peek_nth_token_ref(0),
         parser.peek_nth_token_ref(1),
@@ -133,7 +133,7 @@ impl Dialect for AudiolakeDialect {
         std::any::TypeId::of::<PostgreSqlDialect>()
     }
 
-    fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
+    fn get_next_precedence(&self, parser: &Parser<'_>) -> Option<Result<u8, ParserError>> {
         if at_l1_operator(parser) {
             return Some(Ok(self.prec_value(Precedence::PgOther)));
         }
@@ -142,7 +142,7 @@ impl Dialect for AudiolakeDialect {
 
     fn parse_infix(
         &self,
-        parser: &mut Parser,
+        parser: &mut Parser<'_>,
         expr: &SqlExpr,
         precedence: u8,
     ) -> Option<Result<SqlExpr, ParserError>> {

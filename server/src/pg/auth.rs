@@ -58,11 +58,14 @@ impl fmt::Debug for Entry {
     }
 }
 
+/// The users as last read, with the file's modification time then.
+type Loaded = (Option<SystemTime>, Arc<HashMap<String, Entry>>);
+
 /// The users file, re-read when it changes so that `audiolake user add` needs no restart.
 #[derive(Debug)]
 pub struct Users {
     path: PathBuf,
-    loaded: RwLock<(Option<SystemTime>, Arc<HashMap<String, Entry>>)>,
+    loaded: RwLock<Loaded>,
 }
 
 impl Users {
@@ -112,6 +115,8 @@ impl Users {
 
 #[async_trait]
 impl AuthSource for Users {
+    // The trait declares `&LoginInfo` with its lifetime elided; naming it breaks the match.
+    #[allow(elided_lifetimes_in_paths)]
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let user = login.user().unwrap_or_default();
         Ok(match self.entries().get(user) {

@@ -159,8 +159,8 @@ impl PgServer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
 

@@ -107,7 +107,7 @@ impl OnsetEnvelope {
         }
     }
 
-    fn next(&mut self, frame: &Frame) -> f32 {
+    fn next(&mut self, frame: &Frame<'_>) -> f32 {
         // Normalise so a full-scale sine has magnitude 1 whatever the FFT size.
         let scale = 2.0 / (N_FFT as f32 / 2.0);
         for ((c, band), norm) in self.current.iter_mut().zip(&self.bands).zip(&self.norms) {
@@ -150,7 +150,7 @@ impl LinearFlux {
         }
     }
 
-    fn next(&mut self, frame: &Frame) -> f32 {
+    fn next(&mut self, frame: &Frame<'_>) -> f32 {
         let scale = GAMMA * 2.0 / (N_FFT as f32 / 2.0);
         for (c, &m) in self.current.iter_mut().zip(frame.magnitude) {
             *c = ln_fast(1.0 + scale * m);

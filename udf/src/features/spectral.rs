@@ -42,7 +42,7 @@ impl Spectral {
     }
 }
 
-fn accumulate(sums: &mut Sums, freqs: &[f32], frame: &Frame) {
+fn accumulate(sums: &mut Sums, freqs: &[f32], frame: &Frame<'_>) {
     let mag = frame.magnitude;
     let total: f32 = mag.iter().sum();
     if total / (mag.len() as f32) < SILENT_FRAME {

@@ -69,7 +69,7 @@ impl Stft {
         self.shape
     }
 
-    pub fn push(&mut self, mut samples: &[f32], on_frame: &mut dyn FnMut(&Frame)) {
+    pub fn push(&mut self, mut samples: &[f32], on_frame: &mut dyn FnMut(&Frame<'_>)) {
         while !samples.is_empty() {
             let take = (self.shape.n_fft - self.pending.len()).min(samples.len());
             self.pending.extend_from_slice(&samples[..take]);
@@ -82,7 +82,7 @@ impl Stft {
     }
 
     /// Pads the end with zeros so the last samples are centred in a frame.
-    pub fn finish(&mut self, on_frame: &mut dyn FnMut(&Frame)) {
+    pub fn finish(&mut self, on_frame: &mut dyn FnMut(&Frame<'_>)) {
         let mut remaining_centres = self.pending.len().saturating_sub(self.shape.n_fft / 2);
         // Frames still to come are those whose centre lies within the real signal.
         while remaining_centres > 0 {
@@ -93,7 +93,7 @@ impl Stft {
         }
     }
 
-    fn emit(&mut self, on_frame: &mut dyn FnMut(&Frame)) {
+    fn emit(&mut self, on_frame: &mut dyn FnMut(&Frame<'_>)) {
         for ((w, s), win) in self
             .windowed
             .iter_mut()
@@ -263,7 +263,7 @@ mod tests {
             .collect();
         let mut stft = Stft::new(StftShape { n_fft, hop });
         let mut peaks = Vec::new();
-        let mut on_frame = |f: &Frame| {
+        let mut on_frame = |f: &Frame<'_>| {
             let (k, _) = f
                 .magnitude
                 .iter()

@@ -60,7 +60,7 @@ struct Hpcp {
 }
 
 impl Hpcp {
-    fn frame(&mut self, frame: &Frame) {
+    fn frame(&mut self, frame: &Frame<'_>) {
         let mag = frame.magnitude;
         let bin_hz = RATE as f32 / N_FFT as f32;
         let lo = (MIN_HZ / bin_hz).floor().max(1.0) as usize;

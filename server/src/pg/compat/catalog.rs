@@ -125,12 +125,12 @@ impl Sources {
             let mut fixed = Vec::with_capacity(batch.num_rows());
             for row in 0..batch.num_rows() {
                 let relid = relids.value(row);
-                if !schemas.contains_key(&relid) {
+                if let std::collections::hash_map::Entry::Vacant(e) = schemas.entry(relid) {
                     let schema = match tables.get(&relid) {
                         Some((schema, table)) => self.arrow_schema(schema, table).await,
                         None => None,
                     };
-                    schemas.insert(relid, schema);
+                    e.insert(schema);
                 }
                 let array_type = schemas[&relid]
                     .as_ref()
@@ -392,10 +392,7 @@ async fn scan(table: &Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
     collect(plan, SCAN_CONTEXT.task_ctx()).await
 }
 
-fn int64_column(
-    batch: &RecordBatch,
-    name: &str,
-) -> Result<Arc<datafusion::arrow::array::Int64Array>> {
+fn int64_column(batch: &RecordBatch, name: &str) -> Result<Arc<arrow::array::Int64Array>> {
     let column = batch.column_by_name(name).ok_or_else(|| missing(name))?;
     let column = cast(column, &DataType::Int64)?;
     Ok(Arc::new(column.as_primitive::<Int64Type>().clone()))

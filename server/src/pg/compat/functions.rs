@@ -76,8 +76,8 @@ impl ScalarUDFImpl for FormatType {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = row_count(&args.args);
         let oids = args.args[0].to_array(rows)?;
-        let oids = datafusion::arrow::compute::cast(&oids, &DataType::Int64)?;
-        let oids = oids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let oids = arrow::compute::cast(&oids, &DataType::Int64)?;
+        let oids = oids.as_primitive::<arrow::datatypes::Int64Type>();
         let names = self.inner.invoke_with_args(args)?.to_array(rows)?;
         let names = names.as_string::<i32>();
         let mut out = StringBuilder::new();
@@ -147,14 +147,14 @@ impl AggregateUDFImpl for SingleValue {
         Ok(args[0].clone())
     }
 
-    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+    fn accumulator(&self, args: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(Single {
             value: ScalarValue::try_from(args.return_field.data_type())?,
             rows: 0,
         }))
     }
 
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+    fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
         Ok(vec![
             Arc::new(Field::new("value", args.return_type().clone(), true)),
             Arc::new(Field::new("rows", DataType::UInt64, false)),
@@ -204,7 +204,7 @@ impl Accumulator for Single {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.value.size()
+        size_of_val(self) + self.value.size()
     }
 }
 
@@ -423,7 +423,7 @@ impl ScalarUDFImpl for JsonBuildObject {
     }
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        if args.len() % 2 != 0 {
+        if !args.len().is_multiple_of(2) {
             return plan_err!("json_build_object: argument list must have even number of elements");
         }
         Ok(DataType::Utf8)
