@@ -18,7 +18,7 @@ use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ident, SessionContext};
 
-use super::knn::{evaluate_vector, nearest, session_state, vector_of, KnnTable};
+use super::knn::{evaluate_vector, nearest, session_state, vector_of, KnnQuery};
 use super::registry::{Entry, Indexes};
 use crate::sql::settings;
 
@@ -148,7 +148,7 @@ impl TableProvider for SimilarTable {
             .table_provider(self.table.clone())
             .await?;
         let query = self.query_vector(state).await?;
-        let knn = KnnTable {
+        let knn = KnnQuery {
             inner,
             table: self.table.clone(),
             indexes: Arc::clone(&self.indexes),
