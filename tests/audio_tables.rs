@@ -2,10 +2,6 @@
 //! what each kind of query reads, and the catalog across restarts.
 
 mod support;
-// The corpus and its scores, shared with the udf crate's corpus test and accuracy bench.
-#[allow(dead_code)]
-#[path = "../udf/tests/common/corpus.rs"]
-mod corpus;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +11,7 @@ use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit_audio::corpus;
 use object_store::ObjectStore;
 use support::{write_wav, CountingStore};
 
@@ -279,12 +276,9 @@ async fn tables_survive_a_restart_and_drop_is_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_headers_match_truth() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    if !corpus.join("truth.csv").exists() {
-        eprintln!("skipping: corpus not found at {}", corpus.display());
+    let Some(corpus) = corpus::find() else {
         return;
-    }
-    let corpus = std::fs::canonicalize(corpus).unwrap();
+    };
     let store = tempfile::tempdir().unwrap();
     let lake = open(store.path(), &[&corpus]).await;
     let batch = query(

@@ -2,9 +2,6 @@
 //! an exact `error` (or, for a cut MP3, the length present), every good row keeps its values,
 //! and the path functions give NULL and the reason. None of it may abort the process.
 
-#[path = "../udf/tests/common/crafted.rs"]
-mod crafted;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +9,7 @@ use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::Float64Type;
 use audiolake::AudioLake;
-use crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
+use audiolake_testkit_audio::crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
 
 fn repo() -> PathBuf {
     std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap()

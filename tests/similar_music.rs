@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 
 use audiolake::AudioLake;
+use audiolake_testkit_audio::corpus;
 use support::{explain, strings};
 
 async fn open(store: &Path, corpus: &Path) -> AudioLake {
@@ -21,12 +22,9 @@ async fn open(store: &Path, corpus: &Path) -> AudioLake {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    if !corpus.join("truth.csv").exists() {
-        eprintln!("skipping: corpus not found at {}", corpus.display());
+    let Some(corpus) = corpus::find() else {
         return;
-    }
-    let corpus = std::fs::canonicalize(corpus).unwrap();
+    };
     let store = tempfile::tempdir().unwrap();
     let lake = open(store.path(), &corpus).await;
     lake.sql(&format!(

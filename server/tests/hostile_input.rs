@@ -4,11 +4,9 @@
 
 mod pgserver;
 
-#[path = "../../udf/tests/common/crafted.rs"]
-mod crafted;
-
 use std::process::Command;
 
+use audiolake_testkit_audio::crafted;
 use pgserver::{have, music_dir, stderr, stdout, PgServer, ALICE, BOB};
 
 const RATE_ERROR: &str =
