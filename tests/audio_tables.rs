@@ -4,20 +4,17 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit::paths::fixtures;
 use audiolake_testkit_audio::corpus;
 use object_store::ObjectStore;
 use support::{write_wav, CountingStore};
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
-}
 
 async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
     let mut builder = AudioLake::builder()

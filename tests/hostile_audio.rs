@@ -2,18 +2,15 @@
 //! an exact `error` (or, for a cut MP3, the length present), every good row keeps its values,
 //! and the path functions give NULL and the reason. None of it may abort the process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::Float64Type;
 use audiolake::AudioLake;
+use audiolake_testkit::paths::{fixtures, music};
 use audiolake_testkit_audio::crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
-
-fn repo() -> PathBuf {
-    std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap()
-}
 
 /// The four songs of `tests/music`, and the crafted files in `crafted/`.
 fn collection() -> tempfile::TempDir {
@@ -24,11 +21,11 @@ fn collection() -> tempfile::TempDir {
         "d_minor_140.ogg",
         "g_major_100.m4a",
     ] {
-        std::fs::copy(repo().join("tests/music").join(song), dir.path().join(song)).unwrap();
+        std::fs::copy(music().join(song), dir.path().join(song)).unwrap();
     }
     let crafted = dir.path().join("crafted");
     std::fs::create_dir(&crafted).unwrap();
-    let cbr = std::fs::read(repo().join("tests/data/cbr.mp3")).unwrap();
+    let cbr = std::fs::read(fixtures().join("cbr.mp3")).unwrap();
     let files: [(&str, Vec<u8>); 7] = [
         ("rate_4294967291.wav", pcm_wav(4_294_967_291, 1, 1000)),
         ("rate_999983.wav", pcm_wav(999_983, 2, 1000)),

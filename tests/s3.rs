@@ -1,11 +1,9 @@
-//! AUDIO tables on S3, against a real S3 API server (moto's server mode, see `tests/moto/`):
-//! the listing, header values and tags of the fixtures read over HTTP range requests, bad files
-//! as error rows, tables restored from the catalog with their `aws.*` options, and the
-//! allowed-locations guard on buckets and prefixes.
+//! AUDIO tables on S3, against a real S3 API server (moto's server mode, see
+//! `testkit/src/moto.rs`): the listing, header values and tags of the fixtures read over HTTP
+//! range requests, bad files as error rows, tables restored from the catalog with their `aws.*`
+//! options, and the allowed-locations guard on buckets and prefixes.
 //!
 //! Without `moto_server` on the PATH every test prints why and passes; CI installs moto.
-
-mod moto;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +13,8 @@ use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
-use moto::{fixtures, upload_fixtures, Moto};
+use audiolake_testkit::moto::{upload_fixtures, Moto};
+use audiolake_testkit::paths::fixtures;
 
 const BUCKET: &str = "audiolake-music";
 

@@ -5,16 +5,14 @@
 //! Environment variables are process-wide, so this binary holds a single test that sets them
 //! before any runtime thread exists. Without `moto_server` on the PATH it prints why and passes.
 
-mod moto;
-
 use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit::moto::{self, Moto};
 use futures::TryStreamExt;
-use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 

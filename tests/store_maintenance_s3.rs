@@ -5,8 +5,6 @@
 //! Environment variables are process-wide, so this binary holds a single test that sets them
 //! before any runtime thread exists. Without `moto_server` on the PATH it prints why and passes.
 
-mod moto;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +16,8 @@ use audiolake::datafusion::arrow::datatypes::Int64Type;
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::datafusion::physical_plan::collect;
 use audiolake::{AudioLake, FlushPolicy};
+use audiolake_testkit::moto::{self, Moto};
 use futures::TryStreamExt;
-use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
