@@ -3,13 +3,12 @@
 //! and the path functions give NULL and the reason. None of it may abort the process.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::array::AsArray;
 use audiolake::datafusion::arrow::datatypes::Float64Type;
 use audiolake::AudioLake;
 use audiolake_testkit::paths::{fixtures, music};
+use audiolake_testkit::query::{query, texts};
 use audiolake_testkit_audio::crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
 
 /// The four songs of `tests/music`, and the crafted files in `crafted/`.
@@ -56,28 +55,6 @@ async fn open(store: &Path, music: &Path) -> AudioLake {
     .await
     .unwrap();
     lake
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap();
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.unwrap();
-    concat_batches(&schema, &batches).unwrap()
-}
-
-/// Every value of column `col` as text, `NULL` for nulls.
-fn texts(batch: &RecordBatch, col: &str) -> Vec<String> {
-    let array = batch.column_by_name(col).unwrap();
-    let array =
-        datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Utf8)
-            .unwrap();
-    let array = array.as_string::<i32>();
-    (0..array.len())
-        .map(|i| match array.is_valid(i) {
-            true => array.value(i).to_string(),
-            false => "NULL".to_string(),
-        })
-        .collect()
 }
 
 fn rate_error(rate: u32) -> String {

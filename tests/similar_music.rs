@@ -2,13 +2,11 @@
 //! the musicnn embeddings of an AUDIO table answers a filtered kNN query with the same rows as an
 //! exact scan, and again after a restart, from the index kept in the store.
 
-mod support;
-
 use std::path::Path;
 
 use audiolake::AudioLake;
+use audiolake_testkit::query::{explain, query_strings};
 use audiolake_testkit_audio::corpus;
-use support::{explain, strings};
 
 async fn open(store: &Path, corpus: &Path) -> AudioLake {
     AudioLake::builder()
@@ -49,7 +47,7 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
     let exact = format!(
         "SELECT path FROM music WHERE mode = 'minor' ORDER BY (embedding <=> {seed}) + 0 LIMIT 10"
     );
-    let minor = strings(
+    let minor = query_strings(
         &lake,
         "SELECT path FROM music WHERE mode = 'minor' AND embedding IS NOT NULL",
     )
@@ -64,14 +62,14 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
         .await
         .contains("HnswIndexScan: index=music_sound"));
     assert!(!explain(&lake, &exact).await.contains("HnswIndexScan"));
-    let want = strings(&lake, &exact).await;
+    let want = query_strings(&lake, &exact).await;
     assert_eq!(want.len(), 10);
-    assert_eq!(strings(&lake, &knn).await, want);
+    assert_eq!(query_strings(&lake, &knn).await, want);
     drop(lake);
 
     let lake = open(store.path(), &corpus).await;
     assert!(explain(&lake, &knn)
         .await
         .contains("HnswIndexScan: index=music_sound"));
-    assert_eq!(strings(&lake, &knn).await, want);
+    assert_eq!(query_strings(&lake, &knn).await, want);
 }
