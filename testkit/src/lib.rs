@@ -7,5 +7,6 @@
 
 pub mod moto;
 pub mod paths;
+pub mod pgserver;
 pub mod query;
 pub mod store;
