@@ -1,26 +1,19 @@
 //! AUDIO tables through the embedded API: values against the fixtures' and the corpus' truth,
 //! what each kind of query reads, and the catalog across restarts.
 
-mod support;
-// The corpus and its scores, shared with the udf crate's corpus test and accuracy bench.
-#[allow(dead_code)]
-#[path = "../udf/tests/common/corpus.rs"]
-mod corpus;
-
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit::paths::fixtures;
+use audiolake_testkit::query::{query, strings};
+use audiolake_testkit::store::CountingStore;
+use audiolake_testkit_audio::corpus;
+use audiolake_testkit_audio::tone::write_wav;
 use object_store::ObjectStore;
-use support::{write_wav, CountingStore};
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
-}
 
 async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
     let mut builder = AudioLake::builder()
@@ -30,20 +23,6 @@ async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
         builder = builder.allow_location(a.to_str().unwrap());
     }
     builder.build().await.unwrap()
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap();
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.unwrap();
-    concat_batches(&schema, &batches).unwrap()
-}
-
-fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let array = batch.column_by_name(col).unwrap().as_string::<i32>();
-    (0..array.len())
-        .map(|i| array.is_valid(i).then(|| array.value(i).to_string()))
-        .collect()
 }
 
 /// Rows of a CSV file (fixtures.csv, truth.csv), keyed by column name.
@@ -279,12 +258,9 @@ async fn tables_survive_a_restart_and_drop_is_recorded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corpus_headers_match_truth() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    if !corpus.join("truth.csv").exists() {
-        eprintln!("skipping: corpus not found at {}", corpus.display());
+    let Some(corpus) = corpus::find() else {
         return;
-    }
-    let corpus = std::fs::canonicalize(corpus).unwrap();
+    };
     let store = tempfile::tempdir().unwrap();
     let lake = open(store.path(), &[&corpus]).await;
     let batch = query(

@@ -1,17 +1,16 @@
 //! The feature store on a local directory: results are read back instead of recomputed, changes
 //! to the collection are seen, results are plain tables, and compaction keeps everything.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use audiolake::{AudioLake, FlushPolicy};
+use audiolake_testkit::query::query;
+use audiolake_testkit::store::CountingStore;
+use audiolake_testkit_audio::tone::write_wav;
 use object_store::ObjectStore;
-use support::{write_wav, CountingStore};
 
 struct Setup {
     _music: tempfile::TempDir,
@@ -63,13 +62,6 @@ async fn open(setup: &Setup, flush: FlushPolicy) -> (AudioLake, Arc<CountingStor
         .await
         .unwrap();
     (lake, counting)
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap();
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.unwrap();
-    concat_batches(&schema, &batches).unwrap()
 }
 
 /// Bytes read from audio files (the store's own Parquet parts excluded).

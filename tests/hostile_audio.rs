@@ -2,21 +2,14 @@
 //! an exact `error` (or, for a cut MP3, the length present), every good row keeps its values,
 //! and the path functions give NULL and the reason. None of it may abort the process.
 
-#[path = "../udf/tests/common/crafted.rs"]
-mod crafted;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::array::AsArray;
 use audiolake::datafusion::arrow::datatypes::Float64Type;
 use audiolake::AudioLake;
-use crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
-
-fn repo() -> PathBuf {
-    std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap()
-}
+use audiolake_testkit::paths::{fixtures, music};
+use audiolake_testkit::query::{query, texts};
+use audiolake_testkit_audio::crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
 
 /// The four songs of `tests/music`, and the crafted files in `crafted/`.
 fn collection() -> tempfile::TempDir {
@@ -27,11 +20,11 @@ fn collection() -> tempfile::TempDir {
         "d_minor_140.ogg",
         "g_major_100.m4a",
     ] {
-        std::fs::copy(repo().join("tests/music").join(song), dir.path().join(song)).unwrap();
+        std::fs::copy(music().join(song), dir.path().join(song)).unwrap();
     }
     let crafted = dir.path().join("crafted");
     std::fs::create_dir(&crafted).unwrap();
-    let cbr = std::fs::read(repo().join("tests/data/cbr.mp3")).unwrap();
+    let cbr = std::fs::read(fixtures().join("cbr.mp3")).unwrap();
     let files: [(&str, Vec<u8>); 7] = [
         ("rate_4294967291.wav", pcm_wav(4_294_967_291, 1, 1000)),
         ("rate_999983.wav", pcm_wav(999_983, 2, 1000)),
@@ -62,28 +55,6 @@ async fn open(store: &Path, music: &Path) -> AudioLake {
     .await
     .unwrap();
     lake
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap();
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.unwrap();
-    concat_batches(&schema, &batches).unwrap()
-}
-
-/// Every value of column `col` as text, `NULL` for nulls.
-fn texts(batch: &RecordBatch, col: &str) -> Vec<String> {
-    let array = batch.column_by_name(col).unwrap();
-    let array =
-        datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Utf8)
-            .unwrap();
-    let array = array.as_string::<i32>();
-    (0..array.len())
-        .map(|i| match array.is_valid(i) {
-            true => array.value(i).to_string(),
-            false => "NULL".to_string(),
-        })
-        .collect()
 }
 
 fn rate_error(rate: u32) -> String {

@@ -2,24 +2,17 @@
 //! on the file, tags sorted and cut at k, genre/mood/instruments drawn from their tag sets, the
 //! embedding unit-length, short audio padded and flagged, and results read back from the store.
 
-mod support;
-
 use std::path::Path;
 
-use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::Float32Type;
 use audiolake::AudioLake;
 use audiolake_models::{Device, Kind, Musicnn};
+use audiolake_testkit::query::query;
+use audiolake_testkit_audio::tone::write_wav;
 use audiolake_udf::features::musicnn::{labels, GENRES, INSTRUMENTS, INSTRUMENT_THRESHOLD, MOODS};
-use support::write_wav;
 
 const CHORD: &str = "models/tests/data/chord_16k.wav";
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
-    concat_batches(&batches[0].schema(), &batches).unwrap()
-}
 
 fn f32s(array: &dyn Array, row: usize) -> Vec<f32> {
     let list = array.as_list::<i32>().value(row);

@@ -1,65 +1,21 @@
-//! AUDIO tables on S3, against a real S3 API server (moto's server mode, see `tests/moto/`):
-//! the listing, header values and tags of the fixtures read over HTTP range requests, bad files
-//! as error rows, tables restored from the catalog with their `aws.*` options, and the
-//! allowed-locations guard on buckets and prefixes.
+//! AUDIO tables on S3, against a real S3 API server (moto's server mode, see
+//! `testkit/src/moto.rs`): the listing, header values and tags of the fixtures read over HTTP
+//! range requests, bad files as error rows, tables restored from the catalog with their `aws.*`
+//! options, and the allowed-locations guard on buckets and prefixes.
 //!
 //! Without `moto_server` on the PATH every test prints why and passes; CI installs moto.
 
-mod moto;
-
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
-use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use audiolake::datafusion::arrow::datatypes::Int64Type;
 use audiolake::AudioLake;
-use moto::{fixtures, upload_fixtures, Moto};
+use audiolake_testkit::moto::{upload_fixtures, Moto};
+use audiolake_testkit::paths::fixtures;
+use audiolake_testkit::query::{count, floats, ints, query, strings};
 
 const BUCKET: &str = "audiolake-music";
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    concat_batches(&schema, &batches).unwrap()
-}
-
-fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let array = batch.column_by_name(col).unwrap().as_string::<i32>();
-    (0..array.len())
-        .map(|i| array.is_valid(i).then(|| array.value(i).to_string()))
-        .collect()
-}
-
-fn ints(batch: &RecordBatch, col: &str) -> Vec<Option<i32>> {
-    let array = batch
-        .column_by_name(col)
-        .unwrap()
-        .as_primitive::<Int32Type>();
-    (0..array.len())
-        .map(|i| array.is_valid(i).then(|| array.value(i)))
-        .collect()
-}
-
-fn floats(batch: &RecordBatch, col: &str) -> Vec<Option<f64>> {
-    let array = batch
-        .column_by_name(col)
-        .unwrap()
-        .as_primitive::<Float64Type>();
-    (0..array.len())
-        .map(|i| array.is_valid(i).then(|| array.value(i)))
-        .collect()
-}
-
-fn count(batch: &RecordBatch) -> i64 {
-    assert_eq!(batch.num_rows(), 1);
-    batch.column(0).as_primitive::<Int64Type>().value(0)
-}
 
 /// fixtures.csv, one map per file.
 fn expected_rows() -> Vec<HashMap<String, String>> {

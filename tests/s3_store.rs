@@ -5,30 +5,18 @@
 //! Environment variables are process-wide, so this binary holds a single test that sets them
 //! before any runtime thread exists. Without `moto_server` on the PATH it prints why and passes.
 
-mod moto;
-
 use std::sync::Arc;
 
-use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::compute::concat_batches;
+use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit::moto::{self, Moto};
+use audiolake_testkit::query::query;
 use futures::TryStreamExt;
-use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 const BUCKET: &str = "audiolake-store";
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    concat_batches(&schema, &batches).unwrap()
-}
 
 async fn open(allow_music: bool) -> AudioLake {
     let mut builder = AudioLake::builder()

@@ -2,12 +2,11 @@
 //! the musicnn embeddings of an AUDIO table answers a filtered kNN query with the same rows as an
 //! exact scan, and again after a restart, from the index kept in the store.
 
-mod support;
-
 use std::path::Path;
 
 use audiolake::AudioLake;
-use support::{explain, strings};
+use audiolake_testkit::query::{explain, query_strings};
+use audiolake_testkit_audio::corpus;
 
 async fn open(store: &Path, corpus: &Path) -> AudioLake {
     AudioLake::builder()
@@ -21,12 +20,9 @@ async fn open(store: &Path, corpus: &Path) -> AudioLake {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
-    if !corpus.join("truth.csv").exists() {
-        eprintln!("skipping: corpus not found at {}", corpus.display());
+    let Some(corpus) = corpus::find() else {
         return;
-    }
-    let corpus = std::fs::canonicalize(corpus).unwrap();
+    };
     let store = tempfile::tempdir().unwrap();
     let lake = open(store.path(), &corpus).await;
     lake.sql(&format!(
@@ -51,7 +47,7 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
     let exact = format!(
         "SELECT path FROM music WHERE mode = 'minor' ORDER BY (embedding <=> {seed}) + 0 LIMIT 10"
     );
-    let minor = strings(
+    let minor = query_strings(
         &lake,
         "SELECT path FROM music WHERE mode = 'minor' AND embedding IS NOT NULL",
     )
@@ -66,14 +62,14 @@ async fn sounds_like_query_uses_the_index_and_survives_a_restart() {
         .await
         .contains("HnswIndexScan: index=music_sound"));
     assert!(!explain(&lake, &exact).await.contains("HnswIndexScan"));
-    let want = strings(&lake, &exact).await;
+    let want = query_strings(&lake, &exact).await;
     assert_eq!(want.len(), 10);
-    assert_eq!(strings(&lake, &knn).await, want);
+    assert_eq!(query_strings(&lake, &knn).await, want);
     drop(lake);
 
     let lake = open(store.path(), &corpus).await;
     assert!(explain(&lake, &knn)
         .await
         .contains("HnswIndexScan: index=music_sound"));
-    assert_eq!(strings(&lake, &knn).await, want);
+    assert_eq!(query_strings(&lake, &knn).await, want);
 }

@@ -3,11 +3,12 @@
 //! Scripts may use `${FIXTURES}` (absolute path of tests/data), `${MUSIC}` (tests/music, the
 //! songs with a known tempo and key) and `${STORE}` (a fresh store).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use audiolake::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use audiolake::{AudioLake, EngineError};
+use audiolake_testkit::paths::{fixtures, music};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
 struct Lake(AudioLake);
@@ -49,14 +50,6 @@ impl AsyncDB for Lake {
     }
 
     async fn shutdown(&mut self) {}
-}
-
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
-}
-
-fn music() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/music")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

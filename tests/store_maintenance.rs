@@ -3,8 +3,6 @@
 //! malformed parts and index definitions set aside, and index rebuilds beside queries and each
 //! other.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +14,8 @@ use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::Int64Type;
 use audiolake::datafusion::physical_plan::collect;
 use audiolake::{AudioLake, FlushPolicy};
-use support::{explain, write_wav};
+use audiolake_testkit::query::{explain, query};
+use audiolake_testkit_audio::tone::write_wav;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -71,16 +70,6 @@ async fn open_with(setup: &Setup, retention: Duration) -> AudioLake {
 
 async fn open(setup: &Setup) -> AudioLake {
     open_with(setup, audiolake::DEFAULT_RETENTION).await
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    concat_batches(&schema, &batches).unwrap()
 }
 
 /// The batch as text lines, for comparing results.

@@ -5,21 +5,19 @@
 //! Environment variables are process-wide, so this binary holds a single test that sets them
 //! before any runtime thread exists. Without `moto_server` on the PATH it prints why and passes.
 
-mod moto;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use audiolake::datafusion::arrow::array::{
     ArrayRef, AsArray, Float32Builder, Int64Array, ListBuilder, RecordBatch,
 };
-use audiolake::datafusion::arrow::compute::concat_batches;
 use audiolake::datafusion::arrow::datatypes::Int64Type;
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::datafusion::physical_plan::collect;
 use audiolake::{AudioLake, FlushPolicy};
+use audiolake_testkit::moto::{self, Moto};
+use audiolake_testkit::query::query;
 use futures::TryStreamExt;
-use moto::Moto;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
@@ -54,16 +52,6 @@ async fn open(retention: Duration) -> AudioLake {
         .build()
         .await
         .unwrap()
-}
-
-async fn query(lake: &AudioLake, sql: &str) -> RecordBatch {
-    let frame = lake.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let schema = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    concat_batches(&schema, &batches).unwrap()
 }
 
 fn text(batches: &[RecordBatch]) -> String {

@@ -2,12 +2,10 @@
 //! folders, a bad catalog record is set aside, and no path (symlinked, percent-encoded, under
 //! EXPLAIN ANALYZE) reaches outside the allowed locations.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use audiolake::AudioLake;
-use support::strings;
+use audiolake_testkit::query::query_strings;
 
 /// A store, an allowed folder with one CSV, a folder outside the roots, and a secrets file
 /// (outside the store), all in one temporary folder.
@@ -152,7 +150,7 @@ async fn credentials_already_in_the_catalog_are_moved_out_when_it_opens() {
         secrets.contains("hunter2") && secrets.contains("s3://archive/"),
         "{secrets}"
     );
-    let tables = strings(
+    let tables = query_strings(
         &lake,
         "SELECT table_name FROM information_schema.tables WHERE table_name = 'masters'",
     )
@@ -284,7 +282,7 @@ async fn symlinks_and_encoded_segments_do_not_leave_the_roots() {
         assert!(!setup.outside.join("escape.csv").exists());
     }
     // The connection is still usable.
-    assert_eq!(strings(&lake, "SELECT 'ok'").await, ["ok"]);
+    assert_eq!(query_strings(&lake, "SELECT 'ok'").await, ["ok"]);
 }
 
 #[tokio::test]
@@ -315,7 +313,7 @@ async fn malformed_catalog_records_are_set_aside() {
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     let store = setup.store.display().to_string();
     let store = store.trim_start_matches('/');
-    let problems = strings(
+    let problems = query_strings(
         &lake,
         "SELECT object || ' | ' || problem || ' | ' || action FROM audiolake_store_problems \
          ORDER BY object",

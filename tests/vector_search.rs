@@ -4,8 +4,6 @@
 //! indexes survive a restart and follow rows added and removed, and an unchanged table is
 //! answered from the index alone.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,7 +14,8 @@ use audiolake::datafusion::arrow::compute::cast;
 use audiolake::datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::AudioLake;
-use support::{explain, strings, write_wav};
+use audiolake_testkit::query::{explain, query_strings};
+use audiolake_testkit_audio::tone::write_wav;
 
 const DIMS: usize = 16;
 const ROWS: i64 = 3000;
@@ -567,13 +566,13 @@ async fn audio_files_changed_in_place_are_compared_with_their_new_vectors() {
     let near_e = "SELECT file_name FROM tones \
                   ORDER BY chroma <-> (SELECT chroma FROM tones WHERE file_name = 'e.wav') LIMIT 2";
     assert!(explain(&lake, near_e).await.contains("HnswIndexScan"));
-    let before = strings(&lake, near_e).await;
+    let before = query_strings(&lake, near_e).await;
     assert_eq!(before[0], "e.wav");
     assert_ne!(before[1], "a.wav");
 
     // a.wav becomes an E, longer: same path, new size and time, a vector next to e.wav's.
     write_wav(&setup.data.join("a.wav"), 2, 659.25);
-    let mut after = strings(&lake, near_e).await;
+    let mut after = query_strings(&lake, near_e).await;
     after.sort();
     assert_eq!(after, ["a.wav", "e.wav"]);
 }

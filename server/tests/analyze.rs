@@ -3,14 +3,11 @@
 //! case runs on a local store and on a real S3 API server (moto's server mode; skipped with a
 //! message when moto is not installed).
 
-#[path = "../../tests/moto/mod.rs"]
-mod moto;
-
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use audiolake_testkit::moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
 
 const FILES: usize = 30;
 

@@ -1,11 +1,9 @@
 //! The `audiolake` command as a user runs it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")).unwrap()
-}
+use audiolake_testkit::paths::fixtures;
 
 fn audiolake(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_audiolake"))

@@ -2,14 +2,14 @@
 //! read-only user over psql, is an error row and the server answers the next query; and
 //! `audiolake analyze` over a folder holding it completes. Skips with a message without psql.
 
-mod pgserver;
-
-#[path = "../../udf/tests/common/crafted.rs"]
-mod crafted;
-
 use std::process::Command;
 
-use pgserver::{have, music_dir, stderr, stdout, PgServer, ALICE, BOB};
+use audiolake_testkit::paths::music;
+use audiolake_testkit::pgserver::{have, stderr, stdout, PgServer, ALICE, BOB};
+use audiolake_testkit_audio::crafted;
+
+/// The binary under test.
+const AUDIOLAKE: &str = env!("CARGO_BIN_EXE_audiolake");
 
 const RATE_ERROR: &str =
     "unsupported sample rate 4294967291 Hz (audiolake reads 1000 to 768000 Hz)";
@@ -18,7 +18,7 @@ const RATE_ERROR: &str =
 fn collection() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for song in ["c_major_90.flac", "d_minor_140.ogg"] {
-        std::fs::copy(music_dir().join(song), dir.path().join(song)).unwrap();
+        std::fs::copy(music().join(song), dir.path().join(song)).unwrap();
     }
     std::fs::create_dir(dir.path().join("crafted")).unwrap();
     std::fs::write(
@@ -36,7 +36,7 @@ fn an_absurd_sample_rate_is_an_error_row_and_the_server_goes_on() {
     }
     let hostile = collection();
     let location = hostile.path().to_str().unwrap();
-    let server = PgServer::start(&["--allow", location]);
+    let server = PgServer::start(AUDIOLAKE, &["--allow", location]);
     let created = server.psql(
         ALICE,
         &[
@@ -73,7 +73,7 @@ fn analyze_over_a_folder_with_a_crafted_file_completes() {
     let hostile = collection();
     let store = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        Command::new(pgserver::bin())
+        Command::new(AUDIOLAKE)
             .args(args)
             .arg("--store")
             .arg(store.path())

@@ -4,20 +4,22 @@
 //! and fails with the script's output when the script fails. A test whose client is not installed
 //! prints why and passes: `.ci/clients.sh` installs them all.
 
-mod pgserver;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgserver::{have, repo_root, PgServer, ALICE, BOB};
+use audiolake_testkit::paths::{music, workspace};
+use audiolake_testkit::pgserver::{self, have, PgServer, ALICE, BOB};
+
+/// The binary under test.
+const AUDIOLAKE: &str = env!("CARGO_BIN_EXE_audiolake");
 
 /// How long one client script may run before it is killed and the test fails.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn clients_dir() -> PathBuf {
-    repo_root().join("server/tests/clients")
+    workspace().join("server/tests/clients")
 }
 
 /// Whether `python3` can import every module of `modules`.
@@ -59,7 +61,7 @@ fn client_env(cmd: &mut Command, server: &PgServer, (user, password): (&str, &st
         .env("PGDATABASE", "audiolake")
         .env("PGSSLMODE", sslmode)
         .env("PGCONNECT_TIMEOUT", "10")
-        .env("AUDIOLAKE_MUSIC", pgserver::music_dir())
+        .env("AUDIOLAKE_MUSIC", music())
         .env("AUDIOLAKE_RO_USER", BOB.0)
         .env("AUDIOLAKE_RO_PASSWORD", BOB.1)
         .current_dir(clients_dir());
@@ -131,7 +133,7 @@ fn psycopg3() {
     if !have_python(&["psycopg"]) {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     python_client(&server, "psycopg3_client.py", "disable");
 }
 
@@ -143,12 +145,15 @@ fn psycopg3_tls() {
     }
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = pgserver::self_signed_cert(certs.path());
-    let server = PgServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let out = python_client(&server, "psycopg3_client.py", "require");
     assert!(out.contains("ssl=True"), "not over TLS:\n{out}");
 }
@@ -158,7 +163,7 @@ fn psycopg2() {
     if !have_python(&["psycopg2"]) {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     python_client(&server, "psycopg2_client.py", "disable");
 }
 
@@ -167,7 +172,7 @@ fn sqlalchemy_pandas() {
     if !have_python(&["psycopg2", "sqlalchemy", "pandas"]) {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     python_client(&server, "sqlalchemy_client.py", "disable");
 }
 
@@ -191,7 +196,7 @@ fn jdbc() {
         .arg(classes.path())
         .arg(clients_dir().join("JdbcClient.java"));
     run_ok("javac JdbcClient.java", javac);
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let mut java = Command::new("java");
     java.arg("-cp")
         .arg(format!("{}:{}", classes.path().display(), jar.display()))
@@ -209,7 +214,7 @@ fn node_postgres() {
         eprintln!("skipped: node's pg is not installed in server/tests/clients (.ci/clients.sh installs it)");
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let mut node = Command::new("node");
     node.arg(clients_dir().join("node_client.js"));
     client_env(&mut node, &server, ALICE, "disable");
@@ -222,7 +227,7 @@ fn pgbench() {
     if !have("pgbench") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     for mode in ["simple", "extended", "prepared"] {
         let mut cmd = Command::new("pgbench");
         cmd.args(["-n", "-c", "4", "-j", "2", "-t", "20", "-M", mode, "-f"])

@@ -2,18 +2,20 @@
 //! meta-commands, errors, read-only users, limits, persistence and metrics. Each test skips
 //! with a message when psql is not installed (`.ci/run` installs it).
 
-mod pgserver;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgserver::{have, music_dir, stderr, stdout, PgServer, ALICE, BOB};
+use audiolake_testkit::paths::music;
+use audiolake_testkit::pgserver::{self, have, stderr, stdout, PgServer, ALICE, BOB};
+
+/// The binary under test.
+const AUDIOLAKE: &str = env!("CARGO_BIN_EXE_audiolake");
 
 fn serve_fails(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(pgserver::bin())
+    let output = Command::new(AUDIOLAKE)
         .args(["serve", "--store"])
         .arg(dir.path().join("store"))
         .args(args)
@@ -37,7 +39,7 @@ fn refuses_to_start_without_authentication_or_with_bad_tls() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let users = pgserver::write_users(dir.path());
+    let users = pgserver::write_users(AUDIOLAKE, dir.path());
     let users = users.to_str().unwrap();
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
@@ -71,7 +73,7 @@ fn passwords_are_checked_with_scram() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let ok = server.psql(ALICE, &["-c", "SELECT count(*) FROM music"]);
     assert_eq!(stdout(&ok).trim(), "5", "{}", stderr(&ok));
     for user in [(ALICE.0, "wrong"), ("mallory", "guess")] {
@@ -90,7 +92,7 @@ fn psql_meta_commands_and_copy() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let tables = server.psql(ALICE, &["-c", "\\dt"]);
     assert!(
         stdout(&tables).contains("public|music|table|"),
@@ -140,7 +142,7 @@ fn errors_carry_sqlstates_and_the_session_goes_on() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let script = "\\set VERBOSITY verbose\n\
                   SELECT * FROM no_such_table;\n\
                   SELECT no_such_column FROM music;\n\
@@ -165,8 +167,8 @@ fn read_only_users_read_but_cannot_write() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
-    let music = music_dir();
+    let server = PgServer::start(AUDIOLAKE, &[]);
+    let music = music();
     let target = server.dir.path().join("copy.parquet");
     let script = format!(
         "\\set VERBOSITY verbose\n\
@@ -195,12 +197,12 @@ fn tables_created_over_the_wire_survive_a_restart_and_locations_are_guarded() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let script = format!(
         "\\set VERBOSITY verbose\n\
          CREATE EXTERNAL TABLE songs STORED AS AUDIO LOCATION '{}/';\n\
          CREATE EXTERNAL TABLE secrets STORED AS CSV LOCATION '/etc/passwd';\n",
-        music_dir().display()
+        music().display()
     );
     let out = server.psql_script(ALICE, &script, &["-q"]);
     assert_eq!(stdout(&out).trim(), "", "{}", stderr(&out));
@@ -216,7 +218,7 @@ fn tables_created_over_the_wire_survive_a_restart_and_locations_are_guarded() {
     let users = server.users.clone();
     let dir = server.stop();
     let users_arg = users.to_str().unwrap().to_owned();
-    let server = PgServer::start_in(dir, users, &["--users", &users_arg]);
+    let server = PgServer::start_in(AUDIOLAKE, dir, users, &["--users", &users_arg]);
     let out = server.psql(ALICE, &["-c", "SELECT count(*) FROM songs"]);
     assert_eq!(stdout(&out).trim(), "5", "{}", stderr(&out));
 }
@@ -226,7 +228,7 @@ fn cursors_transactions_and_copy_to_stdout() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let script = "BEGIN;\n\
                   DECLARE c CURSOR FOR SELECT file_name FROM music ORDER BY file_name;\n\
                   FETCH 2 FROM c;\n\
@@ -251,7 +253,7 @@ fn statement_timeout_and_memory_limit_stop_one_query_only() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&["--memory-limit", "32MiB"]);
+    let server = PgServer::start(AUDIOLAKE, &["--memory-limit", "32MiB"]);
     let script = "\\set VERBOSITY verbose\n\
                   SET statement_timeout = 300;\n\
                   SELECT sum(a.v * b.v) FROM generate_series(1, 100000) a(v) CROSS JOIN generate_series(1, 100000) b(v);\n\
@@ -326,7 +328,10 @@ fn max_connections_and_idle_timeout() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&["--max-connections", "1", "--idle-timeout", "2"]);
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &["--max-connections", "1", "--idle-timeout", "2"],
+    );
     let mut first = OpenPsql::connect(&server);
     assert_eq!(first.query("SELECT 'first';").as_deref(), Some("first"));
     let second = server.psql(ALICE, &["-c", "SELECT 1"]);
@@ -355,12 +360,15 @@ fn tls_with_passwords_and_no_plaintext() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pgserver::self_signed_cert(dir.path());
-    let server = PgServer::start(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     let secure = Command::new("psql")
         .arg(server.conninfo(ALICE, "require"))
         .args([
@@ -411,7 +419,7 @@ fn prometheus_metrics() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let server = PgServer::start(&["--metrics-listen", &listen]);
+    let server = PgServer::start(AUDIOLAKE, &["--metrics-listen", &listen]);
     let ok = server.psql(ALICE, &["-c", "SELECT count(*) FROM music"]);
     assert_eq!(stdout(&ok).trim(), "5");
     let failed = server.psql(ALICE, &["-c", "SELECT * FROM nowhere"]);
@@ -444,7 +452,7 @@ fn vector_search_through_psql() {
     if !have("psql") {
         return;
     }
-    let server = PgServer::start(&[]);
+    let server = PgServer::start(AUDIOLAKE, &[]);
     let script = "\\set VERBOSITY verbose\n\
          CREATE TABLE pts AS SELECT * FROM (VALUES (1, [1.0, 0.0]), (2, [0.0, 1.0]), (3, [1.0, 1.0])) AS t(id, v);\n\
          CREATE INDEX pts_v ON pts USING hnsw (v vector_l2_ops) WITH (m = 4, ef_construction = 8);\n\

@@ -2,9 +2,10 @@
 //! the store; the store's own folders, symlinks out of an allowed folder and percent-encoded
 //! `..` are refused; the connection stays usable after each refusal.
 
-mod pgserver;
+use audiolake_testkit::pgserver::{have, stderr, stdout, PgServer, ALICE};
 
-use pgserver::{have, stderr, stdout, PgServer, ALICE};
+/// The binary under test.
+const AUDIOLAKE: &str = env!("CARGO_BIN_EXE_audiolake");
 
 #[test]
 fn store_and_paths_are_guarded_through_psql() {
@@ -19,14 +20,17 @@ fn store_and_paths_are_guarded_through_psql() {
     std::fs::write(outside.join("private.csv"), "a\n2\n").unwrap();
     std::os::unix::fs::symlink(&outside, allowed.join("link")).unwrap();
     let secrets = root.join("secrets.json");
-    let server = PgServer::start(&[
-        "--allow",
-        allowed.to_str().unwrap(),
-        "--allow",
-        "s3://archive/masters/",
-        "--secrets",
-        secrets.to_str().unwrap(),
-    ]);
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &[
+            "--allow",
+            allowed.to_str().unwrap(),
+            "--allow",
+            "s3://archive/masters/",
+            "--secrets",
+            secrets.to_str().unwrap(),
+        ],
+    );
     let store = std::fs::canonicalize(&server.store).unwrap();
     let (store, allowed) = (store.display(), allowed.display());
     let script = format!(

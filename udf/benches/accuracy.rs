@@ -12,8 +12,6 @@
 //! CQT chroma against the Krumhansl-Schmuckler profiles). `--no-peers` leaves them out;
 //! `AUDIOLAKE_PYTHON` picks the Python that has them installed.
 
-#[path = "../tests/common/corpus.rs"]
-mod corpus;
 #[path = "common/peers.rs"]
 mod peers;
 
@@ -21,8 +19,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use audiolake_testkit_audio::corpus::{self, Entry};
 use audiolake_udf::features::{analyze_path, GROUPS};
-use corpus::Entry;
 
 /// Tempo and key figures over a set of files.
 #[derive(Default)]

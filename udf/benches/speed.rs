@@ -16,10 +16,6 @@
 //! 4 minutes of the first corpus file looped and encoded to a 192 kbit/s MP3 by ffmpeg.
 //! `AUDIOLAKE_PYTHON` picks the Python that has the peers installed.
 
-// The corpus helpers are shared with the tests and the accuracy bench; this uses a few of them.
-#[allow(dead_code)]
-#[path = "../tests/common/corpus.rs"]
-mod corpus;
 #[path = "common/peers.rs"]
 mod peers;
 
@@ -29,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use audiolake_testkit_audio::corpus;
 use audiolake_udf::features::{analyze_path, GROUPS};
 
 const BENCHMARK_FILE: &str = "h2_georgy_porgy.mp3";

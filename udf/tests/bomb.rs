@@ -1,13 +1,10 @@
 //! A decompression bomb: an hour of silent FLAC in 250 KB analyses in bounded memory. Its own
 //! test binary, so that the process's peak memory is this test's alone.
 
-#[path = "common/crafted.rs"]
-mod crafted;
-
 use std::io::Cursor;
 
+use audiolake_testkit_audio::crafted::{silent_flac, FLAC_BLOCK};
 use audiolake_udf::features::{analyze, Value};
-use crafted::{silent_flac, FLAC_BLOCK};
 
 /// The process's peak resident memory (VmHWM), in MB.
 fn peak_rss_mb() -> f64 {

@@ -1,9 +1,7 @@
 //! Accuracy floors on the shared corpus (skipped when `../shared/corpus` is absent). The floors
 //! sit just under what the extractors reach; `cargo bench --bench accuracy` prints the detail.
 
-#[path = "common/corpus.rs"]
-mod corpus;
-
+use audiolake_testkit_audio::corpus;
 use audiolake_udf::features::{analyze_path, AnalysisOutput};
 
 fn analyze_all(entries: &[corpus::Entry]) -> Vec<AnalysisOutput> {

@@ -2,14 +2,11 @@
 //! The files in `tests/data` are a 2 s, 22.05 kHz stereo 440 Hz tone (left at half scale, right
 //! at quarter scale) made with ffmpeg, whose ebur128 filter reads -8.7 LUFS on the lossless ones.
 
-#[allow(dead_code)] // only `dir` is used here
-#[path = "common/corpus.rs"]
-mod corpus;
-
 use std::io::Cursor;
 use std::path::PathBuf;
 
 use arrow_array::{Array, Float64Array, ListArray, StringArray};
+use audiolake_testkit_audio::corpus;
 use audiolake_udf::decode::DecodeStream;
 use audiolake_udf::features::{analyze, analyze_path, to_arrays, AnalysisError, Value};
 

@@ -2,16 +2,13 @@
 //! say what is wrong, from the header probe, the analysis and the plain decode alike, and
 //! nothing is allocated from them first.
 
-#[path = "common/crafted.rs"]
-mod crafted;
-
 use std::io::Cursor;
 use std::path::PathBuf;
 
+use audiolake_testkit_audio::crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
 use audiolake_udf::features::{analyze, Value};
 use audiolake_udf::probe::{probe, AudioHeader, ProbeError};
 use audiolake_udf::samples::decode_mono;
-use crafted::{pcm_wav, silent_flac, wav, FLAC_BLOCK};
 
 const DSP_GROUPS: &[&str] = &["rhythm", "tonal", "loudness", "spectral", "timbre"];
 

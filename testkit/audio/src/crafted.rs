@@ -1,6 +1,5 @@
 //! Crafted audio written by the tests themselves: WAV headers with any values, and FLAC streams
 //! of silence (CONSTANT subframes, a dozen bytes per 4096 frames) of any length.
-#![allow(dead_code)] // each test binary uses its own subset
 
 /// A RIFF/WAVE file: a 16-byte `fmt ` chunk with these values, then a `data` chunk that declares
 /// `declared_len` bytes and holds `present` zero bytes.

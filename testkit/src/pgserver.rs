@@ -1,7 +1,7 @@
 //! Starts `audiolake serve` for a test, on a free port, over the music fixtures in
 //! `tests/music` (table `music`, 5 files), with a users file holding `alice` (read-write) and
-//! `bob` (read-only). Used by the server and client tests.
-#![allow(dead_code)]
+//! `bob` (read-only); runs psql against it. Used by the server and client tests, which pass the
+//! binary they were built with (`env!("CARGO_BIN_EXE_audiolake")`, known to them only).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -10,21 +10,6 @@ use std::time::Duration;
 
 pub const ALICE: (&str, &str) = ("alice", "wonder-land-1");
 pub const BOB: (&str, &str) = ("bob", "read-only-2");
-
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_audiolake")
-}
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-pub fn music_dir() -> PathBuf {
-    repo_root().join("tests/music")
-}
 
 /// Whether `program` can be run; tests that need it print why they skip.
 pub fn have(program: &str) -> bool {
@@ -38,6 +23,7 @@ pub fn have(program: &str) -> bool {
     found
 }
 
+/// A running `audiolake serve`; killed when dropped.
 pub struct PgServer {
     child: Child,
     pub port: u16,
@@ -46,15 +32,15 @@ pub struct PgServer {
     pub store: PathBuf,
 }
 
-/// Writes the users file with alice and bob into `dir`.
-pub fn write_users(dir: &Path) -> PathBuf {
+/// Writes the users file with alice and bob into `dir`, with the `audiolake` binary `bin`.
+pub fn write_users(bin: &str, dir: &Path) -> PathBuf {
     let users = dir.join("users");
     for ((name, password), read_only) in [(ALICE, false), (BOB, true)] {
         let mut args = vec!["user", "add", name, "--users", users.to_str().unwrap()];
         if read_only {
             args.push("--read-only");
         }
-        let mut child = Command::new(bin())
+        let mut child = Command::new(bin)
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -67,21 +53,22 @@ pub fn write_users(dir: &Path) -> PathBuf {
 }
 
 impl PgServer {
-    /// A server with passwords (the users file) and `extra` arguments.
-    pub fn start(extra: &[&str]) -> PgServer {
+    /// The `audiolake` binary `bin` serving, with passwords (the users file) and `extra`
+    /// arguments.
+    pub fn start(bin: &str, extra: &[&str]) -> PgServer {
         let dir = tempfile::tempdir().unwrap();
-        let users = write_users(dir.path());
+        let users = write_users(bin, dir.path());
         let users_arg = users.to_str().unwrap().to_owned();
         let mut args = vec!["--users", users_arg.as_str()];
         args.extend_from_slice(extra);
-        Self::start_in(dir, users, &args)
+        Self::start_in(bin, dir, users, &args)
     }
 
-    /// Starts in `dir` (store `dir/store`), with `args` after the common ones.
-    pub fn start_in(dir: tempfile::TempDir, users: PathBuf, args: &[&str]) -> PgServer {
+    /// Starts `bin` in `dir` (store `dir/store`), with `args` after the common ones.
+    pub fn start_in(bin: &str, dir: tempfile::TempDir, users: PathBuf, args: &[&str]) -> PgServer {
         let store = dir.path().join("store");
-        let music = music_dir();
-        let mut child = Command::new(bin())
+        let music = crate::paths::music();
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(&store)
             .arg("--music")

@@ -1,17 +1,11 @@
-//! Helpers shared by the end-to-end tests: an object store that counts what is read through
-//! it, WAV files made on the spot, and query plans as text.
-#![allow(dead_code)] // each test binary uses its own subset
+//! An object store that counts what is read through it, to check what a query reads.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use audiolake::datafusion::arrow::array::AsArray;
-use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
-use audiolake::AudioLake;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
@@ -39,6 +33,12 @@ impl CountingStore {
     /// Bytes read per object since the last call.
     pub fn take(&self) -> HashMap<String, u64> {
         std::mem::take(&mut self.reads.lock().unwrap())
+    }
+}
+
+impl Default for CountingStore {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -133,61 +133,4 @@ impl ObjectStore for CountingStore {
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
-}
-
-/// A 16-bit stereo WAV of `seconds` of a quiet tone of `hz`.
-pub fn write_wav(path: &Path, seconds: u32, hz: f64) {
-    let rate = 44_100u32;
-    let frames = rate * seconds;
-    let mut out = Vec::with_capacity(44 + frames as usize * 4);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + frames * 4).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    {
-        let v = 16u32;
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [1u16, 2] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 4).to_le_bytes());
-    for v in [4u16, 16] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(frames * 4).to_le_bytes());
-    for n in 0..frames {
-        let s = ((n as f64 * hz * std::f64::consts::TAU / rate as f64).sin() * 3000.0) as i16;
-        out.extend_from_slice(&s.to_le_bytes());
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, out).unwrap();
-}
-
-/// `EXPLAIN sql` as a table of text.
-pub async fn explain(lake: &AudioLake, sql: &str) -> String {
-    let batches = lake
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
-}
-
-/// The first column of `sql`'s rows, a text column without NULLs.
-pub async fn strings(lake: &AudioLake, sql: &str) -> Vec<String> {
-    let batches = lake.sql(sql).await.unwrap().collect().await.unwrap();
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_string::<i32>()
-                .iter()
-                .map(|s| s.unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }

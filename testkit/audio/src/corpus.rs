@@ -1,22 +1,31 @@
-//! The shared evaluation corpus (`../shared/corpus` beside the workspace): ground truth and
-//! the scores used by both the corpus tests and the accuracy bench.
+//! The shared evaluation corpus (`../shared/corpus` beside the workspace): where it is (tests
+//! that need it skip without it), its ground truth, and the scores used by both the corpus
+//! tests and the accuracy bench.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the corpus lives; `AUDIOLAKE_CORPUS` overrides the default beside the workspace.
 pub fn dir() -> PathBuf {
     std::env::var_os("AUDIOLAKE_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            // Beside the workspace, whichever of its crates includes this file.
-            let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-            let workspace = crate_dir
-                .ancestors()
-                .find(|d| d.join("Cargo.lock").exists())
-                .unwrap_or(crate_dir);
+            // This crate is `testkit/audio` in the workspace.
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let workspace = crate_dir.ancestors().nth(2).unwrap_or(crate_dir);
             workspace.join("../shared/corpus")
         })
+}
+
+/// The corpus folder, canonical, or `None` (after printing why the test is skipped) when it
+/// is not there.
+pub fn find() -> Option<PathBuf> {
+    let dir = dir();
+    if !dir.join("truth.csv").exists() {
+        eprintln!("skipping: corpus not found at {}", dir.display());
+        return None;
+    }
+    Some(std::fs::canonicalize(dir).unwrap())
 }
 
 /// One corpus file and what is known about it.
@@ -84,10 +93,7 @@ pub fn pitch_class(name: &str) -> Option<usize> {
 
 /// The corpus entries, or `None` (after saying so) when the corpus is not there.
 pub fn load() -> Option<Vec<Entry>> {
-    if !dir().join("truth.csv").exists() {
-        println!("SKIP: no corpus at {}", dir().display());
-        return None;
-    }
+    find()?;
     let extra: HashMap<String, HashMap<String, String>> = read_table("truth_extra.csv")
         .into_iter()
         .map(|r| (r["file"].clone(), r))

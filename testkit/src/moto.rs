@@ -1,9 +1,6 @@
 //! A real S3 API server for the object-storage tests: moto's server mode, started as a child
-//! process on a free local port and killed when the handle is dropped.
-//!
-//! Shared by `tests/s3.rs` and `tests/s3_store.rs` (a folder module, so not a test of its own).
-
-#![allow(dead_code)]
+//! process on a free local port and killed when the handle is dropped; buckets, clients, table
+//! options and secrets for it, and the fixtures uploaded to it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -186,11 +183,6 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// The fixtures folder, `tests/data`.
-pub fn fixtures() -> PathBuf {
-    std::fs::canonicalize(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).unwrap()
-}
-
 /// Every file under `dir` (hidden ones included), as paths relative to `dir` with `/`.
 pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -215,7 +207,7 @@ pub fn files_under(dir: &Path) -> Vec<String> {
 /// Uploads every file of `tests/data` (nesting, dot-files and non-audio files included) under
 /// `prefix` in `store`; returns the relative paths uploaded.
 pub async fn upload_fixtures(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
-    let dir = fixtures();
+    let dir = crate::paths::fixtures();
     let files = files_under(&dir);
     for rel in &files {
         let bytes = std::fs::read(dir.join(rel)).unwrap();
