@@ -95,6 +95,22 @@ enum Persist {
     No,
 }
 
+/// The database: a DataFusion session over a store, with audiolake's tables, functions and
+/// indexes.
+///
+/// # Execution overview
+///
+/// [`Engine::open`] resolves the store (a folder or an `s3://` prefix), builds the allowed
+/// roots (the store plus `--allow` locations) and the [`GuardedRegistry`] every object store
+/// is reached through, opens the [`FeatureStore`] and the vector indexes, registers the AUDIO
+/// table factory, the functions and the kNN rule, then replays the catalog's table records.
+///
+/// [`Engine::run`] parses the text once into statements and runs them in order. It answers
+/// what is the engine's own (`CREATE/DROP INDEX`, `CREATE/DROP SECRET`), checks every location
+/// a statement names against the roots (and refuses the store's own folders), refuses
+/// credentials in persisted table options, then plans the statement in the session; a
+/// `CREATE EXTERNAL TABLE` that succeeds is recorded in the catalog. Queries then run as DataFusion plans: AUDIO scans read through the feature store
+/// (`crate::audio::read_through`), kNN queries on indexed columns become index scans.
 pub struct Engine {
     ctx: SessionContext,
     roots: Arc<AllowedRoots>,

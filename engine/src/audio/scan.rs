@@ -37,6 +37,21 @@ const ANALYSES_IN_FLIGHT: usize = 2;
 
 type Listed = (ObjectMeta, String);
 
+/// The scan of an AUDIO table, shown as `AudioScanExec` in `EXPLAIN`.
+///
+/// # Execution overview
+///
+/// The table lists its files (with filters on listing columns and `LIMIT` applied to the
+/// listing) and hands them to [`AudioScanExec::new`], which spreads them round-robin over
+/// up to `target_partitions` partitions, or one when only listing columns are asked for.
+/// Each partition then makes one row per file, in small batches:
+/// - listing columns only: rows straight from the listing, no file opened;
+/// - header columns: the file's header probed through the object store (a few at once);
+/// - analysis columns: the stored results read once per scan, then per file the feature
+///   store's results or one decode of what is missing (`read_through`), on blocking threads.
+///
+/// A file that cannot be read is a row with `error` set. Files done are counted in
+/// [`ScanProgress`]; `bytes_read` and `files_opened` show in `EXPLAIN ANALYZE`.
 #[derive(Debug)]
 pub struct AudioScanExec {
     store: Arc<dyn ObjectStore>,

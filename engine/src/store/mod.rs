@@ -137,6 +137,18 @@ struct Pending {
     since: Option<Instant>,
 }
 
+/// Every analysis result, kept as Parquet parts in the store and indexed in memory.
+///
+/// # Execution overview
+///
+/// A scan first calls [`FeatureStore::refresh`] for the groups it needs: the live parts of
+/// each group's version folder are listed, new ones read, and their rows indexed by file
+/// fingerprint (path, size, modification time, e-tag) and by content hash. A file is then
+/// looked up ([`FeatureStore::lookup`], or [`FeatureStore::by_hash`] for a renamed or copied
+/// file); what is missing is decoded once and handed back with [`FeatureStore::add`], which
+/// buffers rows and says when the [`FlushPolicy`] wants them published. [`FeatureStore::flush`]
+/// writes each group's buffered rows as one new part (atomic put, unique name per writer).
+/// Compaction ([`compact`]) merges parts and keeps the replaced ones for the retention period.
 pub struct FeatureStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
