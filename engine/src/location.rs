@@ -142,6 +142,9 @@ impl AllowedRoots {
     /// Adds a root (a directory or a bucket prefix; the whole subtree is allowed).
     pub fn add(&mut self, location: &str) -> Result<()> {
         let url = directory(resolve_location(location)?);
+        // Roots are compared with object paths, which have no empty segments: refuse
+        // `s3://bucket//` rather than read it as the whole bucket.
+        object_path(&url)?;
         if !self.roots.contains(&url) {
             self.roots.push(url);
         }
@@ -414,6 +417,22 @@ mod tests {
              AudioLake::builder().allow_location(...)"
         );
     }
+    #[test]
+    fn roots_with_an_empty_segment_are_refused() {
+        let mut roots = AllowedRoots::new();
+        for root in ["s3://bucket//", "s3://bucket/a//b/"] {
+            let err = roots.add(root).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid location '{root}")) && err.contains("empty"),
+                "{root}: {err}"
+            );
+        }
+        assert!(roots.roots().is_empty());
+        roots.add("s3://bucket/").unwrap();
+        roots.add("s3://bucket").unwrap();
+        assert_eq!(roots.roots().len(), 1);
+    }
+
     /// What a file system would open for `decoded` (an absolute path): `.` and `..` applied.
     fn opened(decoded: &str) -> String {
         let mut out: Vec<&str> = Vec::new();
