@@ -23,6 +23,18 @@ pub struct TableRecord {
     pub definition: String,
 }
 
+/// Reads one stored table record, or says what is wrong with it (public so that it can be
+/// fuzzed).
+pub fn parse_record(bytes: &[u8]) -> std::result::Result<TableRecord, String> {
+    match serde_json::from_slice::<TableRecord>(bytes) {
+        Ok(record) if record.name.is_empty() || record.definition.is_empty() => {
+            Err("the record has an empty name or definition".to_string())
+        }
+        Ok(record) => Ok(record),
+        Err(e) => Err(format!("not a table record: {e}")),
+    }
+}
+
 /// The statement that recreates `create` anywhere: locations made absolute, `IF NOT EXISTS`
 /// and `OR REPLACE` dropped, columns, partitioning, order and options kept. (DataFusion's own
 /// rendering of the statement leaves out columns and options.)
@@ -178,13 +190,7 @@ impl Catalog {
             .bytes()
             .await
             .map_err(read_err)?;
-        Ok(match serde_json::from_slice::<TableRecord>(&bytes) {
-            Ok(record) if record.name.is_empty() || record.definition.is_empty() => {
-                Err("the record has an empty name or definition".to_string())
-            }
-            Ok(record) => Ok(record),
-            Err(e) => Err(format!("not a table record: {e}")),
-        })
+        Ok(parse_record(&bytes))
     }
 
     /// Moves a bad record out of `catalog/tables/` so that it is not read again.

@@ -20,10 +20,12 @@ mod snapshot;
 pub mod sql;
 mod store;
 
-pub use catalog::TableRecord;
+pub use catalog::{parse_record, TableRecord};
 pub use engine::{Engine, EngineConfig};
 pub use error::{EngineError, Result};
 pub use jobs::AnalyzeReport;
 pub use problems::StoreProblem;
 pub use progress::ScanProgress;
-pub use store::{CompactReport, FeatureStore, FlushPolicy, StoreStats, DEFAULT_RETENTION};
+pub use store::{
+    parse_part, CompactReport, FeatureStore, FlushPolicy, StoreStats, DEFAULT_RETENTION,
+};

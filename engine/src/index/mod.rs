@@ -16,6 +16,7 @@ pub use hnsw::{
     BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult,
     DEFAULT_EF_SEARCH, EF_SEARCH_MAX,
 };
+pub use registry::{parse_definition, IndexDefinition};
 
 /// What went wrong building, searching, saving or loading an index.
 #[derive(Debug, thiserror::Error)]

@@ -87,6 +87,12 @@ pub struct IndexDefinition {
     pub previous: Option<i64>,
 }
 
+/// Reads one stored index definition, or says what is wrong with it (public so that it can
+/// be fuzzed).
+pub fn parse_definition(bytes: &[u8]) -> std::result::Result<IndexDefinition, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("not an index definition: {e}"))
+}
+
 /// A loaded build: the graph and, for each row id, its key and (when the table's rows are
 /// files) its file fingerprint.
 pub struct Loaded {
@@ -243,13 +249,10 @@ impl Indexes {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(store_error("read", e)),
         };
-        match serde_json::from_slice(&bytes) {
+        match parse_definition(&bytes) {
             Ok(definition) => Ok(Some(definition)),
-            Err(e) => {
-                self.problems.skipped(
-                    meta.location.as_ref(),
-                    format!("not an index definition: {e}"),
-                );
+            Err(problem) => {
+                self.problems.skipped(meta.location.as_ref(), problem);
                 Ok(None)
             }
         }

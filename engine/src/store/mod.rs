@@ -30,6 +30,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use compact::RecordRead;
 pub use compact::{CompactReport, DEFAULT_RETENTION};
+pub use part::parse_part;
 pub(crate) use part::{Decoded, Fingerprint, StoredRow};
 pub(crate) use tables::register_feature_tables;
 
