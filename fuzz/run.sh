@@ -38,7 +38,7 @@ for entry in "${targets[@]}"; do
   echo "fuzz: $target for ${seconds}s"
   if nice -n 10 "$bin_dir/$target" "$fuzz/corpus/$target" "${dict[@]}" \
     -artifact_prefix="$artifacts/" -max_total_time="$seconds" -rss_limit_mb=2048 \
-    -max_len="$max_len" -timeout=30 -print_final_stats=1 >"$log" 2>&1; then
+    -max_len="$max_len" -timeout=60 -print_final_stats=1 >"$log" 2>&1; then
     grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$log" |
       sed "s/^/fuzz: $target /"
   else

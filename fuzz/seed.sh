@@ -28,7 +28,7 @@ find "$repo/tests/data" "$repo/tests/music" -type f -size -$((max_bytes + 1))c \
     { printf "\\x$(printf %02x "$byte")\\x00"; cat "$file"; } >"$fuzz/corpus/analyze/seed-$name"
   done
 
-for target in store_part location; do
+for target in analyze store_part location; do
   mkdir -p "$fuzz/corpus/$target"
   cp "$fuzz/seeds/$target/"* "$fuzz/corpus/$target/"
 done
