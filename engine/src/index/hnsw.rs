@@ -7,6 +7,7 @@
 //! 0 (|q - x|² = |q|² + M² - 2 q·x). Results are re-ranked with the metric's exact distance.
 
 use super::IndexError;
+use crate::sql::settings::EF_SEARCH_MAX;
 use audiolake_udf::vector::{self, DimensionMismatch};
 use hnsw_rs::prelude::{AnnT, Distance, FilterT, Hnsw, HnswIo, Neighbour, PointId};
 use serde::{Deserialize, Serialize};
@@ -16,16 +17,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-/// pgvector's default `hnsw.ef_search`.
-pub const DEFAULT_EF_SEARCH: usize = 40;
-
 // pgvector's limits for m, ef_construction and ef_search.
 const M_MIN: usize = 2;
 const M_MAX: usize = 100;
 const EF_CONSTRUCTION_MIN: usize = 4;
 const EF_CONSTRUCTION_MAX: usize = 1000;
-/// pgvector's largest `hnsw.ef_search`.
-pub const EF_SEARCH_MAX: usize = 1000;
 /// hnsw_rs's own cap on layers.
 const MAX_LAYERS: usize = 16;
 /// Rows whose filter result estimates the fraction of rows a filter passes.

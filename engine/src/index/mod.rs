@@ -12,10 +12,7 @@ pub(crate) mod similar;
 pub(crate) mod system_table;
 mod version;
 
-pub use hnsw::{
-    BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult,
-    DEFAULT_EF_SEARCH, EF_SEARCH_MAX,
-};
+pub use hnsw::{BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult};
 pub use registry::{parse_definition, IndexDefinition};
 
 /// What went wrong building, searching, saving or loading an index.

@@ -16,9 +16,14 @@ extensions_options! {
     /// pgvector's HNSW search setting.
     pub struct HnswSettings {
         /// Candidates kept while searching an HNSW index (1 to 1000); at least k are used.
-        pub ef_search: usize, default = crate::index::DEFAULT_EF_SEARCH
+        pub ef_search: usize, default = DEFAULT_EF_SEARCH
     }
 }
+
+/// pgvector's default `hnsw.ef_search`.
+pub const DEFAULT_EF_SEARCH: usize = 40;
+/// pgvector's largest `hnsw.ef_search`; the index refuses more too.
+pub const EF_SEARCH_MAX: usize = 1000;
 
 impl ConfigExtension for HnswSettings {
     const PREFIX: &'static str = "hnsw";
@@ -124,8 +129,8 @@ pub fn ef_search(options: &ConfigOptions) -> Result<usize> {
     let ef = options
         .extensions
         .get::<HnswSettings>()
-        .map_or(crate::index::DEFAULT_EF_SEARCH, |s| s.ef_search);
-    let max = crate::index::EF_SEARCH_MAX;
+        .map_or(DEFAULT_EF_SEARCH, |s| s.ef_search);
+    let max = EF_SEARCH_MAX;
     if (1..=max).contains(&ef) {
         Ok(ef)
     } else {

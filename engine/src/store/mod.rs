@@ -5,7 +5,7 @@
 //! reader sees all of it or none, and the listing of a version's folder is its manifest. Part
 //! names are unique per writer, so concurrent writers never overwrite each other; when two
 //! rows describe the same path, the newest analysis wins. Results are read through (looked up
-//! before any decode, by [`crate::audio::read_through`], which sits above the store and the
+//! before any decode, by the AUDIO scan's read-through, which sits above the store and the
 //! audio readers) and written behind (buffered, then published every few files, every few
 //! seconds and at the end of each scan). The store knows nothing of audio files.
 //!
