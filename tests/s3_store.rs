@@ -10,6 +10,7 @@ use std::sync::Arc;
 use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::AudioLake;
+use audiolake_testkit::layout::group_dir;
 use audiolake_testkit::moto::{self, Moto};
 use audiolake_testkit::query::query;
 use futures::TryStreamExt;
@@ -130,7 +131,10 @@ async fn run(moto: &Moto) {
 
     // The results went to the bucket as Parquet parts.
     let parts: Vec<String> = client
-        .list(Some(&ObjectPath::from("lake/features/loudness/v1")))
+        .list(Some(&ObjectPath::from(format!(
+            "lake/features/{}",
+            group_dir("loudness")
+        ))))
         .map_ok(|meta| meta.location.to_string())
         .try_collect()
         .await

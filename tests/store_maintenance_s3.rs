@@ -15,6 +15,7 @@ use audiolake::datafusion::arrow::datatypes::Int64Type;
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
 use audiolake::datafusion::physical_plan::collect;
 use audiolake::{AudioLake, FlushPolicy};
+use audiolake_testkit::layout::group_dir;
 use audiolake_testkit::moto::{self, Moto};
 use audiolake_testkit::query::query;
 use futures::TryStreamExt;
@@ -70,7 +71,10 @@ async fn keys(client: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
 }
 
 const LOUDNESS: &str = "SELECT path, rms_dbfs, analyzed_at FROM features_loudness ORDER BY path";
-const PARTS: &str = "lake/features/loudness/v1";
+/// Where the loudness group's parts are.
+fn parts_dir() -> String {
+    format!("lake/features/{}", group_dir("loudness"))
+}
 
 async fn run(moto: &Moto) {
     moto.create_bucket(BUCKET);
@@ -83,7 +87,7 @@ async fn run(moto: &Moto) {
     )
     .await;
     query(&lake, "SELECT rms_dbfs FROM music").await;
-    let before = keys(&client, PARTS).await;
+    let before = keys(&client, &parts_dir()).await;
     assert!(before.len() >= 2, "{before:?}");
 
     // A reader plans (lists the parts), a compaction replaces them, the reader reads.
@@ -96,7 +100,7 @@ async fn run(moto: &Moto) {
     assert_eq!(report.parts_merged, before.len());
     let read = collect(planned, task).await.unwrap();
     assert_eq!(text(&read), text(std::slice::from_ref(&expected)));
-    let after = keys(&client, PARTS).await;
+    let after = keys(&client, &parts_dir()).await;
     assert_eq!(
         after.len(),
         before.len() + 2,
@@ -122,7 +126,7 @@ async fn run(moto: &Moto) {
     ] {
         client
             .put(
-                &ObjectPath::from(format!("{PARTS}/{name}")),
+                &ObjectPath::from(format!("{}/{name}", parts_dir())),
                 PutPayload::from_static(bytes),
             )
             .await
@@ -142,8 +146,8 @@ async fn run(moto: &Moto) {
     assert_eq!(
         problems,
         [
-            format!("{PARTS}/part-empty.parquet"),
-            format!("{PARTS}/part-garbage.parquet")
+            format!("{}/part-empty.parquet", parts_dir()),
+            format!("{}/part-garbage.parquet", parts_dir())
         ]
     );
 

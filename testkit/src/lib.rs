@@ -5,6 +5,7 @@
 //! (`audio/`), which needs no engine, so that `audiolake-udf`'s tests can use it too: the engine
 //! depends on `audiolake-udf`.
 
+pub mod layout;
 pub mod moto;
 pub mod paths;
 pub mod pgserver;

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod features;
+mod lanes;
 pub mod limits;
 pub mod probe;
 pub mod resample;

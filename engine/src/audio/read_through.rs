@@ -174,5 +174,6 @@ fn assemble(
         decode_errors: u64::try_from(decoded.errors).unwrap_or(0),
         sample_rate: u32::try_from(decoded.sample_rate).unwrap_or(0),
         channels: usize::try_from(decoded.channels).unwrap_or(0),
+        stages: Default::default(),
     })
 }

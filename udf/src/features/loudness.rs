@@ -1,5 +1,10 @@
-//! Loudness: EBU R128 / ITU BS.1770 integrated loudness and loudness range (via the `ebur128`
-//! crate), true peak (4x oversampled, BS.1770 Annex 2) and the plain RMS level over all channels.
+//! Loudness: ITU BS.1770 integrated loudness and EBU Tech 3342 loudness range, true peak (4x
+//! oversampled, BS.1770 Annex 2) and the plain RMS level over all channels.
+//!
+//! Each channel is K-weighted into 100 ms mean squares ([`ChannelMeter`]); the `bs1770` crate
+//! gates them into the integrated loudness and the range is computed here. The 100 ms windows
+//! (4 bytes per channel each, 144 kB per channel-hour) are kept until the end, so gating is
+//! exact rather than read off a histogram as the `ebur128` crate, used before, did.
 //!
 //! True peak is computed here rather than by the crate: its oversampler runs on every sample
 //! and cost more than decoding. Ours skips every stretch whose samples cannot reach the peak
@@ -7,9 +12,11 @@
 //! absolute gain), which is exact and leaves only the loud stretches to interpolate.
 
 use arrow_schema::Field;
-use ebur128::{EbuR128, Mode};
+use bs1770::{Power, Windows100ms};
 
+use super::k_weighting::{push_together, ChannelMeter};
 use super::{f64_field, Chunk, Extractor, Input, Value};
+use crate::lanes::{self, abs_max, sum_of_squares_f64};
 
 /// Oversampling factor and one-sided length (input samples) of the interpolation filter.
 const OVERSAMPLE: usize = 4;
@@ -62,19 +69,19 @@ impl TruePeak {
         let keep = 2 * HALF_TAPS - 1;
         self.buffer.extend_from_slice(samples);
         // Sample peaks first: they also raise the bar the interpolation has to beat.
-        self.peak = samples.iter().fold(self.peak, |m, s| m.max(s.abs()));
+        self.peak = self.peak.max(abs_max(samples));
         // Interpolate between samples n and n + 1 for every n whose taps are all buffered.
         let last = self.buffer.len() - HALF_TAPS;
         let mut n = HALF_TAPS - 1;
         while n < last {
             let end = (n + STRETCH).min(last);
             let window = &self.buffer[n + 1 - HALF_TAPS..end + HALF_TAPS];
-            let local = window.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+            let local = abs_max(window);
             if local * self.gain > self.peak {
                 for i in n..end {
                     let taps_in = &self.buffer[i + 1 - HALF_TAPS..=i + HALF_TAPS];
                     for taps in &self.phases {
-                        let v: f32 = taps.iter().zip(taps_in).map(|(a, b)| a * b).sum();
+                        let v = lanes::fold2(taps, taps_in, |a, b| a * b);
                         self.peak = self.peak.max(v.abs());
                     }
                 }
@@ -86,10 +93,26 @@ impl TruePeak {
     }
 }
 
+/// Most channels measured, as libebur128; a file with more has no loudness values.
+const MAX_CHANNELS: usize = 64;
+
+/// Channel weights of BS.1770 by position, in libebur128's default order for the channel
+/// count: surrounds weigh 1.41, the LFE and channels past the sixth nothing.
+fn channel_weight(index: usize, channels: usize) -> f32 {
+    const SURROUND: f32 = 1.41;
+    match (channels, index) {
+        (4, 2 | 3) | (5, 3 | 4) => SURROUND,
+        (4 | 5, _) => 1.0,
+        (_, 0..=2) => 1.0,
+        (_, 4 | 5) => SURROUND,
+        _ => 0.0,
+    }
+}
+
 pub struct Loudness {
-    meter: Option<EbuR128>,
+    meters: Vec<ChannelMeter>,
     true_peaks: Vec<TruePeak>,
-    /// Set when the meter could not be built or the channel layout changed mid-stream.
+    /// Set when there are too many channels or the channel layout changed mid-stream.
     broken: bool,
     sum_squares: f64,
     samples: u64,
@@ -98,13 +121,60 @@ pub struct Loudness {
 impl Loudness {
     pub fn new() -> Self {
         Self {
-            meter: None,
+            meters: Vec::new(),
             true_peaks: Vec::new(),
             broken: false,
             sum_squares: 0.0,
             samples: 0,
         }
     }
+
+    /// The channel-weighted 100 ms powers.
+    fn windows(&self) -> Vec<Power> {
+        let channels = self.meters.len();
+        let len = self
+            .meters
+            .iter()
+            .map(|m| m.windows().len())
+            .min()
+            .unwrap_or(0);
+        let mut sum = vec![Power(0.0); len];
+        for (c, meter) in self.meters.iter().enumerate() {
+            let weight = channel_weight(c, channels);
+            for (s, w) in sum.iter_mut().zip(meter.windows()) {
+                s.0 += weight * w.0;
+            }
+        }
+        sum
+    }
+}
+
+/// Loudness range (EBU Tech 3342): the spread between the 10th and 95th percentiles of the
+/// 3 s short-term loudness, taken every second, of blocks above -70 LUFS and within 20 LU of
+/// their mean power. NaN when no block passes.
+fn loudness_range(windows: &[Power]) -> f64 {
+    const BLOCK: usize = 30;
+    const HOP: usize = 10;
+    let blocks: Vec<f64> = windows
+        .windows(BLOCK)
+        .step_by(HOP)
+        .map(|w| w.iter().map(|p| f64::from(p.0)).sum::<f64>() / BLOCK as f64)
+        .filter(|&power| lkfs(power) > -70.0)
+        .collect();
+    if blocks.is_empty() {
+        return f64::NAN;
+    }
+    let mean = blocks.iter().sum::<f64>() / blocks.len() as f64;
+    let gate = lkfs(mean) - 20.0;
+    let mut kept: Vec<f64> = blocks.into_iter().map(lkfs).filter(|&l| l > gate).collect();
+    kept.sort_by(f64::total_cmp);
+    let at = |q: f64| kept[((kept.len() - 1) as f64 * q).round() as usize];
+    at(0.95) - at(0.10)
+}
+
+/// BS.1770's loudness of a mean square.
+fn lkfs(power: f64) -> f64 {
+    -0.691 + 10.0 * power.log10()
 }
 
 impl Extractor for Loudness {
@@ -112,8 +182,9 @@ impl Extractor for Loudness {
         "loudness"
     }
 
+    /// 2: gating on exact 100 ms powers instead of libebur128's histogram.
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn input(&self) -> Input {
@@ -131,34 +202,35 @@ impl Extractor for Loudness {
 
     fn push(&mut self, chunk: &Chunk<'_>) {
         for plane in chunk.planes {
-            self.sum_squares += plane.iter().map(|&s| f64::from(s * s)).sum::<f64>();
+            self.sum_squares += sum_of_squares_f64(plane);
             self.samples += plane.len() as u64;
         }
         if self.broken {
             return;
         }
-        let channels = chunk.planes.len() as u32;
-        // Histogram mode keeps the meter's memory constant however long the file is.
-        let mode = Mode::I | Mode::LRA | Mode::HISTOGRAM;
-        let meter = match &mut self.meter {
-            Some(m) if m.channels() == channels => m,
-            Some(_) => {
+        if self.meters.is_empty() {
+            if chunk.planes.len() > MAX_CHANNELS || chunk.sample_rate < 10 {
                 self.broken = true;
                 return;
             }
-            None => match EbuR128::new(channels, chunk.sample_rate, mode) {
-                Ok(m) => {
-                    self.true_peaks = chunk.planes.iter().map(|_| TruePeak::new()).collect();
-                    self.meter.insert(m)
-                }
-                Err(_) => {
-                    self.broken = true;
-                    return;
-                }
-            },
-        };
-        if meter.add_frames_planar_f32(chunk.planes).is_err() {
+            self.meters = chunk
+                .planes
+                .iter()
+                .map(|_| ChannelMeter::new(chunk.sample_rate))
+                .collect();
+            self.true_peaks = chunk.planes.iter().map(|_| TruePeak::new()).collect();
+        } else if self.meters.len() != chunk.planes.len() {
             self.broken = true;
+            return;
+        }
+        for (meters, planes) in self.meters.chunks_mut(2).zip(chunk.planes.chunks(2)) {
+            if let ([l, r], [a, b]) = (&mut *meters, planes) {
+                push_together([l, r], [a, b]);
+            } else {
+                for (meter, plane) in meters.iter_mut().zip(planes) {
+                    meter.push(plane);
+                }
+            }
         }
         for (tp, plane) in self.true_peaks.iter_mut().zip(chunk.planes) {
             tp.push(plane);
@@ -171,11 +243,13 @@ impl Extractor for Loudness {
         } else {
             Value::Null
         };
-        let Some(meter) = self.meter.filter(|_| !self.broken) else {
+        if self.broken || self.meters.is_empty() {
             return vec![Value::Null, Value::Null, Value::Null, rms];
-        };
-        let lufs = meter.loudness_global().map_or(Value::Null, Value::finite);
-        let lra = meter.loudness_range().map_or(Value::Null, Value::finite);
+        }
+        let windows = self.windows();
+        let integrated = bs1770::gated_mean(Windows100ms { inner: &windows });
+        let lufs = Value::finite(f64::from(integrated.loudness_lkfs()));
+        let lra = Value::finite(loudness_range(&windows));
         let peak = self
             .true_peaks
             .iter()

@@ -6,6 +6,7 @@
 //! rate and shape, and feeds every group.
 //! [`to_arrays`] turns many files' results into Arrow columns, NULL where a file failed.
 
+mod k_weighting;
 mod loudness;
 pub mod musicnn;
 mod rhythm;
@@ -16,6 +17,7 @@ mod tonal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::builder::{
@@ -181,6 +183,23 @@ pub struct AnalysisOutput {
     pub decode_errors: u64,
     pub sample_rate: u32,
     pub channels: usize,
+    /// Where the time went; zero for results read back from a store.
+    pub stages: StageTimes,
+}
+
+/// Time spent in each stage of one analysis, on the thread that ran it. Each stage excludes
+/// the stages it feeds (a resampler's time excludes the STFTs it feeds, and so on).
+#[derive(Clone, Debug, Default)]
+pub struct StageTimes {
+    pub decode: Duration,
+    /// Averaging the channels into one.
+    pub downmix: Duration,
+    /// Per analysis rate.
+    pub resample: Vec<(u32, Duration)>,
+    /// Per analysis rate and STFT shape.
+    pub stft: Vec<(u32, StftShape, Duration)>,
+    /// Per group: its frames or chunks and its `finish`.
+    pub groups: Vec<(&'static str, Duration)>,
 }
 
 impl AnalysisOutput {
@@ -267,6 +286,7 @@ pub enum AnalysisError {
 struct Transform {
     stft: Stft,
     members: Vec<usize>,
+    spent: Duration,
 }
 
 /// Everything fed at one analysis rate: one resampler, then one STFT per shape.
@@ -274,6 +294,64 @@ struct Route {
     rate: u32,
     resampler: StreamResampler,
     transforms: Vec<Transform>,
+    /// This block's resampled audio.
+    output: Vec<f32>,
+    spent: Duration,
+}
+
+impl Route {
+    /// The routes for `shapes` (rate and STFT shape per frame-fed extractor), highest rate
+    /// first, each resampling the decoded audio. (Making 11,025 Hz from the 22,050 Hz stream
+    /// saved 0.03 s a track but made tonal's values depend on which other groups ran, and lost
+    /// a key on the corpus.)
+    fn plan(native: u32, shapes: &[(usize, u32, StftShape)]) -> Result<Vec<Route>, ResampleError> {
+        let mut rates: Vec<u32> = shapes.iter().map(|&(_, rate, _)| rate).collect();
+        rates.sort_unstable_by(|a, b| b.cmp(a));
+        rates.dedup();
+        let mut routes: Vec<Route> = Vec::with_capacity(rates.len());
+        for rate in rates {
+            let mut transforms: Vec<Transform> = Vec::new();
+            for &(i, _, shape) in shapes.iter().filter(|&&(_, r, _)| r == rate) {
+                match transforms.iter_mut().find(|t| t.stft.shape() == shape) {
+                    Some(t) => t.members.push(i),
+                    None => transforms.push(Transform {
+                        stft: Stft::new(shape),
+                        members: vec![i],
+                        spent: Duration::ZERO,
+                    }),
+                }
+            }
+            routes.push(Route {
+                rate,
+                resampler: StreamResampler::new(native, rate)?,
+                transforms,
+                output: Vec::new(),
+                spent: Duration::ZERO,
+            });
+        }
+        Ok(routes)
+    }
+}
+
+/// Extractors with the time each has spent.
+struct Groups {
+    extractors: Vec<Box<dyn Extractor>>,
+    spent: Vec<Duration>,
+}
+
+impl Groups {
+    /// Hands `frame` to the members of one transform; returns the time that took.
+    fn frame(&mut self, members: &[usize], frame: &Frame<'_>) -> Duration {
+        let mut total = Duration::ZERO;
+        for &i in members {
+            let started = Instant::now();
+            self.extractors[i].frame(frame);
+            let took = started.elapsed();
+            self.spent[i] += took;
+            total += took;
+        }
+        total
+    }
 }
 
 /// Decodes `source` once and runs the named groups over it.
@@ -282,49 +360,35 @@ pub fn analyze(
     extension: Option<&str>,
     groups: &[&str],
 ) -> Result<AnalysisOutput, AnalysisError> {
-    let mut extractors = groups
+    let extractors = groups
         .iter()
         .map(|name| extractor(name).ok_or_else(|| AnalysisError::UnknownGroup(name.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut groups = Groups {
+        spent: vec![Duration::ZERO; extractors.len()],
+        extractors,
+    };
     let mut stream = DecodeStream::open(source, extension)?;
     let native = stream.sample_rate();
 
-    let mut routes: Vec<Route> = Vec::new();
     let mut all_channels = Vec::new();
-    for (i, ex) in extractors.iter().enumerate() {
-        let (rate, shape) = match ex.input() {
-            Input::AllChannels => {
-                all_channels.push(i);
-                continue;
-            }
-            Input::Frames { rate, shape } => (rate, shape),
-        };
-        let route = match routes.iter().position(|r| r.rate == rate) {
-            Some(r) => &mut routes[r],
-            None => {
-                routes.push(Route {
-                    rate,
-                    resampler: StreamResampler::new(native, rate)?,
-                    transforms: Vec::new(),
-                });
-                routes.last_mut().expect("just pushed")
-            }
-        };
-        match route
-            .transforms
-            .iter_mut()
-            .find(|t| t.stft.shape() == shape)
-        {
-            Some(t) => t.members.push(i),
-            None => route.transforms.push(Transform {
-                stft: Stft::new(shape),
-                members: vec![i],
-            }),
+    let mut shapes = Vec::new();
+    for (i, ex) in groups.extractors.iter().enumerate() {
+        match ex.input() {
+            Input::AllChannels => all_channels.push(i),
+            Input::Frames { rate, shape } => shapes.push((i, rate, shape)),
         }
     }
+    let mut routes = Route::plan(native, &shapes)?;
 
     let mut mono = Vec::new();
-    while let Some(block) = stream.next_block()? {
+    let mut decode = Duration::ZERO;
+    let mut downmix = Duration::ZERO;
+    loop {
+        let started = Instant::now();
+        let block = stream.next_block()?;
+        decode += started.elapsed();
+        let Some(block) = block else { break };
         if !all_channels.is_empty() {
             let plane_refs: Vec<&[f32]> = block.planes().iter().map(Vec::as_slice).collect();
             let chunk = Chunk {
@@ -332,77 +396,92 @@ pub fn analyze(
                 sample_rate: native,
             };
             for &i in &all_channels {
-                extractors[i].push(&chunk);
+                let started = Instant::now();
+                groups.extractors[i].push(&chunk);
+                groups.spent[i] += started.elapsed();
             }
         }
         if !routes.is_empty() {
+            let started = Instant::now();
             block.downmix_into(&mut mono);
-            for route in &mut routes {
-                feed(route, &mono, &mut extractors, false)?;
-            }
+            downmix += started.elapsed();
+            feed(&mut routes, &mono, &mut groups, false)?;
         }
     }
-    for route in &mut routes {
-        feed(route, &[], &mut extractors, true)?;
-    }
+    feed(&mut routes, &[], &mut groups, true)?;
 
     if stream.decoded_frames() == 0 {
         return Err(AnalysisError::NoAudio {
             errors: stream.decode_errors(),
         });
     }
-    let results = extractors
-        .into_iter()
-        .map(|ex| {
-            let (name, version, fields) = (ex.name(), ex.version(), ex.fields());
-            GroupResult {
-                name,
-                version,
-                fields,
-                values: ex.finish(),
-            }
-        })
-        .collect();
+    let mut stages = StageTimes {
+        decode,
+        downmix,
+        ..StageTimes::default()
+    };
+    for route in &routes {
+        stages.resample.push((route.rate, route.spent));
+        for t in &route.transforms {
+            stages.stft.push((route.rate, t.stft.shape(), t.spent));
+        }
+    }
+    let mut results = Vec::with_capacity(groups.extractors.len());
+    for (ex, spent) in groups.extractors.into_iter().zip(groups.spent) {
+        let (name, version, fields) = (ex.name(), ex.version(), ex.fields());
+        let started = Instant::now();
+        let values = ex.finish();
+        stages.groups.push((name, spent + started.elapsed()));
+        results.push(GroupResult {
+            name,
+            version,
+            fields,
+            values,
+        });
+    }
     Ok(AnalysisOutput {
         groups: results,
         decoded_duration_s: stream.decoded_duration_s(),
         decode_errors: stream.decode_errors(),
         sample_rate: native,
         channels: stream.channels(),
+        stages,
     })
 }
 
-/// Resamples `mono` for one route and runs its transforms; `last` flushes everything.
+/// Resamples `mono` for every route and runs their transforms; `last` flushes everything.
+/// Time is charged to each route, transform and group separately.
 fn feed(
-    route: &mut Route,
+    routes: &mut [Route],
     mono: &[f32],
-    extractors: &mut [Box<dyn Extractor>],
+    groups: &mut Groups,
     last: bool,
 ) -> Result<(), ResampleError> {
-    let Route {
-        resampler,
-        transforms,
-        ..
-    } = route;
-    let mut sink = |samples: &[f32]| {
-        for t in transforms.iter_mut() {
-            t.stft.push(samples, &mut |f| {
-                for &i in &t.members {
-                    extractors[i].frame(f);
-                }
-            });
+    for route in routes.iter_mut() {
+        let Route {
+            resampler,
+            transforms,
+            output,
+            spent,
+            ..
+        } = route;
+        let started = Instant::now();
+        output.clear();
+        resampler.process(mono, &mut |s| output.extend_from_slice(s))?;
+        if last {
+            resampler.finish(&mut |s| output.extend_from_slice(s))?;
         }
-    };
-    if !last {
-        return resampler.process(mono, &mut sink);
-    }
-    resampler.finish(&mut sink)?;
-    for t in transforms.iter_mut() {
-        t.stft.finish(&mut |f| {
-            for &i in &t.members {
-                extractors[i].frame(f);
+        *spent += started.elapsed();
+        for t in transforms.iter_mut() {
+            let started = Instant::now();
+            let mut in_groups = Duration::ZERO;
+            let Transform { stft, members, .. } = t;
+            stft.push(output, &mut |f| in_groups += groups.frame(members, f));
+            if last {
+                stft.finish(&mut |f| in_groups += groups.frame(members, f));
             }
-        });
+            t.spent += started.elapsed().saturating_sub(in_groups);
+        }
     }
     Ok(())
 }

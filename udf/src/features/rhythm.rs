@@ -471,8 +471,9 @@ impl Extractor for Rhythm {
         "rhythm"
     }
 
+    /// 3: mel bands summed in lanes (values differ from v2's in the last bits).
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn input(&self) -> Input {

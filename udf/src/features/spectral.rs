@@ -5,6 +5,7 @@ use arrow_schema::Field;
 
 use super::stft::{bin_hz, Frame, StftShape};
 use super::{f64_field, Extractor, Input, Value};
+use crate::lanes;
 
 pub(super) const RATE: u32 = 22_050;
 const N_FFT: usize = 2048;
@@ -44,26 +45,13 @@ impl Spectral {
 
 fn accumulate(sums: &mut Sums, freqs: &[f32], frame: &Frame<'_>) {
     let mag = frame.magnitude;
-    let total: f32 = mag.iter().sum();
+    let total = lanes::sum(mag);
     if total / (mag.len() as f32) < SILENT_FRAME {
         return;
     }
-    let centroid = mag.iter().zip(freqs).map(|(m, f)| m * f).sum::<f32>() / total;
-    let spread = mag
-        .iter()
-        .zip(freqs)
-        .map(|(m, f)| m * (f - centroid) * (f - centroid))
-        .sum::<f32>()
-        / total;
-    let mut cumulative = 0.0;
-    let threshold = ROLLOFF * total;
-    let rolloff_bin = mag
-        .iter()
-        .position(|m| {
-            cumulative += m;
-            cumulative >= threshold
-        })
-        .unwrap_or(mag.len() - 1);
+    let centroid = lanes::fold2(mag, freqs, |m, f| m * f) / total;
+    let spread = lanes::fold2(mag, freqs, |m, f| m * (f - centroid) * (f - centroid)) / total;
+    let rolloff_bin = rolloff_bin(mag, ROLLOFF * total);
     // Flatness on power with librosa's floor. The geometric mean takes one log per 8 bins (a
     // product of 8 floored powers stays within f64's range).
     let mut log_sum = 0.0f64;
@@ -93,13 +81,35 @@ fn accumulate(sums: &mut Sums, freqs: &[f32], frame: &Frame<'_>) {
     sums.zcr += crossings as f64 / s.len() as f64;
 }
 
+/// The first bin at which the cumulative magnitude reaches `threshold` (the last bin if none
+/// does): whole chunks are summed in lanes, and only the chunk that crosses is walked.
+fn rolloff_bin(mag: &[f32], threshold: f32) -> usize {
+    const CHUNK: usize = 64;
+    let mut cumulative = 0.0;
+    for (c, chunk) in mag.chunks(CHUNK).enumerate() {
+        let next = cumulative + lanes::sum(chunk);
+        if next >= threshold {
+            for (k, m) in chunk.iter().enumerate() {
+                cumulative += m;
+                if cumulative >= threshold {
+                    return c * CHUNK + k;
+                }
+            }
+            return (c * CHUNK + chunk.len()).min(mag.len()) - 1;
+        }
+        cumulative = next;
+    }
+    mag.len().saturating_sub(1)
+}
+
 impl Extractor for Spectral {
     fn name(&self) -> &'static str {
         "spectral"
     }
 
+    /// 3: sums in lanes (values differ from v2's in the last bits).
     fn version(&self) -> u32 {
-        2
+        3
     }
 
     fn input(&self) -> Input {

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
+use crate::lanes;
+
 /// The size and hop of an STFT, in samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StftShape {
@@ -160,11 +162,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn apply(&self, spectrum: &[f32]) -> f32 {
-        self.weights
-            .iter()
-            .zip(&spectrum[self.start..])
-            .map(|(w, s)| w * s)
-            .sum()
+        lanes::fold2(&self.weights, &spectrum[self.start..], |w, s| w * s)
     }
 }
 

@@ -19,6 +19,8 @@ const MAX_HZ: f32 = 5000.0;
 /// Peaks weaker than this, relative to the frame's strongest bin, are ignored (-60 dB).
 const PEAK_FLOOR: f32 = 1e-3;
 const HARMONICS: usize = 4;
+/// `12 log2(h)` for h = 1..=HARMONICS.
+const SUBHARMONIC_SEMITONES: [f32; HARMONICS] = [0.0, 12.0, 19.019_55, 24.0];
 const HARMONIC_DECAY: f32 = 0.6;
 /// Frames whose strongest bin is below this are silence (a full-scale sine peaks near 1000).
 const SILENT_PEAK: f32 = 1e-4;
@@ -91,12 +93,13 @@ impl Hpcp {
             let freq = (k as f32 + p) * bin_hz;
             let amp = (bl - 0.25 * (a - c) * p).exp();
             let mut weight = 1.0;
-            for h in 1..=HARMONICS {
-                let f0 = freq / h as f32;
-                if f0 < MIN_HZ {
+            // The h-th subharmonic lies 12 log2(h) semitones below: one logarithm per peak.
+            let peak_pitch = semitones_above_c(freq);
+            for (h, below) in SUBHARMONIC_SEMITONES.iter().enumerate() {
+                if freq / ((h + 1) as f32) < MIN_HZ {
                     break;
                 }
-                let pitch = semitones_above_c(f0);
+                let pitch = peak_pitch - below;
                 let nearest = pitch.round();
                 let d = pitch - nearest;
                 let w = (std::f32::consts::PI * d).cos();
@@ -152,8 +155,9 @@ impl Extractor for Tonal {
         "tonal"
     }
 
+    /// 2: one logarithm per spectral peak (values differ from v1's in the last bits).
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn input(&self) -> Input {
