@@ -16,7 +16,9 @@ mod musicnn;
 pub use batcher::{Batcher, DEFAULT_BATCH_SIZE};
 pub use candle_core::Device;
 pub use logmel::N_MELS;
-pub use musicnn::{Kind, Musicnn, Output, Patches, TrackTags, EMBEDDING_DIM, N_TAGS};
+pub use musicnn::{
+    sample_patches, Kind, Musicnn, Output, Patches, TrackTags, EMBEDDING_DIM, N_TAGS,
+};
 
 use std::path::PathBuf;
 

@@ -127,7 +127,8 @@ pub struct TrackTags {
 }
 
 impl TrackTags {
-    pub(crate) fn from_output(out: &Output, padded: bool) -> Self {
+    /// Averages the patches' outputs (mean tag probabilities, normalised mean embedding).
+    pub fn from_output(out: &Output, padded: bool) -> Self {
         let n = out.taggram.len() as f32;
         let mut tags = [0f32; N_TAGS];
         for row in &out.taggram {
@@ -294,6 +295,15 @@ impl Musicnn {
         let out = self.forward(patches.data())?;
         Ok(TrackTags::from_output(&out, patches.padded()))
     }
+}
+
+/// The indices of at most `max` of `total` patches, spread evenly over the track (the centre
+/// patch of each of `max` equal stretches); every patch when `max` is 0 or not below `total`.
+pub fn sample_patches(total: usize, max: usize) -> Vec<usize> {
+    if max == 0 || max >= total {
+        return (0..total).collect();
+    }
+    (0..max).map(|i| (2 * i + 1) * total / (2 * max)).collect()
 }
 
 fn rows<const N: usize>(t: &Tensor) -> Result<Vec<[f32; N]>> {
@@ -572,6 +582,16 @@ impl Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampled_patches_are_spread_evenly_and_all_is_all() {
+        assert_eq!(sample_patches(10, 4), vec![1, 3, 6, 8]);
+        assert_eq!(sample_patches(100, 2), vec![25, 75]);
+        assert_eq!(sample_patches(7, 1), vec![3]);
+        assert_eq!(sample_patches(3, 8), vec![0, 1, 2]);
+        assert_eq!(sample_patches(5, 0), vec![0, 1, 2, 3, 4]);
+        assert_eq!(sample_patches(0, 4), Vec::<usize>::new());
+    }
 
     #[test]
     fn im2col_front_end_equals_conv2d() {

@@ -210,7 +210,8 @@ pub fn top_tags(labels: &[(&'static str, String)], scores: &[f32], k: usize) -> 
     )
 }
 
-fn best(labels: &[String], scores: &[f32], among: &[&str]) -> Value {
+/// The label with the highest score among the labels named in `among` (`genre`, `mood`).
+pub fn best(labels: &[String], scores: &[f32], among: &[&str]) -> Value {
     labels
         .iter()
         .zip(scores)
