@@ -52,6 +52,17 @@ impl AudioLake {
         self.engine.analyze_table(table).await
     }
 
+    /// Analyses every file of an AUDIO table with the feature groups named in `groups` only,
+    /// e.g. `&["rhythm", "tonal"]` (see [`Engine::analyze_table_groups`]); the names are those
+    /// of [`udf::features::GROUPS`].
+    pub async fn analyze_table_groups<S: AsRef<str>>(
+        &self,
+        table: &str,
+        groups: &[S],
+    ) -> Result<AnalyzeReport> {
+        self.engine.analyze_table_groups(table, groups).await
+    }
+
     /// Publishes analysis results still buffered; call before dropping the lake after queries
     /// that stopped early (`LIMIT`).
     pub async fn flush(&self) -> Result<()> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use audiolake::{AudioLake, FlushPolicy};
+use audiolake_testkit::layout::{group_dir, version};
 use audiolake_testkit::query::query;
 use audiolake_testkit::store::CountingStore;
 use audiolake_testkit_audio::tone::write_wav;
@@ -179,7 +180,7 @@ async fn results_are_plain_tables() {
     let (lake, _) = open(&setup, FlushPolicy::default()).await;
     let analyzed = query(&lake, "SELECT path, rms_dbfs FROM t ORDER BY path").await;
     // The layout: <store>/features/<group>/v<version>/*.parquet.
-    assert!(parts(&setup.store, "loudness/v1") >= 1);
+    assert!(parts(&setup.store, &group_dir("loudness")) >= 1);
 
     let stored = query(
         &lake,
@@ -225,12 +226,13 @@ async fn compaction_merges_parts_and_drops_old_versions() {
     let (lake, _) = open(&setup, every_file).await;
     let first = query(&lake, QUERY).await;
     // Two partitions publishing after every file: at most two files per part.
-    assert!(parts(&setup.store, "spectral/v2") >= 4);
+    assert!(parts(&setup.store, &group_dir("spectral")) >= 4);
     // A change makes a second row for tone1; results of an old version, and of a group this
     // binary does not know (a newer one's), lie beside the current ones.
     write_wav(&setup.dir.join("tone1.wav"), 3, 2000.0);
     query(&lake, QUERY).await;
-    let old = setup.store.join("features/spectral/v1");
+    let old_version = format!("spectral/v{}", version("spectral") - 1);
+    let old = setup.store.join("features").join(&old_version);
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("part-old.parquet"), b"old").unwrap();
     let gone = setup.store.join("features/tempo/v3");
@@ -252,8 +254,8 @@ async fn compaction_merges_parts_and_drops_old_versions() {
         "tone1's old loudness and spectral rows"
     );
     assert_eq!(report.stale_objects_removed, 1);
-    assert_eq!(parts(&setup.store, "spectral/v2"), 1);
-    assert_eq!(parts(&setup.store, "spectral/v1"), 0);
+    assert_eq!(parts(&setup.store, &group_dir("spectral")), 1);
+    assert_eq!(parts(&setup.store, &old_version), 0);
     assert_eq!(parts(&setup.store, "tempo"), 1);
     drop(lake);
 
@@ -323,4 +325,73 @@ async fn analyze_table_reports_progress_in_a_system_table() {
         err.contains("table 'datafusion.public.nope' not found"),
         "{err}"
     );
+}
+
+/// The names of the groups with results under `<store>/features/`, sorted.
+fn stored_groups(store: &Path) -> Vec<String> {
+    let mut groups: Vec<String> = std::fs::read_dir(store.join("features"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    groups.sort();
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_table_with_groups_stores_only_those() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    let report = lake
+        .analyze_table_groups("t", &["Tonal", " rhythm ", "tonal"])
+        .await
+        .unwrap();
+    assert_eq!(report.groups, ["rhythm", "tonal"]);
+    assert_eq!(
+        (report.files, report.analyzed, report.from_store),
+        (7, 7, 0)
+    );
+    assert_eq!(stored_groups(&setup.store), ["rhythm", "tonal"]);
+    let rhythm_parts = || {
+        let mut parts = walk(&setup.store.join("features/rhythm"));
+        parts.sort();
+        parts
+    };
+    let rhythm = rhythm_parts();
+
+    // Every group: each file is decoded again, but only for the groups not stored yet.
+    let full = lake.analyze_table("t").await.unwrap();
+    assert_eq!(full.groups, audiolake::udf::features::GROUPS);
+    assert_eq!((full.analyzed, full.from_store), (7, 0));
+    let mut every: Vec<&str> = audiolake::udf::features::GROUPS.to_vec();
+    every.sort_unstable();
+    assert_eq!(stored_groups(&setup.store), every);
+    assert_eq!(rhythm_parts(), rhythm, "rhythm is not stored twice");
+    let again = lake
+        .analyze_table_groups("t", &["loudness", "rhythm"])
+        .await
+        .unwrap();
+    assert_eq!((again.analyzed, again.from_store), (0, 7));
+
+    // Bad lists fail before anything is read, even the table's listing.
+    let jobs = "SELECT count(*) FROM audiolake_progress";
+    let before = query(&lake, jobs).await;
+    let err = lake
+        .analyze_table_groups("nope", &["rhythm", "beats"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown feature group \"beats\"; the groups are rhythm, tonal, loudness, spectral, \
+         timbre, musicnn"
+    );
+    let err = lake
+        .analyze_table_groups::<&str>("t", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no feature group was named; name one or more of rhythm, tonal, loudness, spectral, \
+         timbre, musicnn, separated by commas"
+    );
+    assert_eq!(query(&lake, jobs).await, before, "no job was started");
 }

@@ -30,6 +30,7 @@ use crate::audio::AudioTableFactory;
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
+use crate::groups;
 use crate::index::ddl;
 use crate::index::knn::KnnRule;
 use crate::index::registry::Indexes;
@@ -608,6 +609,17 @@ impl Engine {
     /// results in the feature store; files already analysed are not decoded again. Progress is
     /// in [`Engine::progress`] and in the `audiolake_progress` table.
     pub async fn analyze_table(&self, table: &str) -> Result<AnalyzeReport> {
+        self.analyze_table_groups(table, features::GROUPS).await
+    }
+
+    /// [`Engine::analyze_table`] with the feature groups named in `groups` only (any case,
+    /// repeats ignored). An unknown name or an empty list fails before any file is read.
+    pub async fn analyze_table_groups<S: AsRef<str>>(
+        &self,
+        table: &str,
+        groups: &[S],
+    ) -> Result<AnalyzeReport> {
+        let groups = groups::choose(groups)?;
         let quoted = format!("\"{}\"", table.replace('"', "\"\""));
         let count = format!("SELECT count(*) FROM {quoted}");
         let files = self.run_with(&count, Persist::No).await?.collect().await?;
@@ -615,9 +627,11 @@ impl Engine {
             .first()
             .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
             .map_or(0, |c| c.value(0));
-        // One column of each group is enough: a group is computed whole.
+        // One column of each group is enough: a group is computed whole, and only the groups
+        // whose columns a query names are computed.
         let per_group: Vec<String> = features::group_schemas()
             .iter()
+            .filter(|g| groups.contains(&g.name))
             .map(|g| format!("count(\"{}\")", g.fields[0].name()))
             .collect();
         let query = format!(
@@ -642,6 +656,7 @@ impl Engine {
         outcome?;
         Ok(AnalyzeReport {
             table: table.to_owned(),
+            groups,
             files: u64::try_from(files).unwrap_or(0),
             analyzed: stats.analyzed() - before.0,
             from_store: stats.from_store() - before.1,

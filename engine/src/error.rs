@@ -1,5 +1,6 @@
 //! Errors of the engine. Each message says what was wrong, with which value, and what to do.
 
+use audiolake_udf::features::GROUPS;
 use datafusion::error::DataFusionError;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,23 @@ pub enum EngineError {
     /// A `CREATE SECRET`/`DROP SECRET` or the secrets file that cannot be used.
     #[error("secret: {0}")]
     Secret(String),
+
+    #[error("unknown feature group {name:?}; the groups are {}", GROUPS.join(", "))]
+    UnknownGroup { name: String },
+
+    #[error(
+        "no feature group was named; name one or more of {}, separated by commas",
+        GROUPS.join(", ")
+    )]
+    NoGroups,
+
+    #[error(
+        "the list of feature groups is {bytes} bytes long, more than {max}; name each group \
+         once (the groups are {groups})",
+        max = crate::groups::MAX_LIST_BYTES,
+        groups = GROUPS.join(", ")
+    )]
+    GroupListTooLong { bytes: usize },
 
     #[error("catalog in the store could not be {action}: {source}")]
     Catalog {

@@ -5,6 +5,10 @@
 //! A path that is not a valid location, or lies outside the allowed ones, fails the query: that
 //! is a mistake in the statement. A file that cannot be read or analysed gives NULL, and its
 //! reason in `analyze(path).error`.
+//!
+//! `analyze(path, groups)` analyses only the feature groups of a comma-separated constant such
+//! as `'rhythm,tonal'`; the struct keeps every field, NULL for the groups not asked for, so that
+//! its type never depends on a value.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use crate::audio::columns;
 use crate::audio::read::{decode_object, Decoded};
 use crate::audio::read_through::analyze_cached;
+use crate::groups;
 use crate::location::{object_path, resolve_location};
 use crate::sql::settings;
 use crate::store::FeatureStore;
@@ -75,7 +80,7 @@ pub fn path_functions(
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Every analysis column as one struct, plus `error`.
+    /// Every analysis column as one struct, plus `error`; optionally for some groups only.
     Analyze,
     /// One analysis column.
     Field {
@@ -141,6 +146,7 @@ impl PathFunction {
                 path,
                 TypeSignature::Exact(vec![DataType::Utf8, DataType::Int64]),
             ]),
+            Kind::Analyze => TypeSignature::OneOf(vec![path, TypeSignature::String(2)]),
             _ => path,
         };
         Self {
@@ -171,21 +177,15 @@ impl PathFunction {
         }
     }
 
-    async fn analyze(&self, path: &str) -> Result<std::result::Result<AnalysisOutput, String>> {
+    async fn analyze(
+        &self,
+        path: &str,
+        groups: &[&'static str],
+    ) -> Result<std::result::Result<AnalysisOutput, String>> {
         match self.locate(path).await? {
             Ok((store, meta, url)) => {
-                let groups = self.kind.groups();
                 let bytes_read = Default::default();
-                analyze_cached(
-                    &self.features,
-                    store,
-                    &meta,
-                    &url,
-                    &groups,
-                    None,
-                    bytes_read,
-                )
-                .await
+                analyze_cached(&self.features, store, &meta, &url, groups, None, bytes_read).await
             }
             Err(e) => Ok(Err(e)),
         }
@@ -198,21 +198,22 @@ impl PathFunction {
         })
     }
 
-    /// Analyses every path (NULL paths give NULL) and builds the result column; `counts` is
-    /// the k of `tags(path, k)`.
+    /// Analyses every path with `groups` (NULL paths give NULL) and builds the result column;
+    /// `counts` is the k of `tags(path, k)`.
     async fn analyze_all(
         &self,
         paths: &StringArray,
+        groups: &[&'static str],
         counts: Option<&Int64Array>,
     ) -> Result<ArrayRef> {
         // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
         let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
-        self.features.refresh(&self.kind.groups()).await?;
+        self.features.refresh(groups).await?;
         let outputs: Vec<std::result::Result<AnalysisOutput, String>> =
             futures::stream::iter(owned)
                 .map(|path| async move {
                     match path {
-                        Some(path) => self.analyze(&path).await,
+                        Some(path) => self.analyze(&path, groups).await,
                         None => Ok(Err("path is NULL".to_string())),
                     }
                 })
@@ -373,6 +374,19 @@ fn check_rate(rate: i64) -> Result<u32> {
         })
 }
 
+/// The groups of `analyze(path, groups)`: one constant list for the whole query, so that every
+/// row is analysed alike and a mistake is found before any file is read.
+fn analyze_groups(list: &ColumnarValue) -> Result<Vec<&'static str>> {
+    let ColumnarValue::Scalar(list) = list else {
+        return exec_err!(
+            "analyze: groups must be a constant such as 'rhythm,tonal', the same for every \
+             row, not a column or an expression over one"
+        );
+    };
+    let list = list.try_as_str().flatten().unwrap_or_default();
+    groups::parse_list(list).map_err(|e| DataFusionError::Execution(format!("analyze: {e}")))
+}
+
 impl ScalarUDFImpl for PathFunction {
     fn name(&self) -> &str {
         self.name
@@ -409,13 +423,13 @@ impl ScalarUDFImpl for PathFunction {
 impl AsyncScalarUDFImpl for PathFunction {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
-        let mut arrays = args
-            .args
-            .iter()
-            .map(|arg| arg.to_array(rows))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let Some(paths) = arrays.next() else {
+        let groups = match (self.kind, args.args.get(1)) {
+            (Kind::Analyze, Some(list)) => analyze_groups(list)?,
+            _ => self.kind.groups(),
+        };
+        // Lazily: the groups of `analyze` stay a scalar.
+        let mut arrays = args.args.iter().map(|arg| arg.to_array(rows));
+        let Some(paths) = arrays.next().transpose()? else {
             return exec_err!("{}() takes a path", self.name);
         };
         let paths = cast(&paths, &DataType::Utf8)?;
@@ -424,6 +438,7 @@ impl AsyncScalarUDFImpl for PathFunction {
             Kind::Decode => {
                 let rates = arrays
                     .next()
+                    .transpose()?
                     .map(|rates| cast(&rates, &DataType::Int64))
                     .transpose()?;
                 let rates = rates.as_ref().map(|r| as_int64_array(r)).transpose()?;
@@ -433,12 +448,13 @@ impl AsyncScalarUDFImpl for PathFunction {
             Kind::Tags => {
                 let counts = arrays
                     .next()
+                    .transpose()?
                     .map(|k| cast(&k, &DataType::Int64))
                     .transpose()?;
                 let counts = counts.as_ref().map(|k| as_int64_array(k)).transpose()?;
-                self.analyze_all(paths, counts).await?
+                self.analyze_all(paths, &groups, counts).await?
             }
-            _ => self.analyze_all(paths, None).await?,
+            _ => self.analyze_all(paths, &groups, None).await?,
         };
         Ok(ColumnarValue::Array(result))
     }

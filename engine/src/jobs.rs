@@ -19,6 +19,8 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AnalyzeReport {
     pub table: String,
+    /// The feature groups analysed, in the order of `GROUPS`.
+    pub groups: Vec<&'static str>,
     pub files: u64,
     /// Files decoded and analysed by this job.
     pub analyzed: u64,

@@ -9,6 +9,7 @@ mod durable;
 mod engine;
 mod error;
 mod functions;
+mod groups;
 pub mod index;
 mod jobs;
 pub mod location;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use std::time::Duration;
 
-use audiolake::{AudioLake, AudioLakeBuilder, FlushPolicy};
+use audiolake::{udf, AudioLake, AudioLakeBuilder, FlushPolicy};
 use clap::{Args, Parser, Subcommand};
 
 use output::Format;
@@ -36,11 +36,13 @@ enum Command {
     /// Example: audiolake sql --music ~/Music "SELECT file_name, duration_s FROM music LIMIT 5"
     Sql(SqlArgs),
 
-    /// Analyse every file of an AUDIO table with every feature group, into the feature store.
+    /// Analyse every file of an AUDIO table with every feature group (or those of --groups),
+    /// into the feature store.
     ///
     /// Files already analysed (same path, size and ETag or modification time, or the same
-    /// content under another name) are not decoded again, so an interrupted run resumes where
-    /// it stopped. Example: audiolake analyze --music ~/Music --table music
+    /// content under another name) are not decoded again, nor are groups already stored for
+    /// them, so an interrupted run resumes where it stopped. Example: audiolake analyze --music
+    /// ~/Music --table music --groups rhythm,tonal
     Analyze(AnalyzeArgs),
 
     /// Maintain the feature store.
@@ -187,6 +189,17 @@ struct AnalyzeArgs {
     /// The AUDIO table to analyse.
     #[arg(long)]
     table: String,
+
+    #[arg(
+        long,
+        value_name = "GROUP,...",
+        value_delimiter = ',',
+        help = format!(
+            "Feature groups to compute, separated by commas (default: all): {}",
+            udf::features::GROUPS.join(", ")
+        )
+    )]
+    groups: Option<Vec<String>>,
 }
 
 /// Where data lives and what may be read; shared by every command that opens the engine.
@@ -299,13 +312,31 @@ async fn run_sql(args: SqlArgs) -> Result<()> {
 async fn run_analyze(args: AnalyzeArgs) -> Result<()> {
     let lake = args.engine.open().await?;
     let bar = progress::spawn(lake.engine().progress());
-    let result = lake.analyze_table(&args.table).await;
+    let result = match &args.groups {
+        Some(groups) => {
+            lake.analyze_table_groups(&args.table, groups.as_slice())
+                .await
+        }
+        None => lake.analyze_table(&args.table).await,
+    };
     bar.finish().await;
     let report = result.with_context(|| format!("cannot analyse table {}", args.table))?;
     println!(
-        "{}: {} files, {} analysed, {} from the store, in {:.1} s",
-        report.table, report.files, report.analyzed, report.from_store, report.seconds
+        "{}: {} files, {} analysed, {} from the store, in {:.1} s; groups {}",
+        report.table,
+        report.files,
+        report.analyzed,
+        report.from_store,
+        report.seconds,
+        report.groups.join(", ")
     );
+    if report.analyzed > 0 && report.seconds > 0.0 {
+        let per_second = report.analyzed as f64 / report.seconds;
+        println!(
+            "{per_second:.2} files/s analysed, {:.0} tracks per hour",
+            per_second * 3600.0
+        );
+    }
     Ok(())
 }
 
@@ -380,7 +411,12 @@ fn run_user_add(name: &str, users: &std::path::Path, read_only: bool) -> Result<
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    // symphonia logs what it skips while probing files that then read fine, and corrupt files
+    // already say why in their `error` column: silent unless RUST_LOG asks.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,symphonia=off"),
+    )
+    .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sql(args) => run_sql(args).await,

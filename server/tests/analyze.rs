@@ -1,13 +1,14 @@
 //! `audiolake analyze` as a user runs it: killed mid-way it resumes without redoing published
 //! work, and two processes analysing one collection at once leave a store that is whole. Each
 //! case runs on a local store and on a real S3 API server (moto's server mode; skipped with a
-//! message when moto is not installed).
+//! message when moto is not installed). `--groups` stores the groups it names and no other.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use audiolake_testkit::moto::{Moto, ACCESS_KEY, REGION, SECRET_KEY};
+use audiolake_testkit::paths::fixtures;
 
 const FILES: usize = 30;
 
@@ -211,4 +212,79 @@ fn on_s3_two_writers_at_once_leave_a_whole_store() {
     if let Some(store) = Store::s3() {
         concurrent_writers(&store);
     }
+}
+
+#[test]
+fn groups_names_the_only_groups_stored() {
+    let store = Store::local();
+    let music = fixtures();
+    let files = std::fs::read_to_string(music.join("fixtures.csv"))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    let out = analyze(&store, &music)
+        .args(["--groups", "tonal, RHYTHM"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let mut lines = stdout.lines();
+    let line = lines.next().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "music: {files} files, {files} analysed, 0 from the store, in "
+        )) && line.ends_with(" s; groups rhythm, tonal"),
+        "{stdout}"
+    );
+    // Then the rate: files per second and the tracks per hour it makes.
+    let rate = lines.next().unwrap_or_default();
+    let numbers: Vec<f64> = rate
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        rate.ends_with(" tracks per hour") && numbers.len() == 2 && numbers[0] > 0.0,
+        "{stdout}"
+    );
+    assert!(
+        (numbers[0] * 3600.0 - numbers[1]).abs() <= 0.005 * 3600.0 + 1.0,
+        "{rate}"
+    );
+    let Store::Local(dir) = &store else {
+        unreachable!("a local store")
+    };
+    let mut stored: Vec<String> = std::fs::read_dir(dir.path().join("features"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["rhythm", "tonal"]);
+
+    let out = analyze(&store, &music)
+        .args(["--groups", "rhythm,beats"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "unknown feature group \"beats\"; the groups are rhythm, tonal, loudness, \
+             spectral, timbre, musicnn"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_the_groups() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audiolake"))
+        .args(["analyze", "--help"])
+        .output()
+        .unwrap();
+    let (help, _) = text(&out);
+    assert!(
+        help.contains("rhythm, tonal, loudness, spectral, timbre, musicnn"),
+        "{help}"
+    );
 }

@@ -23,6 +23,38 @@ fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
+/// The fixtures hold an M4A that symphonia's probe warns about and a corrupt file it logs an
+/// error for: by default neither reaches the terminal (the corrupt file's reason is its row's
+/// `error`); `RUST_LOG` brings them back.
+#[test]
+fn a_healthy_run_prints_nothing_on_stderr() {
+    let store = tempfile::tempdir().unwrap();
+    let run = |rust_log: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_audiolake"));
+        command.arg("sql").arg("--store").arg(store.path()).args([
+            "--music",
+            fixtures().to_str().unwrap(),
+            "--format",
+            "csv",
+            "SELECT count(*) AS files, count(error) AS failed FROM music",
+        ]);
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        command.output().unwrap()
+    };
+    let out = run(None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    let out = run(Some("symphonia_core=warn"));
+    assert!(
+        stderr(&out).contains("symphonia_core::formats::probe"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn music_folder_as_csv() {
     let store = tempfile::tempdir().unwrap();

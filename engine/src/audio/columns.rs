@@ -267,7 +267,7 @@ pub fn analysis_struct_fields() -> Fields {
 }
 
 /// One `analyze(path)` struct per file: NULL fields and the reason in `error` for a file that
-/// could not be analysed.
+/// could not be analysed, and NULL fields for the groups an analysis left out.
 pub fn analysis_struct(analyses: &[Result<AnalysisOutput, String>]) -> Result<StructArray> {
     let refs: Vec<_> = analyses.iter().map(Some).collect();
     let indices: Vec<usize> = (0..COLUMNS.len())

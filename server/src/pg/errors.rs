@@ -65,7 +65,10 @@ fn engine_code(e: &EngineError) -> &'static str {
         | EngineError::InvalidOption(_)
         | EngineError::CredentialsInOptions { .. }
         | EngineError::Secret(_)
-        | EngineError::Setting(_) => "22023",
+        | EngineError::Setting(_)
+        | EngineError::UnknownGroup { .. }
+        | EngineError::NoGroups
+        | EngineError::GroupListTooLong { .. } => "22023",
         EngineError::Catalog { .. } => "58030",
         EngineError::DataFusion(e) => datafusion_code(e),
     }
