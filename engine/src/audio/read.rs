@@ -85,9 +85,14 @@ async fn blocking<T: Send + 'static>(
     read: impl FnOnce(Box<ObjectSource>, Option<&str>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let runtime = tokio::runtime::Handle::current();
+    // A decode reads the whole file: fetch ahead so that reading overlaps decoding.
+    let read_ahead = what != "probe";
     let task = tokio::task::spawn_blocking(move || {
         let extension = meta.location.extension().map(str::to_lowercase);
         let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
+        if read_ahead {
+            source = source.reading_ahead();
+        }
         if let Some(record) = record {
             source = source.recording(record);
         }

@@ -1,6 +1,7 @@
 //! A symphonia `MediaSource` over an object store: ranged reads in blocks, so that probing a
 //! header fetches the first blocks (and the tail, for trailing tags) rather than the file, while
-//! a decode reading straight through grows its blocks to keep requests few.
+//! a decode reading straight through grows its blocks to keep requests few and, with
+//! [`ObjectSource::reading_ahead`], fetches the next block while the current one is decoded.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -30,6 +31,23 @@ pub struct ObjectSource {
     runtime: Handle,
     bytes_read: Count,
     record: Option<ReadRecord>,
+    read_ahead: bool,
+    /// The next block, being fetched in the background.
+    pending: Option<Prefetch>,
+}
+
+/// A block fetched in the background, from `start`.
+struct Prefetch {
+    start: u64,
+    task: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+}
+
+impl Drop for ObjectSource {
+    fn drop(&mut self) {
+        if let Some(prefetch) = self.pending.take() {
+            prefetch.task.abort();
+        }
+    }
 }
 
 /// What a read of one object saw: the content hash of the bytes read in order from the start
@@ -117,7 +135,17 @@ impl ObjectSource {
             runtime,
             bytes_read,
             record: None,
+            read_ahead: false,
+            pending: None,
         }
+    }
+
+    /// Once reads run straight through, fetches each next block in the background while the
+    /// caller works on the current one (one block, at most [`MAX_BLOCK`], in flight). For
+    /// decodes: a header probe would waste the block it does not read.
+    pub fn reading_ahead(mut self) -> Self {
+        self.read_ahead = true;
+        self
     }
 
     /// Keeps `record` informed of every byte read and every failure.
@@ -134,11 +162,25 @@ impl ObjectSource {
         } else {
             BLOCK
         };
-        let end = self.len.min(self.pos + self.next_block.max(want as u64));
-        let range = self.pos..end;
-        let fetched = self
-            .runtime
-            .block_on(self.store.get_range(&self.path, range));
+        let fetched = match self.pending.take() {
+            Some(prefetch) if prefetch.start == self.pos => self
+                .runtime
+                .block_on(prefetch.task)
+                .unwrap_or_else(|join| Err(object_store::Error::JoinError { source: join })),
+            other => {
+                if let Some(prefetch) = other {
+                    prefetch.task.abort();
+                }
+                let end = self.len.min(self.pos + self.next_block.max(want as u64));
+                let fetched = self
+                    .runtime
+                    .block_on(self.store.get_range(&self.path, self.pos..end));
+                if let Ok(bytes) = &fetched {
+                    self.bytes_read.add(bytes.len());
+                }
+                fetched
+            }
+        };
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -158,10 +200,29 @@ impl ObjectSource {
                 format!("{} is shorter than its listed size", self.path),
             ));
         }
-        self.bytes_read.add(bytes.len());
         self.block_start = self.pos;
         self.block = bytes;
+        if self.read_ahead && sequential {
+            self.prefetch();
+        }
         Ok(())
+    }
+
+    /// Starts fetching the block after the current one, if the object goes on.
+    fn prefetch(&mut self) {
+        let start = self.block_start + self.block.len() as u64;
+        if start >= self.len {
+            return;
+        }
+        let end = self.len.min(start + (self.next_block * 2).min(MAX_BLOCK));
+        let (store, path) = (Arc::clone(&self.store), self.path.clone());
+        let bytes_read = self.bytes_read.clone();
+        let task = self.runtime.spawn(async move {
+            let bytes = store.get_range(&path, start..end).await?;
+            bytes_read.add(bytes.len());
+            Ok(bytes)
+        });
+        self.pending = Some(Prefetch { start, task });
     }
 }
 
@@ -210,5 +271,87 @@ impl MediaSource for ObjectSource {
 
     fn byte_len(&self) -> Option<u64> {
         Some(self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    use super::*;
+
+    /// 9 MiB of bytes that differ from block to block.
+    fn content() -> Vec<u8> {
+        (0..9 * 1024 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect()
+    }
+
+    fn source(rt: &tokio::runtime::Runtime, data: &[u8], bytes_read: &Count) -> ObjectSource {
+        let store = Arc::new(InMemory::new());
+        let path = Path::from("a/file.mp3");
+        rt.block_on(store.put(&path, PutPayload::from(data.to_vec())))
+            .unwrap();
+        ObjectSource::new(
+            store,
+            path,
+            data.len() as u64,
+            rt.handle().clone(),
+            bytes_read.clone(),
+        )
+    }
+
+    #[test]
+    fn reading_ahead_reads_every_byte_once_and_in_order() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let data = content();
+        let bytes_read = Count::new();
+        let mut source = source(&rt, &data, &bytes_read).reading_ahead();
+        let mut read = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        loop {
+            let n = source.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert!(read == data, "the bytes read differ from the object's");
+        assert_eq!(bytes_read.value(), data.len());
+    }
+
+    #[test]
+    fn a_seek_away_from_the_block_read_ahead_still_reads_the_right_bytes() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let data = content();
+        let bytes_read = Count::new();
+        let mut source = source(&rt, &data, &bytes_read).reading_ahead();
+        let mut buf = vec![0u8; 70_000];
+        // Two sequential blocks start a read-ahead; the seek must not use it.
+        source.read_exact(&mut buf).unwrap();
+        source.read_exact(&mut buf).unwrap();
+        assert!(source.pending.is_some());
+        source.seek(SeekFrom::Start(5_000_000)).unwrap();
+        source.read_exact(&mut buf).unwrap();
+        assert!(buf[..] == data[5_000_000..5_070_000]);
+        source.seek(SeekFrom::End(-100)).unwrap();
+        let mut tail = Vec::new();
+        source.read_to_end(&mut tail).unwrap();
+        assert!(tail[..] == data[data.len() - 100..]);
+    }
+
+    #[test]
+    fn without_read_ahead_nothing_is_fetched_beyond_what_is_read() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let data = content();
+        let bytes_read = Count::new();
+        let mut source = source(&rt, &data, &bytes_read);
+        let mut buf = vec![0u8; 70_000];
+        source.read_exact(&mut buf).unwrap();
+        source.read_exact(&mut buf).unwrap();
+        assert!(source.pending.is_none());
+        // The first read's 70,000 bytes, then a doubled block of 128 KiB.
+        assert_eq!(bytes_read.value(), 70_000 + 128 * 1024);
     }
 }
