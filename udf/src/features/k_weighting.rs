@@ -48,7 +48,8 @@ fn high_pass(rate: f64) -> Coefficients {
 /// decay into subnormal numbers, which cost a hundred times more to compute with.
 const SUBNORMAL_GUARD: f64 = 1e-30;
 
-/// K-weighted mean squares of one channel, one per complete 100 ms window.
+/// K-weighted mean squares of one channel, one per complete 100 ms window. The windows are kept
+/// until the owner takes them with [`ChannelMeter::clear_windows`].
 pub(super) struct ChannelMeter {
     shelf: Coefficients,
     high_pass: Coefficients,
@@ -79,9 +80,14 @@ impl ChannelMeter {
         push_together([self], [samples]);
     }
 
-    /// Mean squares of the complete windows so far.
+    /// Mean squares of the windows completed since the last [`Self::clear_windows`].
     pub(super) fn windows(&self) -> &[Power] {
         &self.windows
+    }
+
+    /// Forgets the completed windows (the one being filled carries on).
+    pub(super) fn clear_windows(&mut self) {
+        self.windows.clear();
     }
 }
 

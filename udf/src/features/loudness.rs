@@ -1,10 +1,16 @@
 //! Loudness: ITU BS.1770 integrated loudness and EBU Tech 3342 loudness range, true peak (4x
 //! oversampled, BS.1770 Annex 2) and the plain RMS level over all channels.
 //!
-//! Each channel is K-weighted into 100 ms mean squares ([`ChannelMeter`]); the `bs1770` crate
-//! gates them into the integrated loudness and the range is computed here. The 100 ms windows
-//! (4 bytes per channel each, 144 kB per channel-hour) are kept until the end, so gating is
-//! exact rather than read off a histogram as the `ebur128` crate, used before, did.
+//! Each channel is K-weighted into 100 ms mean squares ([`ChannelMeter`]); as soon as every
+//! channel has completed a window, the channels' mean squares are summed with their BS.1770
+//! weights into one list of windows, which the `bs1770` crate gates into the integrated loudness
+//! and from which the range is computed here. The list (4 bytes a window, 144 kB an hour
+//! whatever the channel count) is kept until the end, so gating is exact rather than read off a
+//! histogram as the `ebur128` crate, used before, did.
+//!
+//! The list is bounded at [`MAX_WINDOWS`], 24 hours (3.5 MB): a longer file reports the
+//! integrated loudness and loudness range of its first 24 hours, while true peak and RMS cover
+//! the whole file.
 //!
 //! True peak is computed here rather than by the crate: its oversampler runs on every sample
 //! and cost more than decoding. Ours skips every stretch whose samples cannot reach the peak
@@ -109,9 +115,19 @@ fn channel_weight(index: usize, channels: usize) -> f32 {
     }
 }
 
+/// Most 100 ms windows kept: 24 hours, 864,000 windows of 4 bytes (3.5 MB). Past it the
+/// channels are no longer K-weighted and loudness and range are those of the first 24 hours.
+const MAX_WINDOWS: usize = 24 * 60 * 60 * 10;
+
 pub struct Loudness {
+    /// One per channel, all fed the same number of samples so that they stay in step; emptied
+    /// of their completed windows after every chunk.
     meters: Vec<ChannelMeter>,
     true_peaks: Vec<TruePeak>,
+    /// The channel-weighted 100 ms powers of the windows all channels have completed.
+    windows: Vec<Power>,
+    /// At most this many `windows` are kept ([`MAX_WINDOWS`] but in tests).
+    max_windows: usize,
     /// Set when there are too many channels or the channel layout changed mid-stream.
     broken: bool,
     sum_squares: f64,
@@ -123,29 +139,60 @@ impl Loudness {
         Self {
             meters: Vec::new(),
             true_peaks: Vec::new(),
+            windows: Vec::new(),
+            max_windows: MAX_WINDOWS,
             broken: false,
             sum_squares: 0.0,
             samples: 0,
         }
     }
 
-    /// The channel-weighted 100 ms powers.
-    fn windows(&self) -> Vec<Power> {
-        let channels = self.meters.len();
-        let len = self
-            .meters
-            .iter()
-            .map(|m| m.windows().len())
-            .min()
-            .unwrap_or(0);
-        let mut sum = vec![Power(0.0); len];
-        for (c, meter) in self.meters.iter().enumerate() {
-            let weight = channel_weight(c, channels);
-            for (s, w) in sum.iter_mut().zip(meter.windows()) {
-                s.0 += weight * w.0;
+    /// K-weights the planes' common length and adds the windows this completes to `windows`.
+    fn measure(&mut self, planes: &[&[f32]]) {
+        let len = planes.iter().map(|p| p.len()).min().unwrap_or(0);
+        for (meters, planes) in self.meters.chunks_mut(2).zip(planes.chunks(2)) {
+            if let ([l, r], [a, b]) = (&mut *meters, planes) {
+                push_together([l, r], [&a[..len], &b[..len]]);
+            } else {
+                for (meter, plane) in meters.iter_mut().zip(planes) {
+                    meter.push(&plane[..len]);
+                }
             }
         }
-        sum
+        // Equal lengths keep the meters in step: they have completed the same windows.
+        let completed = self.meters.first().map_or(0, |m| m.windows().len());
+        debug_assert!(self.meters.iter().all(|m| m.windows().len() == completed));
+        let start = self.windows.len();
+        let end = start + completed.min(self.max_windows - start);
+        if self.windows.capacity() < end {
+            // Grow by doubling as `Vec` would, but never past the bound.
+            let capacity = (2 * self.windows.capacity()).max(end).min(self.max_windows);
+            self.windows.reserve_exact(capacity - start);
+        }
+        self.windows.resize(end, Power(0.0));
+        let channels = self.meters.len();
+        for (c, meter) in self.meters.iter_mut().enumerate() {
+            let weight = channel_weight(c, channels);
+            for (s, w) in self.windows[start..].iter_mut().zip(meter.windows()) {
+                s.0 += weight * w.0;
+            }
+            meter.clear_windows();
+        }
+    }
+
+    /// A measurement that keeps at most `max_windows` windows.
+    #[cfg(test)]
+    fn with_max_windows(max_windows: usize) -> Self {
+        Self {
+            max_windows,
+            ..Self::new()
+        }
+    }
+
+    /// The 100 ms windows held: the weighted list and any the meters have not handed over.
+    #[cfg(test)]
+    fn windows_held(&self) -> usize {
+        self.windows.len() + self.meters.iter().map(|m| m.windows().len()).sum::<usize>()
     }
 }
 
@@ -223,14 +270,8 @@ impl Extractor for Loudness {
             self.broken = true;
             return;
         }
-        for (meters, planes) in self.meters.chunks_mut(2).zip(chunk.planes.chunks(2)) {
-            if let ([l, r], [a, b]) = (&mut *meters, planes) {
-                push_together([l, r], [a, b]);
-            } else {
-                for (meter, plane) in meters.iter_mut().zip(planes) {
-                    meter.push(plane);
-                }
-            }
+        if self.windows.len() < self.max_windows {
+            self.measure(chunk.planes);
         }
         for (tp, plane) in self.true_peaks.iter_mut().zip(chunk.planes) {
             tp.push(plane);
@@ -246,10 +287,11 @@ impl Extractor for Loudness {
         if self.broken || self.meters.is_empty() {
             return vec![Value::Null, Value::Null, Value::Null, rms];
         }
-        let windows = self.windows();
-        let integrated = bs1770::gated_mean(Windows100ms { inner: &windows });
+        let integrated = bs1770::gated_mean(Windows100ms {
+            inner: &self.windows,
+        });
         let lufs = Value::finite(f64::from(integrated.loudness_lkfs()));
-        let lra = Value::finite(loudness_range(&windows));
+        let lra = Value::finite(loudness_range(&self.windows));
         let peak = self
             .true_peaks
             .iter()
@@ -266,6 +308,11 @@ mod tests {
 
     fn measure(planes: &[Vec<f32>], rate: u32) -> Vec<Value> {
         let mut ex = Box::new(Loudness::new());
+        push_all(&mut ex, planes, rate);
+        ex.finish()
+    }
+
+    fn push_all(ex: &mut Loudness, planes: &[Vec<f32>], rate: u32) {
         for start in (0..planes[0].len()).step_by(4096) {
             let end = (start + 4096).min(planes[0].len());
             let refs: Vec<&[f32]> = planes.iter().map(|p| &p[start..end]).collect();
@@ -274,7 +321,21 @@ mod tests {
                 sample_rate: rate,
             });
         }
-        ex.finish()
+    }
+
+    /// Pushes `seconds` of silence in `channels` channels at `rate`, `chunk` samples at a time.
+    fn push_silence(ex: &mut Loudness, channels: usize, rate: u32, seconds: u32, chunk: usize) {
+        let zeros = vec![0.0f32; chunk];
+        let mut left = rate as usize * seconds as usize;
+        while left > 0 {
+            let n = left.min(chunk);
+            let planes = vec![&zeros[..n]; channels];
+            ex.push(&Chunk {
+                planes: &planes,
+                sample_rate: rate,
+            });
+            left -= n;
+        }
     }
 
     fn sine(rate: u32, seconds: u32) -> Vec<f32> {
@@ -340,5 +401,104 @@ mod tests {
         let v = measure(&[vec![0.0; 48_000]], 48_000);
         assert_eq!(v[0], Value::Null);
         assert_eq!(v[3], Value::Null);
+    }
+
+    /// A 997 Hz sine at half scale (-9.03 LUFS in one channel) in channel `index` of six.
+    fn in_5_1_channel(index: usize) -> Vec<Value> {
+        let rate = 48_000;
+        let tone: Vec<f32> = sine(rate, 10).iter().map(|x| 0.5 * x).collect();
+        let mut planes = vec![vec![0.0; tone.len()]; 6];
+        planes[index] = tone;
+        measure(&planes, rate)
+    }
+
+    /// BS.1770's 5.1 weights, in the order L, R, C, LFE, Ls, Rs: L, R and C weigh 1, the
+    /// surrounds 1.41 (+1.49 dB).
+    #[test]
+    fn surround_channels_of_5_1_read_1_5_db_louder() {
+        let left = in_5_1_channel(0)[0].as_f64().unwrap();
+        assert!((left + 9.03).abs() < 0.1, "left: {left} LUFS");
+        for index in [1, 2] {
+            let lufs = in_5_1_channel(index)[0].as_f64().unwrap();
+            assert!(
+                (lufs - left).abs() < 1e-4,
+                "channel {index}: {lufs}, left {left}"
+            );
+        }
+        let gain = 10.0 * 1.41f64.log10();
+        for index in [4, 5] {
+            let lufs = in_5_1_channel(index)[0].as_f64().unwrap();
+            let louder = lufs - left;
+            assert!(
+                (louder - 1.5).abs() < 0.05,
+                "channel {index}: {louder} LU louder"
+            );
+            assert!(
+                (louder - gain).abs() < 1e-3,
+                "channel {index}: {louder} LU louder"
+            );
+        }
+    }
+
+    /// The LFE channel (the fourth of six) is not measured: alone it reads as silence does,
+    /// though true peak and RMS see it.
+    #[test]
+    fn lfe_of_5_1_has_no_loudness() {
+        let v = in_5_1_channel(3);
+        assert_eq!(v[0], Value::Null);
+        assert_eq!(v[1], Value::Null);
+        let tp = v[2].as_f64().unwrap();
+        assert!((tp + 6.02).abs() < 0.1, "true peak {tp} dBTP");
+        assert!(v[3].as_f64().is_some());
+    }
+
+    /// Memory does not grow with the channel count: an hour of 64 channels holds one list of
+    /// 36,000 windows, and the meters none.
+    #[test]
+    fn an_hour_of_64_channels_holds_one_window_list() {
+        let mut ex = Box::new(Loudness::new());
+        push_silence(&mut ex, 64, 1_000, 3_600, 4_000);
+        // Half a window more, which no channel has completed.
+        ex.push(&Chunk {
+            planes: &[&[0.0f32; 50][..]; 64],
+            sample_rate: 1_000,
+        });
+        assert_eq!(ex.windows.len(), 36_000);
+        assert_eq!(ex.windows_held(), 36_000);
+        let v = ex.finish();
+        assert_eq!(v[0], Value::Null);
+    }
+
+    /// A crafted day-long file stops adding windows at the bound, and its list never had room
+    /// for more.
+    #[test]
+    fn more_than_a_day_of_64_channels_stops_at_the_bound() {
+        let mut ex = Box::new(Loudness::new());
+        push_silence(&mut ex, 64, 10, 25 * 3_600, 4_000);
+        assert_eq!(ex.windows.len(), MAX_WINDOWS);
+        assert_eq!(ex.windows_held(), MAX_WINDOWS);
+        assert!(ex.windows.capacity() <= MAX_WINDOWS);
+        assert_eq!(ex.finish().len(), 4);
+    }
+
+    /// Past the bound, loudness and range are those of what was kept; true peak and RMS cover
+    /// the whole file.
+    #[test]
+    fn past_the_bound_loudness_is_that_of_the_windows_kept() {
+        let rate = 48_000;
+        let quiet: Vec<f32> = sine(rate, 10).iter().map(|x| 0.25 * x).collect();
+        let loud = sine(rate, 5);
+        let whole: Vec<f32> = quiet.iter().chain(&loud).copied().collect();
+
+        let mut bounded = Box::new(Loudness::with_max_windows(100));
+        push_all(&mut bounded, &[whole.clone(), whole.clone()], rate);
+        assert_eq!(bounded.windows_held(), 100);
+        let bounded = bounded.finish();
+
+        let first = measure(&[quiet.clone(), quiet], rate);
+        let all = measure(&[whole.clone(), whole], rate);
+        assert_eq!(bounded[..2], first[..2]);
+        assert_ne!(bounded[0], all[0]);
+        assert_eq!(bounded[2..], all[2..]);
     }
 }
