@@ -39,15 +39,39 @@ pub const GROUPS: &[&str] = &[
     "rhythm", "tonal", "loudness", "spectral", "timbre", "musicnn",
 ];
 
+/// Settings that change what a group computes (not which groups run). Stored results say which
+/// settings made them, and a result is reused only where these settings give the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnalysisOptions {
+    /// The networks of the `musicnn` group run on at most this many 3 s patches, spread evenly
+    /// over the track; 0: every patch (up to [`musicnn::MAX_PATCHES`]).
+    pub musicnn_max_patches: usize,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        Self {
+            musicnn_max_patches: musicnn::DEFAULT_MAX_PATCHES,
+        }
+    }
+}
+
+impl AnalysisOptions {
+    /// Whether `values`, a stored result of `group`, is what these options would compute.
+    pub fn reuses(&self, group: &str, values: &[Value]) -> bool {
+        group != "musicnn" || musicnn::reusable(values, self.musicnn_max_patches)
+    }
+}
+
 /// Builds a fresh extractor for the group called `name`.
-pub fn extractor(name: &str) -> Option<Box<dyn Extractor>> {
+pub fn extractor(name: &str, options: &AnalysisOptions) -> Option<Box<dyn Extractor>> {
     Some(match name {
         "rhythm" => Box::new(rhythm::Rhythm::new()),
         "tonal" => Box::new(tonal::Tonal::new()),
         "loudness" => Box::new(loudness::Loudness::new()),
         "spectral" => Box::new(spectral::Spectral::new()),
         "timbre" => Box::new(timbre::Timbre::new()),
-        "musicnn" => Box::<musicnn::MusicnnGroup>::default(),
+        "musicnn" => Box::new(musicnn::MusicnnGroup::new(options.musicnn_max_patches)),
         _ => return None,
     })
 }
@@ -66,7 +90,8 @@ pub fn group_schemas() -> &'static [GroupSchema] {
         GROUPS
             .iter()
             .map(|name| {
-                let ex = extractor(name).expect("every name in GROUPS has an extractor");
+                let ex = extractor(name, &AnalysisOptions::default())
+                    .expect("every name in GROUPS has an extractor");
                 GroupSchema {
                     name: ex.name(),
                     version: ex.version(),
@@ -354,15 +379,27 @@ impl Groups {
     }
 }
 
-/// Decodes `source` once and runs the named groups over it.
+/// Decodes `source` once and runs the named groups over it, with the default options.
 pub fn analyze(
     source: Box<dyn MediaSource>,
     extension: Option<&str>,
     groups: &[&str],
 ) -> Result<AnalysisOutput, AnalysisError> {
+    analyze_with(source, extension, groups, &AnalysisOptions::default())
+}
+
+/// [`analyze`] with `options`.
+pub fn analyze_with(
+    source: Box<dyn MediaSource>,
+    extension: Option<&str>,
+    groups: &[&str],
+    options: &AnalysisOptions,
+) -> Result<AnalysisOutput, AnalysisError> {
     let extractors = groups
         .iter()
-        .map(|name| extractor(name).ok_or_else(|| AnalysisError::UnknownGroup(name.to_string())))
+        .map(|name| {
+            extractor(name, options).ok_or_else(|| AnalysisError::UnknownGroup(name.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut groups = Groups {
         spent: vec![Duration::ZERO; extractors.len()],

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use arrow_schema::{DataType, Field, Fields};
 use audiolake_models::{
-    parse_device, Batcher, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS,
+    parse_device, sample_patches, Batcher, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS,
 };
 
 use super::{f32_list_field, utf8_field, Extractor, Frame, Input, StftShape, Value};
@@ -138,7 +138,12 @@ pub fn labels() -> Result<Vec<(&'static str, String)>, String> {
 /// Patches (3 s each) kept per file: about an hour. A longer file keeps an evenly spread
 /// sample of its patches (every 2nd, 4th, ...) so that memory stays bounded however many
 /// hours a header or a decompression bomb declares.
-const MAX_PATCHES: usize = 1200;
+pub const MAX_PATCHES: usize = 1200;
+
+/// Patches the networks run on by default: on the shared corpus, 16 evenly spread patches
+/// agree with every patch on genre and mood for every file, at about half the work (see
+/// `docs/analysis.md`, "Fewer patches").
+pub const DEFAULT_MAX_PATCHES: usize = 16;
 
 pub struct MusicnnGroup {
     frames: Vec<[f32; N_MELS]>,
@@ -146,21 +151,53 @@ pub struct MusicnnGroup {
     seen: usize,
     /// Only every `stride`-th patch is kept (1 until the file passes [`MAX_PATCHES`]).
     stride: usize,
+    /// The networks run on at most this many of the kept patches; 0: all of them.
+    max_patches: usize,
     error: Option<String>,
 }
 
-impl Default for MusicnnGroup {
-    fn default() -> Self {
+/// Positions of `tags_patches` and `tags_max_patches` among the group's values.
+const PATCHES: usize = 7;
+const MAX_PATCHES_USED: usize = 8;
+
+/// Whether a stored result (`values`, in field order) is what `max_patches` would compute: it
+/// was made with the same setting, or it ran on every patch of a track that has no more
+/// patches than `max_patches` allows. A result without patch counts (a failed network) is kept.
+pub fn reusable(values: &[Value], max_patches: usize) -> bool {
+    let count = |i: usize| match values.get(i) {
+        Some(Value::Int64(n)) => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    let (Some(used), Some(setting)) = (count(PATCHES), count(MAX_PATCHES_USED)) else {
+        return true;
+    };
+    let every_patch = setting == 0 || used < setting;
+    setting == max_patches || (every_patch && (max_patches == 0 || used <= max_patches))
+}
+
+impl MusicnnGroup {
+    /// A group whose networks run on at most `max_patches` patches (0: all).
+    pub fn new(max_patches: usize) -> Self {
         Self {
             frames: Vec::new(),
             seen: 0,
             stride: 1,
+            max_patches,
             error: None,
         }
     }
-}
 
-impl MusicnnGroup {
+    /// The frames of the patches the networks run on: all the kept patches, or
+    /// `max_patches` of them spread evenly over the track.
+    fn sampled(&self, patch_frames: usize) -> Vec<[f32; N_MELS]> {
+        let total = self.frames.len() / patch_frames;
+        sample_patches(total, self.max_patches)
+            .into_iter()
+            .flat_map(|p| &self.frames[p * patch_frames..(p + 1) * patch_frames])
+            .copied()
+            .collect()
+    }
+
     /// Keeps `mel` if its patch is one of the sampled ones; halves the sample when full.
     fn keep(&mut self, mel: [f32; N_MELS], patch_frames: usize) {
         let patch = self.seen / patch_frames;
@@ -226,7 +263,7 @@ impl Extractor for MusicnnGroup {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn input(&self) -> Input {
@@ -252,6 +289,8 @@ impl Extractor for MusicnnGroup {
             f32_list_field("embedding"),
             f32_list_field("tag_scores"),
             Field::new("tags_padded", DataType::Boolean, true),
+            Field::new("tags_patches", DataType::Int64, true),
+            Field::new("tags_max_patches", DataType::Int64, true),
         ]
     }
 
@@ -274,14 +313,21 @@ impl Extractor for MusicnnGroup {
     }
 
     fn finish(self: Box<Self>) -> Vec<Value> {
-        let nulls = || vec![Value::Null; 7];
+        let nulls = || vec![Value::Null; 9];
         if self.error.is_some() {
             return nulls();
         }
         let Ok(networks) = networks() else {
             return nulls();
         };
-        let run = |b: &Batcher| -> Option<TrackTags> { b.analyze(&self.frames).ok() };
+        let patch_frames = networks.mtt.model().patch_frames().max(1);
+        // A track shorter than one patch is padded to one: nothing to choose from.
+        let frames = match self.frames.len() < patch_frames {
+            true => self.frames.clone(),
+            false => self.sampled(patch_frames),
+        };
+        let patches = (frames.len() / patch_frames).max(1);
+        let run = |b: &Batcher| -> Option<TrackTags> { b.analyze(&frames).ok() };
         let (Some(mtt), Some(msd)) = (run(&networks.mtt), run(&networks.msd)) else {
             return nulls();
         };
@@ -304,6 +350,8 @@ impl Extractor for MusicnnGroup {
             Value::Float32List(msd.embedding.to_vec()),
             Value::Float32List(scores),
             Value::Bool(mtt.padded),
+            Value::Int64(i64::try_from(patches).unwrap_or(i64::MAX)),
+            Value::Int64(i64::try_from(self.max_patches).unwrap_or(i64::MAX)),
         ]
     }
 }
@@ -315,7 +363,7 @@ mod tests {
     #[test]
     fn a_long_file_keeps_an_evenly_spread_bounded_sample_of_patches() {
         let patch_frames = 2;
-        let mut group = MusicnnGroup::default();
+        let mut group = MusicnnGroup::new(0);
         // 5000 patches, each frame tagged with its patch number.
         for frame in 0..10_000 {
             group.keep([(frame / patch_frames) as f32; N_MELS], patch_frames);
@@ -326,5 +374,63 @@ mod tests {
             .flat_map(|p| [(p * 8) as f32; 2])
             .collect::<Vec<f32>>();
         assert_eq!(kept, expected);
+    }
+
+    fn patch_numbers(frames: &[[f32; N_MELS]], patch_frames: usize) -> Vec<f32> {
+        frames
+            .iter()
+            .step_by(patch_frames)
+            .map(|mel| mel[0])
+            .collect()
+    }
+
+    #[test]
+    fn the_networks_see_max_patches_spread_evenly_or_every_patch() {
+        let patch_frames = 3;
+        let mut group = MusicnnGroup::new(4);
+        // Ten whole patches and one frame of an eleventh, which no patch uses.
+        for frame in 0..31 {
+            group.keep([(frame / patch_frames) as f32; N_MELS], patch_frames);
+        }
+        let sampled = group.sampled(patch_frames);
+        assert_eq!(sampled.len(), 4 * patch_frames);
+        assert_eq!(patch_numbers(&sampled, patch_frames), [1.0, 3.0, 6.0, 8.0]);
+        group.max_patches = 0;
+        let every: Vec<f32> = (0..10).map(|p| p as f32).collect();
+        assert_eq!(
+            patch_numbers(&group.sampled(patch_frames), patch_frames),
+            every
+        );
+        group.max_patches = 10;
+        assert_eq!(
+            patch_numbers(&group.sampled(patch_frames), patch_frames),
+            every
+        );
+    }
+
+    fn stored(used: i64, setting: i64) -> Vec<Value> {
+        let mut values = vec![Value::Null; 7];
+        values.extend([Value::Int64(used), Value::Int64(setting)]);
+        values
+    }
+
+    #[test]
+    fn a_stored_result_is_reused_only_where_the_setting_gives_the_same_patches() {
+        // 16 of a longer track's patches: only a setting of 16 picks the same ones.
+        assert!(reusable(&stored(16, 16), 16));
+        assert!(!reusable(&stored(16, 16), 0));
+        assert!(!reusable(&stored(16, 16), 32));
+        // A 5-patch track analysed whole under a setting of 16: every setting of 5 or more,
+        // or 0, uses the same 5 patches; 4 does not.
+        assert!(reusable(&stored(5, 16), 0));
+        assert!(reusable(&stored(5, 16), 5));
+        assert!(reusable(&stored(5, 16), 8));
+        assert!(!reusable(&stored(5, 16), 4));
+        // Every one of 80 patches: the same as 0 or 80 and more, not as 16.
+        assert!(reusable(&stored(80, 0), 0));
+        assert!(reusable(&stored(80, 0), 100));
+        assert!(!reusable(&stored(80, 0), 16));
+        // No counts: the networks failed, and would fail again.
+        assert!(reusable(&vec![Value::Null; 9], 16));
     }
 }
