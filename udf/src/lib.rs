@@ -8,5 +8,6 @@ pub mod limits;
 pub mod probe;
 pub mod resample;
 pub mod samples;
+pub mod stored_header;
 pub mod trgm;
 pub mod vector;
