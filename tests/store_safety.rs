@@ -1,5 +1,5 @@
 //! The store belongs to the engine: credentials never go into it, SQL cannot read or write its
-//! folders, a bad catalog record is set aside, and no path (symlinked, percent-encoded, under
+//! folders, a bad or crafted catalog record is set aside, and no path (symlinked, percent-encoded, under
 //! EXPLAIN ANALYZE) reaches outside the allowed locations.
 
 use std::path::{Path, PathBuf};
@@ -301,6 +301,15 @@ async fn malformed_catalog_records_are_set_aside() {
     std::fs::write(tables.join("empty.json"), b"").unwrap();
     std::fs::write(tables.join("garbage.json"), b"\xff\x00not json").unwrap();
     std::fs::write(tables.join("wrong.json"), br#"{"name": 3}"#).unwrap();
+    // Records crafted to run other statements when the engine opens.
+    let secret =
+        r#"{"name": "evil", "definition": "CREATE SECRET s (TYPE s3, KEY_ID 'k', SECRET 'x')"}"#;
+    std::fs::write(tables.join("evil.json"), secret).unwrap();
+    let two = format!(
+        r#"{{"name": "two", "definition": "CREATE EXTERNAL TABLE two STORED AS CSV LOCATION '{}/'; DROP TABLE good"}}"#,
+        setup.allowed.display()
+    );
+    std::fs::write(tables.join("two.json"), two).unwrap();
 
     let lake = open(&setup).await;
     let rows = lake
@@ -328,9 +337,17 @@ async fn malformed_catalog_records_are_set_aside() {
                  table was not restored"
             ),
             format!(
+                "{store}/catalog/tables/evil.json | {NOT_ONE_TABLE} | moved to \
+                 {store}/catalog/quarantine/evil.json; the table was not restored"
+            ),
+            format!(
                 "{store}/catalog/tables/garbage.json | not a table record: expected value at \
                  line 1 column 1 | moved to {store}/catalog/quarantine/garbage.json; the table \
                  was not restored"
+            ),
+            format!(
+                "{store}/catalog/tables/two.json | {NOT_ONE_TABLE} | moved to \
+                 {store}/catalog/quarantine/two.json; the table was not restored"
             ),
             format!(
                 "{store}/catalog/tables/wrong.json | not a table record: invalid type: integer \
@@ -340,7 +357,11 @@ async fn malformed_catalog_records_are_set_aside() {
         ]
     );
     assert_eq!(catalog_files(&setup.store), ["good.json"]);
+    assert!(!setup.secrets.exists(), "no secret was created");
 }
+
+const NOT_ONE_TABLE: &str =
+    "not a table record: its definition is not one CREATE EXTERNAL TABLE statement";
 
 #[tokio::test]
 async fn plain_http_endpoints_must_be_local_or_allowed() {

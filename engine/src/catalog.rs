@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use datafusion::sql::parser::CreateExternalTable;
+use datafusion::sql::parser::{CreateExternalTable, DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -24,14 +25,29 @@ pub struct TableRecord {
 }
 
 /// Reads one stored table record, or says what is wrong with it (public so that it can be
-/// fuzzed).
+/// fuzzed). The definition is replayed when the engine opens, so it must be one `CREATE
+/// EXTERNAL TABLE` statement: a record crafted to run anything else is refused here.
 pub fn parse_record(bytes: &[u8]) -> std::result::Result<TableRecord, String> {
     match serde_json::from_slice::<TableRecord>(bytes) {
         Ok(record) if record.name.is_empty() || record.definition.is_empty() => {
             Err("the record has an empty name or definition".to_string())
         }
+        Ok(record) if !creates_one_table(&record.definition) => Err(
+            "not a table record: its definition is not one CREATE EXTERNAL TABLE statement"
+                .to_string(),
+        ),
         Ok(record) => Ok(record),
         Err(e) => Err(format!("not a table record: {e}")),
+    }
+}
+
+fn creates_one_table(sql: &str) -> bool {
+    match DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}) {
+        Ok(statements) => {
+            statements.len() == 1
+                && matches!(statements.front(), Some(Statement::CreateExternalTable(_)))
+        }
+        Err(_) => false,
     }
 }
 
