@@ -137,6 +137,14 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// The networks run on at most `patches` 3 s patches per track, spread evenly over it
+    /// (default 16; 0: every patch); sessions may change it with `SET
+    /// audiolake.musicnn_max_patches`. More than 1200 fails `build`.
+    pub fn musicnn_max_patches(mut self, patches: usize) -> Self {
+        self.config.musicnn_max_patches = patches;
+        self
+    }
+
     /// The file where `CREATE SECRET` keeps S3 credentials, outside the store and readable by
     /// its owner only (default `~/.config/audiolake/secrets.json`).
     pub fn secrets_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use audiolake::datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::{AudioLake, FlushPolicy};
 use audiolake_testkit::layout::{group_dir, version};
 use audiolake_testkit::query::query;
@@ -297,12 +297,18 @@ async fn analyze_table_reports_progress_in_a_system_table() {
     let setup = setup();
     let (lake, _) = open(&setup, FlushPolicy::default()).await;
     let report = lake.analyze_table("t").await.unwrap();
+    // broken.mp3's header cannot be read: it is counted, not decoded.
     assert_eq!(
-        (report.files, report.analyzed, report.from_store),
-        (7, 7, 0)
+        (
+            report.files,
+            report.analyzed,
+            report.from_store,
+            report.unreadable
+        ),
+        (7, 6, 0, 1)
     );
     let again = lake.analyze_table("t").await.unwrap();
-    assert_eq!((again.analyzed, again.from_store), (0, 7));
+    assert_eq!((again.analyzed, again.from_store), (0, 6));
 
     let jobs = query(
         &lake,
@@ -348,9 +354,9 @@ async fn analyze_table_with_groups_stores_only_those() {
     assert_eq!(report.groups, ["rhythm", "tonal"]);
     assert_eq!(
         (report.files, report.analyzed, report.from_store),
-        (7, 7, 0)
+        (7, 6, 0)
     );
-    assert_eq!(stored_groups(&setup.store), ["rhythm", "tonal"]);
+    assert_eq!(stored_groups(&setup.store), ["header", "rhythm", "tonal"]);
     let rhythm_parts = || {
         let mut parts = walk(&setup.store.join("features/rhythm"));
         parts.sort();
@@ -361,8 +367,9 @@ async fn analyze_table_with_groups_stores_only_those() {
     // Every group: each file is decoded again, but only for the groups not stored yet.
     let full = lake.analyze_table("t").await.unwrap();
     assert_eq!(full.groups, audiolake::udf::features::GROUPS);
-    assert_eq!((full.analyzed, full.from_store), (7, 0));
+    assert_eq!((full.analyzed, full.from_store), (6, 0));
     let mut every: Vec<&str> = audiolake::udf::features::GROUPS.to_vec();
+    every.push("header");
     every.sort_unstable();
     assert_eq!(stored_groups(&setup.store), every);
     assert_eq!(rhythm_parts(), rhythm, "rhythm is not stored twice");
@@ -370,7 +377,7 @@ async fn analyze_table_with_groups_stores_only_those() {
         .analyze_table_groups("t", &["loudness", "rhythm"])
         .await
         .unwrap();
-    assert_eq!((again.analyzed, again.from_store), (0, 7));
+    assert_eq!((again.analyzed, again.from_store), (0, 6));
 
     // Bad lists fail before anything is read, even the table's listing.
     let jobs = "SELECT count(*) FROM audiolake_progress";
@@ -394,4 +401,62 @@ async fn analyze_table_with_groups_stores_only_those() {
          timbre, musicnn, separated by commas"
     );
     assert_eq!(query(&lake, jobs).await, before, "no job was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_stored_so_an_analysed_collection_reads_no_file() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    let report = lake.analyze_table_groups("t", &["loudness"]).await.unwrap();
+    // broken.mp3's header cannot be read, so it is not decoded: its header holds the reason.
+    assert_eq!(
+        (report.files, report.analyzed, report.unreadable),
+        (7, 6, 1)
+    );
+    assert_eq!(stored_groups(&setup.store), ["header", "loudness"]);
+    drop(lake);
+
+    // Header and analysis columns together, from another engine: not one audio byte read.
+    let sql = "SELECT file_name, format, codec, sample_rate, channels, duration_s, rms_dbfs, \
+               error FROM t ORDER BY file_name";
+    let (lake, counting) = open(&setup, FlushPolicy::default()).await;
+    let batch = query(&lake, sql).await;
+    assert_eq!(audio_bytes(&counting), 0);
+    assert_eq!(batch.num_rows(), 7);
+    let text = |c: usize| batch.column(c).as_string::<i32>().clone();
+    let int = |c: usize| batch.column(c).as_primitive::<Int32Type>().clone();
+    let float = |c: usize| batch.column(c).as_primitive::<Float64Type>().clone();
+    // Row 0 is broken.mp3, then tone0.wav ... tone5.wav.
+    assert!(text(1).is_null(0));
+    assert!(text(7).value(0).contains("format"), "{batch:?}");
+    assert_eq!((text(1).value(1), text(2).value(1)), ("wav", "pcm"));
+    assert_eq!((int(3).value(1), int(4).value(1)), (44_100, 2));
+    assert!((float(5).value(1) - 3.0).abs() < 1e-9);
+    assert!(float(6).value(1) < 0.0, "a tone's RMS is below full scale");
+    assert!(text(7).is_null(1));
+
+    // The stored headers are a plain table too.
+    let stored = query(
+        &lake,
+        "SELECT count(*) AS n, count(error) AS failed FROM features_header",
+    )
+    .await;
+    let n = |c: usize| stored.column(c).as_primitive::<Int64Type>().value(0);
+    assert_eq!((n(0), n(1)), (7, 1));
+
+    // A changed file's header is read again, and only its own.
+    write_wav(&setup.dir.join("tone1.wav"), 5, 440.0);
+    let headers = query(
+        &lake,
+        "SELECT file_name, duration_s FROM t ORDER BY file_name",
+    )
+    .await;
+    assert!(audio_bytes(&counting) > 0);
+    assert!((headers.column(1).as_primitive::<Float64Type>().value(2) - 5.0).abs() < 1e-9);
+    query(&lake, "SELECT file_name, duration_s FROM t").await;
+    assert_eq!(
+        audio_bytes(&counting),
+        0,
+        "the new header is stored as well"
+    );
 }

@@ -1,11 +1,12 @@
 //! The musicnn columns and functions through SQL: the same scores as the network run directly
 //! on the file, tags sorted and cut at k, genre/mood/instruments drawn from their tag sets, the
-//! embedding unit-length, short audio padded and flagged, and results read back from the store.
+//! embedding unit-length, short audio padded and flagged, results read back from the store, and
+//! `audiolake.musicnn_max_patches` choosing the patches and which stored results are reused.
 
 use std::path::Path;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray};
-use audiolake::datafusion::arrow::datatypes::Float32Type;
+use audiolake::datafusion::arrow::datatypes::{Float32Type, Int64Type};
 use audiolake::AudioLake;
 use audiolake_models::{Device, Kind, Musicnn};
 use audiolake_testkit::query::query;
@@ -19,26 +20,45 @@ fn f32s(array: &dyn Array, row: usize) -> Vec<f32> {
     list.as_primitive::<Float32Type>().values().to_vec()
 }
 
-/// The scores and embedding of the network run directly on the 16 kHz reference clip.
-fn direct() -> (Vec<f32>, Vec<f32>) {
+/// The 16 kHz reference clip.
+fn chord() -> Vec<f32> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHORD);
     let mut reader = hound::WavReader::open(path).unwrap();
-    let samples: Vec<f32> = match reader.spec().sample_format {
+    match reader.spec().sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().map(|s| s.unwrap()).collect(),
         hound::SampleFormat::Int => reader
             .samples::<i16>()
             .map(|s| f32::from(s.unwrap()) / 32768.0)
             .collect(),
-    };
+    }
+}
+
+/// The scores and embedding of the networks run directly on 16 kHz `samples`: on the patches
+/// numbered in `patches`, or on all of them.
+fn direct_on(samples: &[f32], patches: Option<&[usize]>) -> (Vec<f32>, Vec<f32>) {
     let mut scores = Vec::new();
     let mut embedding = Vec::new();
     for kind in [Kind::Mtt, Kind::Msd] {
         let model = Musicnn::load_bundled(kind, &Device::Cpu).unwrap();
-        let track = model.analyze(&model.logmel(&samples)).unwrap();
+        let frames = model.logmel(samples);
+        let n = model.patch_frames();
+        let frames = match patches {
+            None => frames,
+            Some(patches) => patches
+                .iter()
+                .flat_map(|&p| frames[p * n..(p + 1) * n].to_vec())
+                .collect(),
+        };
+        let track = model.analyze(&frames).unwrap();
         scores.extend_from_slice(&track.tags);
         embedding = track.embedding.to_vec();
     }
     (scores, embedding)
+}
+
+/// The scores and embedding of the network run directly on the 16 kHz reference clip.
+fn direct() -> (Vec<f32>, Vec<f32>) {
+    direct_on(&chord(), None)
 }
 
 #[tokio::test]
@@ -196,4 +216,107 @@ async fn device_setting_is_checked_when_set() {
         "invalid setting: audiolake.device: unknown device \"tpu\": expected cpu, cuda or cuda:N"
     );
     set("SET audiolake.device = 'cpu'").await.unwrap();
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() < 1e-4, "score {i}: {g} vs {w}");
+    }
+}
+
+#[tokio::test]
+async fn musicnn_max_patches_chooses_the_patches_and_stored_results_follow_it() {
+    let music = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(music.path()).unwrap();
+    // The clip four times at different levels: 32 s whose patches differ.
+    let chord = chord();
+    let samples: Vec<f32> = [1.0, 0.5, 0.25, 0.8]
+        .iter()
+        .flat_map(|gain| chord.iter().map(move |s| s * gain))
+        .collect();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let file = dir.join("long.wav");
+    let mut writer = hound::WavWriter::create(&file, spec).unwrap();
+    for s in &samples {
+        writer.write_sample(*s).unwrap();
+    }
+    writer.finalize().unwrap();
+
+    let model = Musicnn::load_bundled(Kind::Msd, &Device::Cpu).unwrap();
+    let total = model.logmel(&samples).len() / model.patch_frames();
+    assert_eq!(total, 10, "whole patches in the file");
+    let every = direct_on(&samples, None).0;
+    // Three of ten, spread evenly: the centres of three equal stretches.
+    let three = direct_on(&samples, Some(&[1, 5, 8])).0;
+    assert!(
+        every.iter().zip(&three).any(|(a, b)| (a - b).abs() > 1e-3),
+        "the patches must differ for the test to tell them apart"
+    );
+
+    let lake = AudioLake::builder()
+        .store(store.path().to_str().unwrap())
+        .allow_location(dir.to_str().unwrap())
+        .build()
+        .await
+        .unwrap();
+    lake.register_audio_table("t", dir.to_str().unwrap())
+        .await
+        .unwrap();
+    let analyzed = || lake.engine().feature_store().stats().analyzed();
+    let read = || async {
+        let batch = query(
+            &lake,
+            "SELECT tags_patches, tags_max_patches, tag_scores FROM t",
+        )
+        .await;
+        let int = |i: usize| batch.column(i).as_primitive::<Int64Type>().value(0);
+        (int(0), int(1), f32s(batch.column(2).as_ref(), 0))
+    };
+    let set = |n: usize| {
+        let lake = &lake;
+        async move {
+            let sql = format!("SET audiolake.musicnn_max_patches = {n}");
+            lake.sql(&sql).await.unwrap().collect().await.unwrap();
+        }
+    };
+
+    // The default, 16, is more than the file has: every patch.
+    let (patches, setting, scores) = read().await;
+    assert_eq!((patches, setting, analyzed()), (10, 16, 1));
+    assert_close(&scores, &every);
+
+    // Three: the networks see patches 1, 5 and 8; asked again, the store answers.
+    set(3).await;
+    let (patches, setting, scores) = read().await;
+    assert_eq!((patches, setting, analyzed()), (3, 3, 2));
+    assert_close(&scores, &three);
+    assert_eq!(read().await.0, 3);
+    assert_eq!(analyzed(), 2);
+
+    // Every patch again is another analysis; then 16 reuses it, since 16 also takes all ten.
+    set(0).await;
+    let (patches, setting, scores) = read().await;
+    assert_eq!((patches, setting, analyzed()), (10, 0, 3));
+    assert_close(&scores, &every);
+    set(16).await;
+    assert_eq!(read().await.0, 10);
+    assert_eq!(analyzed(), 3);
+
+    // The function follows the same setting.
+    set(3).await;
+    let path = file.display();
+    let batch = query(
+        &lake,
+        &format!("SELECT analyze('{path}', 'musicnn')['tags_patches'] AS n"),
+    )
+    .await;
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 3);
+    assert_eq!(analyzed(), 4);
 }

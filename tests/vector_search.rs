@@ -534,6 +534,7 @@ async fn extension_settings_can_be_shown() {
          +-----------------------------------+-------+\n\
          | audiolake.decode_max_seconds      | 600   |\n\
          | audiolake.device                  |       |\n\
+         | audiolake.musicnn_max_patches     | 16    |\n\
          | hnsw.ef_search                    | 100   |\n\
          | pg_trgm.similarity_threshold      | 0.5   |\n\
          | pg_trgm.word_similarity_threshold | 0.6   |\n\

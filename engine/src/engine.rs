@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub device: String,
     /// Patches per forward pass of the networks, across the files analysed at once.
     pub batch_size: usize,
+    /// The networks run on at most this many patches per track, spread evenly over it (0:
+    /// every patch): the sessions' default `audiolake.musicnn_max_patches`.
+    pub musicnn_max_patches: usize,
     /// Where `CREATE SECRET` keeps S3 credentials (outside the store, mode 0600); `None`: the
     /// per-user default, `~/.config/audiolake/secrets.json`.
     pub secrets_file: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl Default for EngineConfig {
             memory_limit: None,
             device: "cpu".to_string(),
             batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
+            musicnn_max_patches: musicnn::DEFAULT_MAX_PATCHES,
             secrets_file: None,
         }
     }
@@ -172,6 +176,11 @@ impl Engine {
         if let Some(n) = config.target_partitions {
             session = session.with_target_partitions(n.max(1));
         }
+        let max_patches = settings::check_musicnn_max_patches(config.musicnn_max_patches)
+            .map_err(EngineError::Setting)?;
+        session
+            .options_mut()
+            .set("audiolake.musicnn_max_patches", &max_patches.to_string())?;
         let progress = Arc::new(ScanProgress::default());
         let store = registry.engine_store(&store_url)?;
         let store_prefix = object_path(&store_url)?;
@@ -628,14 +637,15 @@ impl Engine {
             .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
             .map_or(0, |c| c.value(0));
         // One column of each group is enough: a group is computed whole, and only the groups
-        // whose columns a query names are computed.
+        // whose columns a query names are computed. `format` stores each file's header too, so
+        // that header columns are then answered without opening the file.
         let per_group: Vec<String> = features::group_schemas()
             .iter()
             .filter(|g| groups.contains(&g.name))
             .map(|g| format!("count(\"{}\")", g.fields[0].name()))
             .collect();
         let query = format!(
-            "SELECT count(decoded_duration_s), {} FROM {quoted}",
+            "SELECT count(format), count(decoded_duration_s), {} FROM {quoted}",
             per_group.join(", ")
         );
         let stats = self.features.stats();
@@ -645,21 +655,27 @@ impl Engine {
             .start(table, u64::try_from(files).unwrap_or(0), &self.progress);
         let started = std::time::Instant::now();
         let outcome = async {
-            self.run_with(&query, Persist::No).await?.collect().await?;
-            self.flush().await
+            let counts = self.run_with(&query, Persist::No).await?.collect().await?;
+            self.flush().await?;
+            Ok::<_, EngineError>(counts)
         }
         .await;
         self.jobs.finish(
             &job,
             outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         );
-        outcome?;
+        let readable = outcome?
+            .first()
+            .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
+            .map_or(0, |c| c.value(0));
+        let files = u64::try_from(files).unwrap_or(0);
         Ok(AnalyzeReport {
             table: table.to_owned(),
             groups,
-            files: u64::try_from(files).unwrap_or(0),
+            files,
             analyzed: stats.analyzed() - before.0,
             from_store: stats.from_store() - before.1,
+            unreadable: files.saturating_sub(u64::try_from(readable).unwrap_or(0)),
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -36,11 +36,11 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::audio::columns;
 use crate::audio::read::{decode_object, Decoded};
-use crate::audio::read_through::analyze_cached;
+use crate::audio::read_through::{analyze_cached, Request};
 use crate::groups;
 use crate::location::{object_path, resolve_location};
 use crate::sql::settings;
-use crate::store::FeatureStore;
+use crate::store::{stored_for, FeatureStore};
 
 /// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
 const IN_FLIGHT: usize = 2;
@@ -180,12 +180,21 @@ impl PathFunction {
     async fn analyze(
         &self,
         path: &str,
-        groups: &[&'static str],
+        request: Request<'_>,
     ) -> Result<std::result::Result<AnalysisOutput, String>> {
         match self.locate(path).await? {
             Ok((store, meta, url)) => {
                 let bytes_read = Default::default();
-                analyze_cached(&self.features, store, &meta, &url, groups, None, bytes_read).await
+                analyze_cached(
+                    &self.features,
+                    store,
+                    &meta,
+                    &url,
+                    request,
+                    None,
+                    bytes_read,
+                )
+                .await
             }
             Err(e) => Ok(Err(e)),
         }
@@ -198,22 +207,22 @@ impl PathFunction {
         })
     }
 
-    /// Analyses every path with `groups` (NULL paths give NULL) and builds the result column;
+    /// Analyses every path for `request` (NULL paths give NULL) and builds the result column;
     /// `counts` is the k of `tags(path, k)`.
     async fn analyze_all(
         &self,
         paths: &StringArray,
-        groups: &[&'static str],
+        request: Request<'_>,
         counts: Option<&Int64Array>,
     ) -> Result<ArrayRef> {
         // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
         let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
-        self.features.refresh(groups).await?;
+        self.features.refresh(&stored_for(request.groups)).await?;
         let outputs: Vec<std::result::Result<AnalysisOutput, String>> =
             futures::stream::iter(owned)
                 .map(|path| async move {
                     match path {
-                        Some(path) => self.analyze(&path, groups).await,
+                        Some(path) => self.analyze(&path, request).await,
                         None => Ok(Err("path is NULL".to_string())),
                     }
                 })
@@ -434,6 +443,12 @@ impl AsyncScalarUDFImpl for PathFunction {
         };
         let paths = cast(&paths, &DataType::Utf8)?;
         let paths = as_string_array(&paths)?;
+        let request = |groups| -> Result<Request<'_>> {
+            Ok(Request {
+                groups,
+                options: settings::analysis_options(&args.config_options)?,
+            })
+        };
         let result = match self.kind {
             Kind::Decode => {
                 let rates = arrays
@@ -452,9 +467,9 @@ impl AsyncScalarUDFImpl for PathFunction {
                     .map(|k| cast(&k, &DataType::Int64))
                     .transpose()?;
                 let counts = counts.as_ref().map(|k| as_int64_array(k)).transpose()?;
-                self.analyze_all(paths, &groups, counts).await?
+                self.analyze_all(paths, request(&groups)?, counts).await?
             }
-            _ => self.analyze_all(paths, &groups, None).await?,
+            _ => self.analyze_all(paths, request(&groups)?, None).await?,
         };
         Ok(ColumnarValue::Array(result))
     }

@@ -26,6 +26,8 @@ pub struct AnalyzeReport {
     pub analyzed: u64,
     /// Files answered by stored results (including copies found by content hash).
     pub from_store: u64,
+    /// Files whose header could not be read: not decoded, the reason in their `error`.
+    pub unreadable: u64,
     pub seconds: f64,
 }
 

@@ -237,6 +237,11 @@ struct EngineArgs {
     #[arg(long, value_name = "N", default_value_t = 64)]
     batch_size: usize,
 
+    /// The tagging networks run on at most N 3 s patches per track, spread evenly over it
+    /// (0: every patch); a session may change it with SET audiolake.musicnn_max_patches.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    musicnn_max_patches: usize,
+
     /// File where CREATE SECRET keeps S3 credentials, outside the store (mode 0600; default
     /// ~/.config/audiolake/secrets.json).
     #[arg(long, value_name = "FILE", env = "AUDIOLAKE_SECRETS")]
@@ -265,7 +270,8 @@ impl EngineArgs {
         let mut builder = builder
             .store(&self.store)
             .device(&self.device)
-            .model_batch_size(self.batch_size);
+            .model_batch_size(self.batch_size)
+            .musicnn_max_patches(self.musicnn_max_patches);
         for location in self.allow.iter().chain(&self.music) {
             builder = builder.allow_location(location);
         }
@@ -321,8 +327,12 @@ async fn run_analyze(args: AnalyzeArgs) -> Result<()> {
     };
     bar.finish().await;
     let report = result.with_context(|| format!("cannot analyse table {}", args.table))?;
+    let unreadable = match report.unreadable {
+        0 => String::new(),
+        n => format!(", {n} unreadable"),
+    };
     println!(
-        "{}: {} files, {} analysed, {} from the store, in {:.1} s; groups {}",
+        "{}: {} files, {} analysed, {} from the store{unreadable}, in {:.1} s; groups {}",
         report.table,
         report.files,
         report.analyzed,

@@ -28,8 +28,9 @@ fn stderr(out: &Output) -> String {
 /// `error`); `RUST_LOG` brings them back.
 #[test]
 fn a_healthy_run_prints_nothing_on_stderr() {
-    let store = tempfile::tempdir().unwrap();
+    // A store of its own each time: a header read once is not read again.
     let run = |rust_log: Option<&str>| {
+        let store = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_audiolake"));
         command.arg("sql").arg("--store").arg(store.path()).args([
             "--music",

@@ -86,7 +86,7 @@ fn analyze_over_a_folder_with_a_crafted_file_completes() {
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = stdout(&out);
     assert!(
-        summary.starts_with("music: 3 files, 3 analysed, 0 from the store"),
+        summary.starts_with("music: 3 files, 2 analysed, 0 from the store, 1 unreadable"),
         "{summary}"
     );
     let out = run(&[

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use audiolake_udf::features::{analyze, AnalysisError, AnalysisOutput};
+use audiolake_udf::features::{analyze_with, AnalysisError, AnalysisOptions, AnalysisOutput};
 use audiolake_udf::probe::{panic_message, probe, AudioHeader};
 use audiolake_udf::samples::decode_mono;
 use datafusion::physical_plan::metrics::Count;
@@ -11,34 +11,49 @@ use object_store::{ObjectMeta, ObjectStore};
 
 use super::source::{ObjectSource, ReadRecord};
 
-/// Reads the header and tags of `meta`.
+/// Reads the header and tags of `meta`. The record tells whether every read succeeded.
 pub async fn probe_object(
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     bytes_read: Count,
-) -> Result<AudioHeader, String> {
-    blocking("probe", store, meta, bytes_read, None, |source, ext| {
-        probe(source, ext).map_err(|e| e.to_string())
-    })
-    .await
-}
-
-/// Decodes `meta` once and runs the named feature groups over it. The record tells whether
-/// every read succeeded and gives the content hash.
-pub async fn analyze_object(
-    store: Arc<dyn ObjectStore>,
-    meta: ObjectMeta,
-    groups: Vec<&'static str>,
-    bytes_read: Count,
     record: Option<ReadRecord>,
-) -> Result<AnalysisOutput, String> {
+) -> Result<AudioHeader, String> {
+    let read = |source: Box<ObjectSource>, ext: Option<&str>| {
+        probe(source, ext).map_err(|e| e.to_string())
+    };
     blocking(
-        "analysis",
+        "probe",
+        Extent::Header,
         store,
         meta,
         bytes_read,
         record,
-        move |source, ext| analyze(source, ext, &groups).map_err(|e| e.to_string()),
+        read,
+    )
+    .await
+}
+
+/// Decodes `meta` once and runs the named feature groups over it with `options`. The record
+/// tells whether every read succeeded and gives the content hash.
+pub async fn analyze_object(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    groups: Vec<&'static str>,
+    options: AnalysisOptions,
+    bytes_read: Count,
+    record: Option<ReadRecord>,
+) -> Result<AnalysisOutput, String> {
+    let read = move |source: Box<ObjectSource>, ext: Option<&str>| {
+        analyze_with(source, ext, &groups, &options).map_err(|e| e.to_string())
+    };
+    blocking(
+        "analysis",
+        Extent::Whole,
+        store,
+        meta,
+        bytes_read,
+        record,
+        read,
     )
     .await
 }
@@ -62,6 +77,7 @@ pub async fn decode_object(
 ) -> Decoded {
     let decoded = blocking(
         "decode",
+        Extent::Whole,
         store,
         meta,
         Count::new(),
@@ -76,8 +92,18 @@ pub async fn decode_object(
     decoded.unwrap_or(Decoded::Unreadable)
 }
 
+/// How much of an object a read goes through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Extent {
+    /// Its header and tags: a few small reads.
+    Header,
+    /// All of it, in order: the next block is fetched while this one decodes.
+    Whole,
+}
+
 async fn blocking<T: Send + 'static>(
     what: &str,
+    extent: Extent,
     store: Arc<dyn ObjectStore>,
     meta: ObjectMeta,
     bytes_read: Count,
@@ -85,12 +111,10 @@ async fn blocking<T: Send + 'static>(
     read: impl FnOnce(Box<ObjectSource>, Option<&str>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let runtime = tokio::runtime::Handle::current();
-    // A decode reads the whole file: fetch ahead so that reading overlaps decoding.
-    let read_ahead = what != "probe";
     let task = tokio::task::spawn_blocking(move || {
         let extension = meta.location.extension().map(str::to_lowercase);
         let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
-        if read_ahead {
+        if extent == Extent::Whole {
             source = source.reading_ahead();
         }
         if let Some(record) = record {

@@ -1,5 +1,6 @@
 //! Analysis through the store: stored results first, then stored results of the same content
-//! under another name, then one decode for whatever is still missing, written back.
+//! under another name, then one decode for whatever is still missing, written back. Headers
+//! likewise: the stored header first, else one probe, written back.
 //!
 //! The one place that joins the audio readers and the feature store: it imports both, and
 //! neither imports it back (the AUDIO scan and the path functions call it).
@@ -8,57 +9,88 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use audiolake_udf::features::{AnalysisOutput, GroupResult, DECODE_GROUP};
+use audiolake_udf::features::{AnalysisOptions, AnalysisOutput, GroupResult, DECODE_GROUP};
+use audiolake_udf::probe::AudioHeader;
+use audiolake_udf::stored_header::{from_values, to_values, HEADER_GROUP};
 use datafusion::error::Result;
 use datafusion::physical_plan::metrics::Count;
 use object_store::{ObjectMeta, ObjectStore};
 
-use super::read::analyze_object;
+use super::read::{analyze_object, probe_object};
 use super::source::ReadRecord;
 use crate::clock::now_micros;
 use crate::store::{group_schema, stored_for, Decoded, FeatureStore, Fingerprint, StoredRow};
 
-/// The analysis of `meta` for `groups` (none: the decode columns only), from the store where
-/// it can be. `listed`: every path of the scan's listing, when there is one. The inner result is the file's: an error there is a row's error. The outer one
-/// is the store's: failing to publish results fails the query rather than losing them.
+/// What to analyse: the groups (none: the decode columns only) and the options they run with.
+#[derive(Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub groups: &'a [&'static str],
+    pub options: AnalysisOptions,
+}
+
+impl Request<'_> {
+    /// Whether a stored row of `group` is what this request would compute.
+    fn reuses(&self, group: &str, row: &StoredRow) -> bool {
+        match &row.outcome {
+            Ok((Some(_), values)) => self.options.reuses(group, values),
+            // An analysis always says what decoding measured: this row is not one.
+            Ok((None, _)) => false,
+            // The file failed whatever the options.
+            Err(_) => true,
+        }
+    }
+}
+
+/// The analysis of `meta` for `request`, from the store where it can be. `listed`: every path
+/// of the scan's listing, when there is one. The inner result is the file's: an error there is
+/// a row's error. The outer one is the store's: failing to publish results fails the query
+/// rather than losing them.
 pub(crate) async fn analyze_cached(
     features: &FeatureStore,
     store: Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
     url: &str,
-    groups: &[&'static str],
+    request: Request<'_>,
     listed: Option<&HashSet<String>>,
     bytes_read: Count,
 ) -> Result<std::result::Result<AnalysisOutput, String>> {
+    let groups = request.groups;
     let wanted = stored_for(groups);
     let file = Fingerprint::of(meta, url);
     let mut found: Vec<(&'static str, Arc<StoredRow>)> = Vec::new();
     let mut missing: Vec<&'static str> = Vec::new();
+    // Groups stored for this very file, but made with other options: no copy has them either.
+    let mut other_options = false;
     for &group in &wanted {
         match features.lookup(group, &file) {
-            Some(row) => found.push((group, row)),
+            Some(row) if request.reuses(group, &row) => found.push((group, row)),
+            Some(_) => {
+                other_options = true;
+                missing.push(group);
+            }
             None => missing.push(group),
         }
     }
     let mut to_store: Vec<(&'static str, StoredRow)> = Vec::new();
 
     // A renamed, copied or touched file: same content, results known under another key.
-    if missing
-        .iter()
-        .any(|g| features.may_be_copy(g, &file, listed))
+    if !other_options
+        && missing
+            .iter()
+            .any(|g| features.may_be_copy(g, &file, listed))
     {
         let hash = ReadRecord::default()
             .content_hash(store.as_ref(), &meta.location, meta.size, &bytes_read)
             .await;
         if let Ok(hash) = hash {
             missing.retain(|&group| match features.by_hash(group, &hash) {
-                Some(row) => {
+                Some(row) if request.reuses(group, &row) => {
                     let row = row.for_file(file.clone(), now_micros());
                     to_store.push((group, row.clone()));
                     found.push((group, Arc::new(row)));
                     false
                 }
-                None => true,
+                _ => true,
             });
         }
     }
@@ -75,6 +107,7 @@ pub(crate) async fn analyze_cached(
             Arc::clone(&store),
             meta.clone(),
             decode,
+            request.options,
             bytes_read.clone(),
             Some(record.clone()),
         )
@@ -92,7 +125,7 @@ pub(crate) async fn analyze_cached(
         for &group in &missing {
             let outcome = match &result {
                 Ok(out) => Ok((
-                    decoded(out),
+                    Some(decoded(out)),
                     out.group(group)
                         .map(|g| g.values.clone())
                         .unwrap_or_default(),
@@ -124,6 +157,48 @@ pub(crate) async fn analyze_cached(
     Ok(assemble(groups, found, analyzed))
 }
 
+/// The header and tags of `meta`, from the store where they are (the scan refreshed the
+/// `header` group). As for analyses, a read that failed is reported and not stored, and the
+/// outer error is the store's.
+pub(crate) async fn probe_cached(
+    features: &FeatureStore,
+    store: Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    url: &str,
+    bytes_read: Count,
+) -> Result<std::result::Result<AudioHeader, String>> {
+    let file = Fingerprint::of(meta, url);
+    if let Some(row) = features.lookup(HEADER_GROUP, &file) {
+        match &row.outcome {
+            Err(e) => return Ok(Err(e.clone())),
+            Ok((_, values)) => {
+                // A stored row that is not a header (a crafted part) is probed again.
+                if let Some(header) = from_values(values) {
+                    return Ok(Ok(header));
+                }
+            }
+        }
+    }
+    let record = ReadRecord::default();
+    let header = probe_object(store, meta.clone(), bytes_read, Some(record.clone())).await;
+    if record.failed() {
+        return Ok(header);
+    }
+    let row = StoredRow {
+        fingerprint: file,
+        content_hash: None,
+        analyzed_at: now_micros(),
+        outcome: match &header {
+            Ok(h) => Ok((None, to_values(h))),
+            Err(e) => Err(e.clone()),
+        },
+    };
+    if features.add(vec![(HEADER_GROUP, row)]) {
+        features.flush().await?;
+    }
+    Ok(header)
+}
+
 fn decoded(out: &AnalysisOutput) -> Decoded {
     Decoded {
         duration_s: out.decoded_duration_s,
@@ -147,10 +222,12 @@ fn assemble(
             Err(e) => return Err(e.clone()),
         }
     }
-    let decoded = match (&fresh, stored.first()) {
-        (Some(out), _) => decoded(out),
-        (None, Some((_, d, _))) => d.clone(),
-        (None, None) => unreachable!("every wanted group is found or analysed"),
+    let decoded = match &fresh {
+        Some(out) => decoded(out),
+        None => stored
+            .iter()
+            .find_map(|(_, d, _)| d.clone())
+            .ok_or_else(|| "no stored result says what decoding measured".to_string())?,
     };
     let results = groups
         .iter()

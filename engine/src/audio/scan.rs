@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
+use audiolake_udf::features::AnalysisOptions;
+use audiolake_udf::stored_header::HEADER_GROUP;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
@@ -20,10 +22,10 @@ use futures::StreamExt;
 use object_store::{ObjectMeta, ObjectStore};
 
 use super::columns::{self, FileRow, Work};
-use super::read::probe_object;
-use super::read_through::analyze_cached;
+use super::read_through::{analyze_cached, probe_cached, Request};
 use crate::progress::ScanProgress;
-use crate::store::FeatureStore;
+use crate::sql::settings;
+use crate::store::{stored_for, FeatureStore};
 
 /// Files per output batch when headers are read: small, so partitions stay busy and results
 /// stream early.
@@ -219,7 +221,20 @@ impl ExecutionPlan for AudioScanExec {
             (PROBES_IN_FLIGHT, PROBED_PER_BATCH)
         };
         let work = self.work.clone();
+        let options = match work.decode {
+            Some(_) => settings::analysis_options(context.session_config().options())?,
+            None => AnalysisOptions::default(),
+        };
         let (features, refreshed) = (Arc::clone(&self.features), Arc::clone(&self.refreshed));
+        // The stored groups this scan looks up: the header, and what its analysis needs.
+        let mut stored: Vec<&'static str> = Vec::new();
+        if work.probe {
+            stored.push(HEADER_GROUP);
+        }
+        if let Some(groups) = &work.decode {
+            stored.extend(stored_for(groups));
+        }
+        let stored = Arc::new(stored);
         let listed = Arc::clone(&self.listed);
         let indices = 0..files.len();
         let stream = futures::stream::iter(indices)
@@ -228,13 +243,17 @@ impl ExecutionPlan for AudioScanExec {
                 let (bytes_read, progress) = (bytes_read.clone(), Arc::clone(&progress));
                 let files_opened = files_opened.clone();
                 let (features, refreshed) = (Arc::clone(&features), Arc::clone(&refreshed));
-                let listed = Arc::clone(&listed);
+                let (listed, stored) = (Arc::clone(&listed), Arc::clone(&stored));
                 let work = work.clone();
                 async move {
                     let (meta, url) = &files[i];
+                    refreshed
+                        .get_or_try_init(|| features.refresh(&stored))
+                        .await?;
                     let header = match work.probe {
                         true => Some(
-                            probe_object(store.clone(), meta.clone(), bytes_read.clone()).await,
+                            probe_cached(&features, store.clone(), meta, url, bytes_read.clone())
+                                .await?,
                         ),
                         false => None,
                     };
@@ -242,15 +261,12 @@ impl ExecutionPlan for AudioScanExec {
                     let analysis = match &work.decode {
                         Some(_) if matches!(header, Some(Err(_))) => None,
                         Some(groups) => {
-                            refreshed
-                                .get_or_try_init(|| features.refresh(groups))
-                                .await?;
                             let analysis = analyze_cached(
                                 &features,
                                 store,
                                 meta,
                                 url,
-                                groups,
+                                Request { groups, options },
                                 Some(&listed),
                                 bytes_read,
                             );

@@ -1,11 +1,13 @@
 //! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search` (pgvector),
 //! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm),
-//! `audiolake.device` (where the pretrained networks run) and `audiolake.decode_max_seconds`
-//! (the most audio one `decode(path)` returns). Each is per session except
-//! `audiolake.device`, which the engine applies to the whole process.
+//! `audiolake.device` (where the pretrained networks run), `audiolake.decode_max_seconds`
+//! (the most audio one `decode(path)` returns) and `audiolake.musicnn_max_patches` (the
+//! patches the networks run on per track). Each is per session except `audiolake.device`,
+//! which the engine applies to the whole process.
 
 use std::any::Any;
 
+use audiolake_udf::features::{musicnn, AnalysisOptions};
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use datafusion::common::extensions_options;
 use datafusion::config::ConfigOptions;
@@ -51,6 +53,9 @@ extensions_options! {
         pub device: String, default = String::new()
         /// The most audio one `decode(path)` call returns, in seconds (per row; up to a day).
         pub decode_max_seconds: f64, default = DEFAULT_DECODE_MAX_SECONDS
+        /// The networks of the musicnn group run on at most this many 3 s patches per track,
+        /// spread evenly over it; 0: every patch.
+        pub musicnn_max_patches: usize, default = musicnn::DEFAULT_MAX_PATCHES
     }
 }
 
@@ -70,6 +75,33 @@ pub fn decode_max_seconds(options: &ConfigOptions) -> Result<f64> {
             "audiolake.decode_max_seconds must be more than 0 and at most 86400, not {seconds}"
         )))
     }
+}
+
+/// `audiolake.musicnn_max_patches`, checked to be at most the patches a track keeps.
+pub fn musicnn_max_patches(options: &ConfigOptions) -> Result<usize> {
+    let max = options
+        .extensions
+        .get::<AudiolakeSettings>()
+        .map_or(musicnn::DEFAULT_MAX_PATCHES, |s| s.musicnn_max_patches);
+    check_musicnn_max_patches(max).map_err(DataFusionError::Configuration)
+}
+
+/// The range of `audiolake.musicnn_max_patches`, with the message for a value outside it.
+pub fn check_musicnn_max_patches(max: usize) -> std::result::Result<usize, String> {
+    match max <= musicnn::MAX_PATCHES {
+        true => Ok(max),
+        false => Err(format!(
+            "audiolake.musicnn_max_patches must be between 0 (every patch) and {}, not {max}",
+            musicnn::MAX_PATCHES
+        )),
+    }
+}
+
+/// The analysis options of a session's settings.
+pub fn analysis_options(options: &ConfigOptions) -> Result<AnalysisOptions> {
+    Ok(AnalysisOptions {
+        musicnn_max_patches: musicnn_max_patches(options)?,
+    })
 }
 
 impl ConfigExtension for AudiolakeSettings {

@@ -1,5 +1,8 @@
 //! The feature store: every group's results as Parquet parts under
-//! `<store>/features/<group>/v<version>/`, so that nothing is computed twice.
+//! `<store>/features/<group>/v<version>/`, so that nothing is computed twice. Besides the
+//! feature groups it keeps two pseudo-groups: `decode` (what decoding measured, for scans that
+//! ask for nothing else) and `header` (a file's header and tags, so that header columns are
+//! answered without opening the file).
 //!
 //! A part is published by one atomic put (a rename on local disk, a single PUT on S3): a
 //! reader sees all of it or none, and the listing of a version's folder is its manifest. Part
@@ -23,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::{Duration, Instant};
 
 use audiolake_udf::features::{self, GroupSchema, DECODE_GROUP, DECODE_VERSION};
+use audiolake_udf::stored_header::{header_fields, HEADER_GROUP, HEADER_VERSION};
 use datafusion::error::{DataFusionError, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -172,7 +176,7 @@ impl std::fmt::Debug for FeatureStore {
     }
 }
 
-/// The schema of a stored group: a feature group, or the decode columns alone.
+/// The schema of a stored group: a feature group, the decode columns alone, or the header.
 pub(crate) fn group_schema(name: &str) -> Option<GroupSchema> {
     if name == DECODE_GROUP {
         return Some(GroupSchema {
@@ -181,16 +185,24 @@ pub(crate) fn group_schema(name: &str) -> Option<GroupSchema> {
             fields: Vec::new(),
         });
     }
+    if name == HEADER_GROUP {
+        return Some(GroupSchema {
+            name: HEADER_GROUP,
+            version: HEADER_VERSION,
+            fields: header_fields(),
+        });
+    }
     features::group_schemas()
         .iter()
         .find(|g| g.name == name)
         .cloned()
 }
 
-/// Every stored group: the feature groups, then the decode columns.
+/// Every stored group: the feature groups, then the decode columns and the header.
 pub(crate) fn stored_groups() -> Vec<GroupSchema> {
     let mut groups = features::group_schemas().to_vec();
     groups.extend(group_schema(DECODE_GROUP));
+    groups.extend(group_schema(HEADER_GROUP));
     groups
 }
 
@@ -256,11 +268,11 @@ impl FeatureStore {
             .join(format!("v{}", group.version))
     }
 
-    /// Reads the parts published since the last refresh of what an analysis of `groups`
-    /// (feature groups; none for the decode columns alone) looks up.
-    pub async fn refresh(&self, groups: &[&'static str]) -> Result<()> {
+    /// Reads the parts published since the last refresh of the stored groups named in
+    /// `stored` (see [`stored_for`] for what an analysis looks up).
+    pub async fn refresh(&self, stored: &[&'static str]) -> Result<()> {
         let _one_at_a_time = self.refreshing.lock().await;
-        for name in stored_for(groups) {
+        for &name in stored {
             let group = group_schema(name).ok_or_else(|| {
                 DataFusionError::Internal(format!("no stored group called {name}"))
             })?;

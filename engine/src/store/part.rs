@@ -71,7 +71,9 @@ pub struct StoredRow {
     pub content_hash: Option<String>,
     /// Microseconds since the epoch; the newest row of a path wins.
     pub analyzed_at: i64,
-    pub outcome: std::result::Result<(Decoded, Vec<Value>), String>,
+    /// What decoding measured (none for what needs no decode: the header) and the group's
+    /// values, or why the file has none.
+    pub outcome: std::result::Result<(Option<Decoded>, Vec<Value>), String>,
 }
 
 impl StoredRow {
@@ -112,7 +114,7 @@ pub fn schema(group: &GroupSchema) -> SchemaRef {
 /// Encodes rows of `group` as one Parquet file.
 pub fn encode(group: &GroupSchema, rows: &[StoredRow]) -> Result<Bytes> {
     let schema = schema(group);
-    let ok = |r: &StoredRow| r.outcome.as_ref().ok().map(|(d, _)| d.clone());
+    let ok = |r: &StoredRow| r.outcome.as_ref().ok().and_then(|(d, _)| d.clone());
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.fingerprint.path.as_str()),
@@ -240,12 +242,12 @@ fn batch_rows(group: &GroupSchema, batch: &RecordBatch) -> Vec<StoredRow> {
             outcome: match text(error, row) {
                 Some(e) => Err(e),
                 None => Ok((
-                    Decoded {
+                    duration.is_valid(row).then(|| Decoded {
                         duration_s: duration.value(row),
                         errors: errors.value(row),
                         sample_rate: rate.value(row),
                         channels: channels.value(row),
-                    },
+                    }),
                     (0..group.fields.len())
                         .map(|f| value_at(c(FIXED + f).as_ref(), row))
                         .collect(),
@@ -335,7 +337,7 @@ mod tests {
                 fingerprint: fingerprint.clone(),
                 content_hash: Some("ff00".into()),
                 analyzed_at: 5,
-                outcome: Ok((decoded.clone(), values.clone())),
+                outcome: Ok((Some(decoded.clone()), values.clone())),
             },
             StoredRow {
                 fingerprint: Fingerprint {
@@ -352,7 +354,7 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].fingerprint, fingerprint);
         assert_eq!(back[0].content_hash.as_deref(), Some("ff00"));
-        assert_eq!(back[0].outcome, Ok((decoded, values)));
+        assert_eq!(back[0].outcome, Ok((Some(decoded), values)));
         assert_eq!(back[1].outcome, Err("no audio".to_string()));
         assert_eq!(back[1].fingerprint.e_tag, None);
     }
