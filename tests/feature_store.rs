@@ -312,7 +312,7 @@ async fn analyze_table_reports_progress_in_a_system_table() {
 
     let jobs = query(
         &lake,
-        "SELECT table_name, files_total, files_done, files_to_go, finished, error \
+        "SELECT table_name, files_total, files_done, files_to_go, finished, error, groups \
          FROM audiolake_progress ORDER BY started_at",
     )
     .await;
@@ -324,6 +324,10 @@ async fn analyze_table_reports_progress_in_a_system_table() {
         assert_eq!(jobs.column(3).as_primitive::<Int64Type>().value(row), 0);
         assert!(jobs.column(4).as_boolean().value(row));
         assert!(jobs.column(5).is_null(row));
+        assert_eq!(
+            jobs.column(6).as_string::<i32>().value(row),
+            "rhythm, tonal, loudness, spectral, timbre, musicnn"
+        );
     }
 
     let err = lake.analyze_table("nope").await.unwrap_err().to_string();

@@ -650,9 +650,12 @@ impl Engine {
         );
         let stats = self.features.stats();
         let before = (stats.analyzed(), stats.from_store());
-        let job = self
-            .jobs
-            .start(table, u64::try_from(files).unwrap_or(0), &self.progress);
+        let job = self.jobs.start(
+            table,
+            &groups,
+            u64::try_from(files).unwrap_or(0),
+            &self.progress,
+        );
         let started = std::time::Instant::now();
         let outcome = async {
             let counts = self.run_with(&query, Persist::No).await?.collect().await?;

@@ -33,6 +33,7 @@ pub struct AnalyzeReport {
 
 struct Job {
     table: String,
+    groups: Vec<&'static str>,
     started: Instant,
     started_at: i64,
     files: u64,
@@ -53,10 +54,17 @@ pub struct Jobs {
 pub struct JobId(usize);
 
 impl Jobs {
-    pub fn start(&self, table: &str, files: u64, progress: &ScanProgress) -> JobId {
+    pub fn start(
+        &self,
+        table: &str,
+        groups: &[&'static str],
+        files: u64,
+        progress: &ScanProgress,
+    ) -> JobId {
         let mut jobs = self.jobs.lock();
         jobs.push(Job {
             table: table.to_owned(),
+            groups: groups.to_vec(),
             started: Instant::now(),
             started_at: now_micros(),
             files,
@@ -107,6 +115,7 @@ impl Snapshot for ProgressTable {
         let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
         Arc::new(Schema::new(vec![
             Field::new("table_name", DataType::Utf8, false),
+            Field::new("groups", DataType::Utf8, false),
             Field::new("started_at", ts, false),
             Field::new("files_total", DataType::Int64, false),
             Field::new("files_done", DataType::Int64, false),
@@ -120,6 +129,7 @@ impl Snapshot for ProgressTable {
 
     fn snapshot(&self) -> Result<RecordBatch> {
         let jobs = self.jobs.jobs.lock();
+        let mut groups = Vec::new();
         let mut rows = (
             Vec::new(),
             Vec::new(),
@@ -139,6 +149,7 @@ impl Snapshot for ProgressTable {
             let rate = (seconds > 0.0 && done > 0).then(|| done as f64 / seconds);
             let to_go = job.files - done;
             rows.0.push(job.table.clone());
+            groups.push(job.groups.join(", "));
             rows.1.push(job.started_at);
             rows.2.push(job.files as i64);
             rows.3.push(done as i64);
@@ -156,6 +167,7 @@ impl Snapshot for ProgressTable {
             Self::schema(),
             vec![
                 Arc::new(StringArray::from(rows.0)),
+                Arc::new(StringArray::from(groups)),
                 Arc::new(TimestampMicrosecondArray::from(rows.1).with_timezone("UTC")),
                 Arc::new(Int64Array::from(rows.2)),
                 Arc::new(Int64Array::from(rows.3)),
