@@ -8,7 +8,7 @@ use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use audiolake::{AudioLake, FlushPolicy};
 use audiolake_testkit::layout::{group_dir, version};
-use audiolake_testkit::query::query;
+use audiolake_testkit::query::{explain, query};
 use audiolake_testkit::store::CountingStore;
 use audiolake_testkit_audio::tone::write_wav;
 use object_store::ObjectStore;
@@ -463,4 +463,49 @@ async fn headers_are_stored_so_an_analysed_collection_reads_no_file() {
         0,
         "the new header is stored as well"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_analyses_only_the_rows_it_keeps() {
+    let setup = setup();
+    let (lake, _) = open(&setup, FlushPolicy::default()).await;
+    let columns = "file_name, rms_dbfs, spectral_centroid_hz";
+    let top = format!("SELECT {columns} FROM t ORDER BY file_name DESC LIMIT 3");
+    let plan = explain(&lake, &top).await;
+    assert!(
+        plan.contains("analyze(t.path, Utf8(\"loudness,spectral\"))"),
+        "{plan}"
+    );
+    let kept = query(&lake, &top).await;
+    assert_eq!(kept.num_rows(), 3);
+    assert_eq!(counts(&lake), (3, 0), "tone5, tone4 and tone3 only");
+
+    // The same values as when every row is analysed (the other four now).
+    let all = query(
+        &lake,
+        &format!("SELECT {columns} FROM t ORDER BY file_name DESC"),
+    )
+    .await;
+    assert_eq!(counts(&lake), (7, 3));
+    assert_eq!(all.slice(0, 3).columns(), kept.columns());
+
+    // A filter on a header column cuts rows first too; a sort on an analysis column cannot,
+    // and `error` (which holds analysis failures) keeps the analysis in the scan.
+    let filtered = explain(
+        &lake,
+        "SELECT file_name, bpm FROM t WHERE duration_s > 2 LIMIT 2",
+    )
+    .await;
+    assert!(
+        filtered.contains("analyze(t.path, Utf8(\"rhythm\"))"),
+        "{filtered}"
+    );
+    for sql in [
+        "SELECT file_name, bpm FROM t ORDER BY bpm LIMIT 2",
+        "SELECT file_name, bpm, error FROM t LIMIT 2",
+        "SELECT file_name, decode_errors FROM t LIMIT 2",
+    ] {
+        let plan = explain(&lake, sql).await;
+        assert!(!plan.contains("analyze("), "{sql}: {plan}");
+    }
 }

@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
 use url::Url;
 
-use crate::audio::AudioTableFactory;
+use crate::audio::{AudioTableFactory, LateAnalysis};
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
@@ -197,11 +197,21 @@ impl Engine {
             &store_prefix,
             Arc::clone(&problems),
         ));
+        let functions = path_functions(
+            Arc::clone(&runtime.object_store_registry),
+            Arc::clone(&features),
+            Arc::clone(&runtime.memory_pool),
+        );
+        let analyze = functions
+            .iter()
+            .find(|f| f.name() == "analyze")
+            .expect("analyze is a path function");
         let mut state = SessionStateBuilder::new()
             .with_config(session)
             .with_runtime_env(Arc::clone(&runtime))
             .with_default_features()
             .with_analyzer_rule(Arc::new(KnnRule::new(Arc::clone(&indexes))))
+            .with_optimizer_rule(Arc::new(LateAnalysis::new(Arc::new(analyze.clone()))))
             .build();
         state.register_expr_planner(Arc::new(OperatorPlanner::default()))?;
         state.table_factories_mut().insert(
@@ -213,12 +223,7 @@ impl Engine {
             )),
         );
         let ctx = SessionContext::new_with_state(state);
-        let sql_registry = Arc::clone(&runtime.object_store_registry);
-        for function in path_functions(
-            sql_registry,
-            Arc::clone(&features),
-            Arc::clone(&runtime.memory_pool),
-        ) {
+        for function in functions {
             ctx.register_udf(function);
         }
         for function in sql::functions() {

@@ -106,6 +106,14 @@ pub fn listing_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The feature group (or `DECODE_GROUP`) that fills the column called `name`, if any.
+pub fn group_of(name: &str) -> Option<&'static str> {
+    COLUMNS
+        .iter()
+        .find(|c| c.field.name() == name)
+        .and_then(|c| c.group)
+}
+
 /// The cost of the column called `name`, if there is one.
 pub fn cost_of(name: &str) -> Option<Cost> {
     COLUMNS

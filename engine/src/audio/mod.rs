@@ -1,10 +1,13 @@
-//! Audio files as rows: the AUDIO table format (listing, header probing, the scan).
+//! Audio files as rows: the AUDIO table format (listing, header probing, the scan, and the rule
+//! that analyses only the rows a query keeps).
 
 pub mod columns;
+mod late;
 pub(crate) mod read;
 pub(crate) mod read_through;
 mod scan;
 pub(crate) mod source;
 mod table;
 
+pub use late::LateAnalysis;
 pub use table::{AudioTable, AudioTableFactory, DEFAULT_EXTENSIONS};

@@ -150,6 +150,12 @@ pub struct AudioTable {
 }
 
 impl AudioTable {
+    /// Whether the table reaches its files through a client of its own (`aws.*` options),
+    /// which the path functions do not use.
+    pub fn has_own_store(&self) -> bool {
+        !self.s3.is_empty()
+    }
+
     /// Lists the audio files under the table's location, sorted by path, with their URLs.
     async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<(ObjectMeta, String)>> {
         let base = store_url(&self.url);
