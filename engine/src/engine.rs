@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
 use url::Url;
 
-use crate::audio::{AudioTableFactory, LateAnalysis};
+use crate::audio::{AudioTable, AudioTableFactory, LateAnalysis};
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
@@ -668,10 +668,7 @@ impl Engine {
             Ok::<_, EngineError>(counts)
         }
         .await;
-        self.jobs.finish(
-            &job,
-            outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-        );
+        job.finish(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         let readable = outcome?
             .first()
             .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
@@ -686,6 +683,28 @@ impl Engine {
             unreadable: files.saturating_sub(u64::try_from(readable).unwrap_or(0)),
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The AUDIO tables of the default schema, by name.
+    pub async fn audio_tables(&self) -> Result<Vec<String>> {
+        let state = self.ctx.state();
+        let defaults = &state.config_options().catalog;
+        let Some(schema) = self
+            .ctx
+            .catalog(&defaults.default_catalog)
+            .and_then(|c| c.schema(&defaults.default_schema))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        for name in schema.table_names() {
+            let table = schema.table(&name).await?;
+            if table.is_some_and(|t| t.downcast_ref::<AudioTable>().is_some()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Merges the feature store's small parts and removes results of versions no longer in

@@ -50,8 +50,29 @@ pub struct Jobs {
     jobs: Mutex<Vec<Job>>,
 }
 
-/// Identifies a job in [`Jobs`].
-pub struct JobId(usize);
+/// A job of [`Jobs`] while it runs. Dropped before [`RunningJob::finish`] (its task was
+/// stopped or its client went away), the job is recorded as stopped.
+pub struct RunningJob<'a> {
+    jobs: &'a Jobs,
+    id: usize,
+    finished: bool,
+}
+
+impl RunningJob<'_> {
+    pub fn finish(mut self, outcome: std::result::Result<(), String>) {
+        self.finished = true;
+        self.jobs.finish(self.id, outcome);
+    }
+}
+
+impl Drop for RunningJob<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.jobs
+                .finish(self.id, Err("stopped before the end".to_string()));
+        }
+    }
+}
 
 impl Jobs {
     pub fn start(
@@ -60,7 +81,7 @@ impl Jobs {
         groups: &[&'static str],
         files: u64,
         progress: &ScanProgress,
-    ) -> JobId {
+    ) -> RunningJob<'_> {
         let mut jobs = self.jobs.lock();
         jobs.push(Job {
             table: table.to_owned(),
@@ -73,12 +94,16 @@ impl Jobs {
             finished: None,
             error: None,
         });
-        JobId(jobs.len() - 1)
+        RunningJob {
+            jobs: self,
+            id: jobs.len() - 1,
+            finished: false,
+        }
     }
 
-    pub fn finish(&self, id: &JobId, outcome: std::result::Result<(), String>) {
+    fn finish(&self, id: usize, outcome: std::result::Result<(), String>) {
         let mut jobs = self.jobs.lock();
-        let job = &mut jobs[id.0];
+        let job = &mut jobs[id];
         job.finished = Some(job.started.elapsed().as_secs_f64());
         match outcome {
             Ok(()) => job.done = Some(job.files),
