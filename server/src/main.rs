@@ -122,6 +122,15 @@ struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
+
+    /// Analyse new and changed files of every AUDIO table in the background, listing each
+    /// table again every --watch-interval.
+    #[arg(long)]
+    watch: bool,
+
+    /// Seconds between two listings of each table under --watch.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_interval: u64,
 }
 
 /// `4GiB`, `512MiB`, `100MB`, `1024` (bytes).
@@ -387,6 +396,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             max_connections: args.max_connections as usize,
             idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
             metrics_listen: args.metrics_listen,
+            watch: args.watch.then(|| Duration::from_secs(args.watch_interval)),
         },
     )
     .await

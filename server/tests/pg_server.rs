@@ -444,6 +444,9 @@ fn prometheus_metrics() {
     );
     assert_eq!(metric(&text, "audiolake_files_analysed_total "), 0.0);
     assert!(text.contains("audiolake_store_hits_total "), "{text}");
+    // `SELECT * FROM nowhere` read no file; the progress of scans and jobs is there anyway.
+    assert_eq!(metric(&text, "audiolake_scan_files_done_total "), 0.0);
+    assert_eq!(metric(&text, "audiolake_scan_files_announced_total "), 0.0);
     assert!(http_get(port, "/other").contains("404"));
 }
 

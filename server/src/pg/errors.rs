@@ -27,6 +27,9 @@ pub const QUERY_CANCELED: &str = "57014";
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const SYNTAX_ERROR: &str = "42601";
+pub const UNDEFINED_FUNCTION: &str = "42883";
+pub const UNDEFINED_TABLE: &str = "42P01";
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
 
 /// Gives an error of DataFusion or the engine (which pgwire would report as XX000, internal
 /// error) the SQLSTATE PostgreSQL would use.

@@ -185,6 +185,24 @@ impl Collector for StoreCollector {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
         }
+        // Progress of every scan, background jobs included: files still to go is the difference.
+        let (done, announced) = self.0.engine().progress().snapshot();
+        for (name, help, value) in [
+            (
+                "scan_files_announced",
+                "Files that scans (queries and analysis jobs) set out to read",
+                announced,
+            ),
+            ("scan_files_done", "Files that scans have read", done),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }

@@ -3,10 +3,12 @@
 //! connection limits, idle timeouts and Prometheus metrics.
 //!
 //! This file is the accept loop; [`connection`] holds one connection's handlers, [`session`] its
-//! statements and [`running`] the lifecycle of one statement.
+//! statements, [`running`] the lifecycle of one statement and [`background`] the analysis jobs
+//! that run without a client.
 
 mod activity;
 mod auth;
+mod background;
 mod compat;
 mod connection;
 mod copy_out;
@@ -35,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use auth::{add_user, Role, Users};
+use background::Background;
 use connection::Connection;
 use metrics::Metrics;
 use server::Server;
@@ -49,6 +52,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Analyse every AUDIO table in the background at this interval (`--watch`).
+    pub watch: Option<Duration>,
 }
 
 /// Runs the server until SIGINT or SIGTERM, then publishes buffered analysis results.
@@ -95,8 +100,13 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
             "no authentication"
         }
     );
+    let background = Background::new(Arc::clone(&lake));
+    if let Some(interval) = options.watch {
+        background.watch(interval);
+    }
     let server = Arc::new(Server {
         lake: Arc::clone(&lake),
+        background,
         users,
         metrics,
         connections: Arc::new(ConnectionManager::new()),

@@ -13,11 +13,14 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::auth::{Role, Users};
+use super::background::Background;
 use super::metrics::Metrics;
 
 /// What every connection shares.
 pub struct Server {
     pub(super) lake: Arc<AudioLake>,
+    /// Background analysis jobs (`CALL analyze_table`, `--watch`).
+    pub(super) background: Arc<Background>,
     pub(super) users: Option<Arc<Users>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) connections: Arc<ConnectionManager>,

@@ -36,7 +36,7 @@ use super::copy_out;
 use super::errors::{self, error, with_sqlstate};
 use super::running::Running;
 use super::server::Server;
-use super::statements::{classify, Classified, Route};
+use super::statements::{classify, Call, CallError, Classified, Route};
 
 /// datafusion-postgres keeps `SET statement_timeout` in the client's metadata under this key.
 const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
@@ -151,6 +151,38 @@ impl Session {
         Ok(Response::Execution(tag))
     }
 
+    /// `CALL analyze_table('t')` starts a background job for an AUDIO table (nothing when one
+    /// runs already); `CALL stop_analysis('t')` stops it.
+    async fn run_call(&self, call: Result<Call, CallError>) -> PgWireResult<Response> {
+        let call = call.map_err(|e| match e {
+            CallError::UnknownProcedure(message) => error(errors::UNDEFINED_FUNCTION, message),
+            CallError::Arguments(message) => error(errors::INVALID_PARAMETER_VALUE, message),
+        })?;
+        let background = &self.server.background;
+        match call {
+            Call::Analyze(table) => {
+                let tables = self
+                    .server
+                    .lake
+                    .engine()
+                    .audio_tables()
+                    .await
+                    .map_err(errors::from_engine)?;
+                if !tables.contains(&table) {
+                    return Err(error(
+                        errors::UNDEFINED_TABLE,
+                        format!("{table} is not an AUDIO table of this server"),
+                    ));
+                }
+                background.start(&table);
+            }
+            Call::Stop(table) => {
+                background.stop(&table);
+            }
+        }
+        Ok(Response::Execution(Tag::new("CALL")))
+    }
+
     async fn run_copy_out(
         &self,
         copy: super::statements::CopyOut,
@@ -188,6 +220,7 @@ impl Session {
         for item in items {
             let result = match item.route {
                 Route::Engine(statement) => self.run_engine(statement).await.map(|r| vec![r]),
+                Route::Call(call) => self.run_call(call).await.map(|r| vec![r]),
                 Route::CopyOut(copy) => self
                     .run_copy_out(copy, format_options(client))
                     .await
@@ -328,6 +361,7 @@ impl ExtendedQueryHandler for Session {
             match own {
                 Some(Route::Engine(statement)) => self.run_engine(statement).await,
                 Some(Route::CopyOut(copy)) => self.run_copy_out(copy, format_options(client)).await,
+                Some(Route::Call(call)) => self.run_call(call).await,
                 _ => ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)
                     .await
                     .map_err(with_sqlstate),

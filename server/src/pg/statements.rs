@@ -5,8 +5,8 @@
 use audiolake::Engine;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, ObjectType, Set,
-    Statement,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr as SqlExpr,
+    Function, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectType, Set, Statement, Value,
 };
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
@@ -22,6 +22,22 @@ pub enum Route {
     Engine(DfStatement),
     /// `COPY (query) TO STDOUT`, answered by this server.
     CopyOut(CopyOut),
+    /// `CALL analyze_table('t')` or `CALL stop_analysis('t')`, or why the call is not one.
+    Call(Result<Call, CallError>),
+}
+
+/// A background analysis job started or stopped by `CALL` (see `background.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Analyze(String),
+    Stop(String),
+}
+
+/// A `CALL` of something else, or with the wrong arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    UnknownProcedure(String),
+    Arguments(String),
 }
 
 #[derive(Debug)]
@@ -98,6 +114,16 @@ fn rewrite_df(statement: &mut DfStatement) -> bool {
 fn classify_df(mut statement: DfStatement) -> Classified {
     let rewritten = rewrite_df(&mut statement);
     let text = statement.to_string();
+    if let DfStatement::Statement(inner) = &statement {
+        if let Statement::Call(function) = inner.as_ref() {
+            return Classified {
+                route: Route::Call(call(function)),
+                writes: true,
+                text,
+                rewritten,
+            };
+        }
+    }
     let (writes, engine) = match &statement {
         DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => (true, true),
         DfStatement::Statement(inner) => (
@@ -174,6 +200,39 @@ fn sets_device(statement: &Statement) -> bool {
 
 /// Statements a read-only user may run: queries, settings, transactions, cursors, prepared
 /// statements of those, and `COPY ... TO STDOUT`.
+/// The background job a `CALL` names: `analyze_table('t')` or `stop_analysis('t')`, the table
+/// name as one string.
+fn call(function: &Function) -> Result<Call, CallError> {
+    let name = function.name.to_string().to_lowercase();
+    let job: fn(String) -> Call = match name.as_str() {
+        "analyze_table" => Call::Analyze,
+        "stop_analysis" => Call::Stop,
+        _ => {
+            return Err(CallError::UnknownProcedure(format!(
+                "procedure {name} does not exist; the procedures are analyze_table('table') and \
+                 stop_analysis('table')"
+            )))
+        }
+    };
+    let table = match &function.args {
+        FunctionArguments::List(list) => match list.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(value)))] => {
+                match &value.value {
+                    Value::SingleQuotedString(table) => Some(table.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    table.map(job).ok_or_else(|| {
+        CallError::Arguments(format!(
+            "{name} takes one table name as a string, e.g. CALL {name}('music')"
+        ))
+    })
+}
+
 fn is_read(statement: &Statement) -> bool {
     match statement {
         Statement::Query(_)
@@ -334,6 +393,45 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, "COPY format binary is not supported (text or csv)");
         assert!(copy_out(&parse("SELECT 1")).is_none());
+    }
+
+    fn call_of(sql: &str) -> Result<Call, CallError> {
+        match parse(sql) {
+            Statement::Call(function) => call(&function),
+            other => panic!("{sql} parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn calls_name_a_job_and_one_table() {
+        assert_eq!(
+            call_of("CALL analyze_table('music')"),
+            Ok(Call::Analyze("music".into()))
+        );
+        assert_eq!(
+            call_of("call Stop_Analysis('Music')"),
+            Ok(Call::Stop("Music".into()))
+        );
+        assert_eq!(
+            call_of("CALL analyze_table(music)"),
+            Err(CallError::Arguments(
+                "analyze_table takes one table name as a string, e.g. CALL \
+                 analyze_table('music')"
+                    .into()
+            ))
+        );
+        assert!(matches!(
+            call_of("CALL analyze_table('a', 'b')"),
+            Err(CallError::Arguments(_))
+        ));
+        assert_eq!(
+            call_of("CALL drop_everything('music')"),
+            Err(CallError::UnknownProcedure(
+                "procedure drop_everything does not exist; the procedures are \
+                 analyze_table('table') and stop_analysis('table')"
+                    .into()
+            ))
+        );
     }
 
     #[test]
