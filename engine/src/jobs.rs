@@ -205,3 +205,45 @@ impl Snapshot for ProgressTable {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Array, AsArray};
+
+    use super::*;
+
+    #[test]
+    fn a_job_dropped_unfinished_is_recorded_as_stopped() {
+        let jobs = Arc::new(Jobs::default());
+        let progress = Arc::new(ScanProgress::default());
+        jobs.start("done", &["rhythm"], 3, &progress).finish(Ok(()));
+        drop(jobs.start("dropped", &["rhythm", "tonal"], 3, &progress));
+        let running = jobs.start("running", &["tonal"], 3, &progress);
+
+        let batch = ProgressTable::new(Arc::clone(&jobs), progress)
+            .snapshot()
+            .unwrap();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        let finished = batch
+            .column_by_name("finished")
+            .unwrap()
+            .as_boolean()
+            .clone();
+        let (groups, error) = (text("groups"), text("error"));
+        assert_eq!(
+            (0..3).map(|i| finished.value(i)).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        assert!(error.is_null(0));
+        assert_eq!(error.value(1), "stopped before the end");
+        assert!(error.is_null(2));
+        assert_eq!(groups.value(1), "rhythm, tonal");
+        drop(running);
+    }
+}
