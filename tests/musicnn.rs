@@ -20,6 +20,20 @@ fn f32s(array: &dyn Array, row: usize) -> Vec<f32> {
     list.as_primitive::<Float32Type>().values().to_vec()
 }
 
+/// A lake in `store` with table `t` over the files of `dir`.
+async fn lake_over(store: &Path, dir: &Path) -> AudioLake {
+    let lake = AudioLake::builder()
+        .store(store.to_str().unwrap())
+        .allow_location(dir.to_str().unwrap())
+        .build()
+        .await
+        .unwrap();
+    lake.register_audio_table("t", dir.to_str().unwrap())
+        .await
+        .unwrap();
+    lake
+}
+
 /// The 16 kHz reference clip.
 fn chord() -> Vec<f32> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHORD);
@@ -72,18 +86,7 @@ async fn musicnn_columns_match_the_network() {
     )
     .unwrap();
     write_wav(&dir.join("short.wav"), 1, 440.0);
-    let lake = AudioLake::builder()
-        .store(store.path().to_str().unwrap())
-        .allow_location(dir.to_str().unwrap())
-        .build()
-        .await
-        .unwrap();
-    lake.sql(&format!(
-        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}/'",
-        dir.display()
-    ))
-    .await
-    .unwrap();
+    let lake = lake_over(store.path(), &dir).await;
 
     let sql = "SELECT file_name, tag_scores, embedding, tags, genre, mood, instruments, \
                tags_padded, error FROM t ORDER BY file_name";
@@ -260,15 +263,7 @@ async fn musicnn_max_patches_chooses_the_patches_and_stored_results_follow_it() 
         "the patches must differ for the test to tell them apart"
     );
 
-    let lake = AudioLake::builder()
-        .store(store.path().to_str().unwrap())
-        .allow_location(dir.to_str().unwrap())
-        .build()
-        .await
-        .unwrap();
-    lake.register_audio_table("t", dir.to_str().unwrap())
-        .await
-        .unwrap();
+    let lake = lake_over(store.path(), &dir).await;
     let analyzed = || lake.engine().feature_store().stats().analyzed();
     let read = || async {
         let batch = query(
