@@ -194,10 +194,11 @@ async fn cheap_columns_read_only_what_they_need() {
     assert_eq!(reads.keys().collect::<Vec<_>>().len(), 1, "{reads:?}");
     assert!(reads.keys().all(|k| k.ends_with("tone3.wav")));
 
-    // LIMIT without other filters opens at most that many files (tone3's header is stored).
+    // LIMIT without other filters opens at most that many files: the first two listed, tone0
+    // and tone1, whose rewritten headers are not stored yet.
     let batch = query(&lake, "SELECT sample_rate FROM t LIMIT 2").await;
     assert_eq!(batch.num_rows(), 2);
-    assert!(counting.take().len() <= 2);
+    assert_eq!(counting.take().len(), 2);
 
     // Analysis columns decode each file once, whole, through only the groups they need.
     let plan = query(&lake, "EXPLAIN SELECT rms_dbfs, bpm FROM t").await;

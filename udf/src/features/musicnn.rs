@@ -3,6 +3,7 @@
 //! STFT. One network of each kind is shared by every thread through a batcher, so the patches of
 //! files analysed at once share forward passes while other files decode.
 
+use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
 use arrow_schema::{DataType, Field, Fields};
@@ -321,10 +322,11 @@ impl Extractor for MusicnnGroup {
             return nulls();
         };
         let patch_frames = networks.mtt.model().patch_frames().max(1);
-        // A track shorter than one patch is padded to one: nothing to choose from.
-        let frames = match self.frames.len() < patch_frames {
-            true => self.frames.clone(),
-            false => self.sampled(patch_frames),
+        // Every kept patch (or a track shorter than one, padded to one): no copy to make.
+        let total = self.frames.len() / patch_frames;
+        let frames = match self.max_patches == 0 || total <= self.max_patches {
+            true => Cow::Borrowed(self.frames.as_slice()),
+            false => Cow::Owned(self.sampled(patch_frames)),
         };
         let patches = (frames.len() / patch_frames).max(1);
         let run = |b: &Batcher| -> Option<TrackTags> { b.analyze(&frames).ok() };
