@@ -12,6 +12,8 @@
 mod batcher;
 mod logmel;
 mod musicnn;
+mod temporal;
+mod timbral;
 
 pub use batcher::{Batcher, DEFAULT_BATCH_SIZE};
 pub use candle_core::Device;
