@@ -82,7 +82,20 @@ fn write_wav(path: &Path, samples: &[f32]) {
 struct Timing {
     logmel_s: f64,
     forward_s: f64,
+    /// CPU seconds of the forward passes, over all threads (None off Linux).
+    forward_cpu_s: Option<f64>,
     patches: usize,
+}
+
+/// CPU seconds this process's live threads have run (Linux: /proc/self/task/*/schedstat), so
+/// that the figure holds on a machine shared with other work.
+fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 * 1e-9)
 }
 
 fn time_track(model: &Musicnn, track: &[f32]) -> Timing {
@@ -91,13 +104,14 @@ fn time_track(model: &Musicnn, track: &[f32]) -> Timing {
     let logmel_s = start.elapsed().as_secs_f64();
     let patches = model.patches(&frames);
     let per_batch = DEFAULT_BATCH_SIZE * model.patch_frames() * N_MELS;
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     for batch in patches.data().chunks(per_batch) {
         model.forward(batch).expect("forward pass");
     }
     Timing {
         logmel_s,
         forward_s: start.elapsed().as_secs_f64(),
+        forward_cpu_s: cpu.zip(cpu_seconds()).map(|(a, b)| b - a),
         patches: patches.len(),
     }
 }
@@ -157,9 +171,15 @@ fn main() {
         });
         let per_track = t.logmel_s + t.forward_s;
         let patches_per_s = t.patches as f64 / t.forward_s;
+        let cpu = t.forward_cpu_s.map_or(String::new(), |c| {
+            format!(
+                "; {:.1} patches per CPU second, network {c:.2} CPU s",
+                t.patches as f64 / c
+            )
+        });
         println!(
             "threads {threads}: {patches_per_s:.1} patches/s, {per_track:.2} s per 4-minute track \
-             ({} patches; log-mel {:.3} s, network {:.2} s)",
+             ({} patches; log-mel {:.3} s, network {:.2} s{cpu})",
             t.patches, t.logmel_s, t.forward_s
         );
         ours.push((threads, patches_per_s, per_track));

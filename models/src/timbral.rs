@@ -93,7 +93,7 @@ impl TimbralKernels {
         x.par_chunks_exact(t * N_MELS)
             .zip(out.par_chunks_exact_mut(self.channels * t))
             .for_each_init(
-                || Buffers::new(self, t),
+                || Buffers::new(self, t, pad),
                 |buffers, (patch, out)| self.patch(patch, t, pad, buffers, out),
             );
         out
@@ -103,7 +103,7 @@ impl TimbralKernels {
     fn patch(&self, patch: &[f32], t: usize, pad: usize, buf: &mut Buffers, out: &mut [f32]) {
         for (frame, spec) in patch
             .chunks_exact(N_MELS)
-            .zip(buf.frames.chunks_exact_mut(2 * STRIDE))
+            .zip(buf.frames[pad * 2 * STRIDE..].chunks_exact_mut(2 * STRIDE))
         {
             buf.input.copy_from_slice(frame);
             self.forward
@@ -122,7 +122,6 @@ impl TimbralKernels {
                 a,
                 b,
                 frames: &buf.frames,
-                pad,
                 out: &mut buf.products,
             });
             for (p, z) in buf
@@ -155,7 +154,8 @@ impl TimbralKernels {
 
 /// Work buffers of one thread, for patches of `t` frames.
 struct Buffers {
-    /// Input frame spectra `[t][re; STRIDE, im; STRIDE]`.
+    /// Input frame spectra `[pad + t + rows][re; STRIDE, im; STRIDE]`, the patch's frames
+    /// after `pad` zero frames and before zeros, for the kernel rows that reach past its ends.
     frames: Vec<f32>,
     products: Vec<f32>,
     signals: Vec<Complex<f32>>,
@@ -165,9 +165,9 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(kernels: &TimbralKernels, t: usize) -> Self {
+    fn new(kernels: &TimbralKernels, t: usize, pad: usize) -> Self {
         Self {
-            frames: vec![0f32; t * 2 * STRIDE],
+            frames: vec![0f32; (pad + t + kernels.rows) * 2 * STRIDE],
             products: vec![0f32; t * 4 * STRIDE],
             signals: vec![Complex::default(); t * N_MELS],
             scratch: vec![Complex::default(); kernels.inverse.get_inplace_scratch_len()],
@@ -195,17 +195,17 @@ fn pack_pair(p: &[f32], z: &mut [Complex<f32>]) {
     }
 }
 
-/// For every output frame, the sums over kernel rows of kernel spectrum times input frame
-/// spectrum for two channels `a` and `b`: `out` is `[t][a re, a im, b re, b im]`.
+/// For every output frame `ti`, the sums over kernel rows `r` of kernel spectrum times the
+/// spectrum of frame `ti + r` (frames padded at the start) for two channels `a` and `b`: `out`
+/// is `[t][a re, a im, b re, b im]`.
 struct Products<'a> {
     a: &'a [f32],
     b: &'a [f32],
     frames: &'a [f32],
-    pad: usize,
     out: &'a mut [f32],
 }
 
-impl<'a> WithSimd for Products<'a> {
+impl WithSimd for Products<'_> {
     type Output = ();
 
     #[inline(always)]
@@ -215,37 +215,66 @@ impl<'a> WithSimd for Products<'a> {
         let wa = S::as_simd_f32s(self.a).0;
         let wb = S::as_simd_f32s(self.b).0;
         let (out, _) = S::as_mut_simd_f32s(self.out);
-        // Vectors per STRIDE values.
-        let lanes = x.len() * STRIDE / self.frames.len();
-        let rows = wa.len() / (2 * lanes);
-        let t = x.len() / (2 * lanes);
+        let k = Kernel {
+            x,
+            wa,
+            wb,
+            // Vectors per STRIDE values.
+            lanes: x.len() * STRIDE / self.frames.len(),
+        };
+        let t = out.len() / (4 * k.lanes);
+        // Two frames at a time share each kernel load.
+        let mut pairs = out.chunks_exact_mut(8 * k.lanes);
+        for (i, out) in (&mut pairs).enumerate() {
+            k.frames::<S, 2>(simd, 2 * i, out);
+        }
+        let rest = pairs.into_remainder();
+        if !rest.is_empty() {
+            k.frames::<S, 1>(simd, t - 1, rest);
+        }
+    }
+}
+
+struct Kernel<'a, V> {
+    x: &'a [V],
+    wa: &'a [V],
+    wb: &'a [V],
+    lanes: usize,
+}
+
+impl<V: Copy> Kernel<'_, V> {
+    /// Output frames `first..first + N` into `out` (`N` frames of 4 x `lanes` vectors).
+    #[inline(always)]
+    fn frames<S: Simd<f32s = V>, const N: usize>(&self, simd: S, first: usize, out: &mut [V]) {
+        let lanes = self.lanes;
+        let rows = self.wa.len() / (2 * lanes);
         let zero = simd.splat_f32s(0.0);
-        for (ti, out) in out.chunks_exact_mut(4 * lanes).enumerate() {
-            // Kernel rows whose input frame lies inside the patch.
-            let first = self.pad.saturating_sub(ti);
-            let last = (t + self.pad - ti).min(rows);
-            for v in 0..lanes {
-                // Real parts as two sums (re x re and im x im), subtracted once at the end.
-                let [mut ar, mut an, mut ai, mut br, mut bn, mut bi] = [zero; 6];
-                for r in first..last {
-                    let at = (ti + r - self.pad) * 2 * lanes + v;
-                    let (xr, xi) = (x[at], x[at + lanes]);
-                    let w = r * 2 * lanes + v;
-                    let (war, wai) = (wa[w], wa[w + lanes]);
-                    let (wbr, wbi) = (wb[w], wb[w + lanes]);
-                    ar = simd.mul_add_e_f32s(war, xr, ar);
-                    an = simd.mul_add_e_f32s(wai, xi, an);
-                    ai = simd.mul_add_e_f32s(war, xi, ai);
-                    ai = simd.mul_add_e_f32s(wai, xr, ai);
-                    br = simd.mul_add_e_f32s(wbr, xr, br);
-                    bn = simd.mul_add_e_f32s(wbi, xi, bn);
-                    bi = simd.mul_add_e_f32s(wbr, xi, bi);
-                    bi = simd.mul_add_e_f32s(wbi, xr, bi);
+        for v in 0..lanes {
+            // Real parts as two sums (re x re and im x im), subtracted once at the end.
+            let mut acc = [[zero; 6]; N];
+            for r in 0..rows {
+                let w = r * 2 * lanes + v;
+                let (war, wai) = (self.wa[w], self.wa[w + lanes]);
+                let (wbr, wbi) = (self.wb[w], self.wb[w + lanes]);
+                for (n, [ar, an, ai, br, bn, bi]) in acc.iter_mut().enumerate() {
+                    let at = (first + n + r) * 2 * lanes + v;
+                    let (xr, xi) = (self.x[at], self.x[at + lanes]);
+                    *ar = simd.mul_add_e_f32s(war, xr, *ar);
+                    *an = simd.mul_add_e_f32s(wai, xi, *an);
+                    *ai = simd.mul_add_e_f32s(war, xi, *ai);
+                    *ai = simd.mul_add_e_f32s(wai, xr, *ai);
+                    *br = simd.mul_add_e_f32s(wbr, xr, *br);
+                    *bn = simd.mul_add_e_f32s(wbi, xi, *bn);
+                    *bi = simd.mul_add_e_f32s(wbr, xi, *bi);
+                    *bi = simd.mul_add_e_f32s(wbi, xr, *bi);
                 }
-                out[v] = simd.sub_f32s(ar, an);
-                out[lanes + v] = ai;
-                out[2 * lanes + v] = simd.sub_f32s(br, bn);
-                out[3 * lanes + v] = bi;
+            }
+            for (n, [ar, an, ai, br, bn, bi]) in acc.into_iter().enumerate() {
+                let o = &mut out[n * 4 * lanes..];
+                o[v] = simd.sub_f32s(ar, an);
+                o[lanes + v] = ai;
+                o[2 * lanes + v] = simd.sub_f32s(br, bn);
+                o[3 * lanes + v] = bi;
             }
         }
     }
