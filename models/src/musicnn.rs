@@ -374,11 +374,10 @@ impl FrontBlock {
         let weight = vb
             .get((out, 1, kh, kw), "conv.weight")?
             .broadcast_mul(&sign.reshape((out, 1, 1, 1))?)?;
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
         let cpu = if kw > 1 {
-            let values = weight.flatten_all()?.to_vec1::<f32>()?;
             Cpu::Timbral(TimbralKernels::new(&values, out, kh, kw)?)
         } else {
-            let values = weight.flatten_all()?.to_vec1::<f32>()?;
             Cpu::Temporal(TemporalKernels::new(values, out, kh)?)
         };
         // Odd kernels pad evenly; TF 'same' puts the extra zero of even kernels after.
@@ -404,17 +403,11 @@ impl FrontBlock {
 
     /// Same as `forward` for `b` patches of `t` frames given as host values [b, t, 96].
     fn forward_cpu(&self, x: &[f32], b: usize, t: usize) -> Result<Tensor> {
-        let maxed = match &self.cpu {
-            Cpu::Timbral(kernels) => {
-                let maxed = kernels.max_over_mel(x, b, t, self.pad.0);
-                Tensor::from_vec(maxed, (b, kernels.channels(), t), &Device::Cpu)?
-            }
-            Cpu::Temporal(kernels) => {
-                let maxed = kernels.max_over_mel(x, b, t, self.pad.0);
-                Tensor::from_vec(maxed, (b, kernels.channels(), t), &Device::Cpu)?
-            }
+        let (maxed, channels) = match &self.cpu {
+            Cpu::Timbral(k) => (k.max_over_mel(x, b, t, self.pad.0), k.channels()),
+            Cpu::Temporal(k) => (k.max_over_mel(x, b, t, self.pad.0), k.channels()),
         };
-        self.finish(&maxed)
+        self.finish(&Tensor::from_vec(maxed, (b, channels, t), &Device::Cpu)?)
     }
 
     /// Sign, bias, ReLU and batch norm on the max over mel [B, C, T].
