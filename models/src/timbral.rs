@@ -138,14 +138,13 @@ impl TimbralKernels {
                 if channel >= self.channels {
                     continue;
                 }
+                let part = |c: &Complex<f32>| if half == 0 { c.re } else { c.im };
                 let row = &mut out[channel * t..(channel + 1) * t];
                 for (m, z) in row.iter_mut().zip(buf.signals.chunks_exact(N_MELS)) {
-                    let valid = &z[..self.positions];
-                    *m = if half == 0 {
-                        valid.iter().map(|c| c.re).fold(f32::NEG_INFINITY, f32::max)
-                    } else {
-                        valid.iter().map(|c| c.im).fold(f32::NEG_INFINITY, f32::max)
-                    };
+                    *m = z[..self.positions]
+                        .iter()
+                        .map(part)
+                        .fold(f32::NEG_INFINITY, f32::max);
                 }
             }
         }
