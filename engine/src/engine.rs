@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::{dialect_from_str, Dialect, PostgreSqlDialect};
 use url::Url;
 
-use crate::audio::{AudioTable, AudioTableFactory, LateAnalysis};
+use crate::audio::{AudioTable, AudioTableFactory, LateAnalysis, LocalFolder};
 use crate::catalog::{self, Catalog, TableRecord};
 use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
@@ -687,6 +687,25 @@ impl Engine {
 
     /// The AUDIO tables of the default schema, by name.
     pub async fn audio_tables(&self) -> Result<Vec<String>> {
+        Ok(self
+            .audio_tables_with(|_| Some(()))
+            .await?
+            .into_iter()
+            .map(|(name, ())| name)
+            .collect())
+    }
+
+    /// The AUDIO tables of the default schema whose location is a local folder, by name, with
+    /// that folder.
+    pub async fn local_audio_folders(&self) -> Result<Vec<(String, LocalFolder)>> {
+        self.audio_tables_with(AudioTable::local_folder).await
+    }
+
+    /// The AUDIO tables of the default schema for which `pick` gives something, sorted by name.
+    async fn audio_tables_with<T>(
+        &self,
+        pick: impl Fn(&AudioTable) -> Option<T>,
+    ) -> Result<Vec<(String, T)>> {
         let state = self.ctx.state();
         let defaults = &state.config_options().catalog;
         let Some(schema) = self
@@ -696,15 +715,19 @@ impl Engine {
         else {
             return Ok(Vec::new());
         };
-        let mut names = Vec::new();
+        let mut tables = Vec::new();
         for name in schema.table_names() {
             let table = schema.table(&name).await?;
-            if table.is_some_and(|t| t.downcast_ref::<AudioTable>().is_some()) {
-                names.push(name);
+            if let Some(picked) = table
+                .as_ref()
+                .and_then(|t| t.downcast_ref::<AudioTable>())
+                .and_then(&pick)
+            {
+                tables.push((name, picked));
             }
         }
-        names.sort();
-        Ok(names)
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(tables)
     }
 
     /// Merges the feature store's small parts and removes results of versions no longer in

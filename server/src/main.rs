@@ -123,8 +123,9 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_listen: Option<SocketAddr>,
 
-    /// Analyse new and changed files of every AUDIO table in the background, listing each
-    /// table again every --watch-interval.
+    /// Analyse new and changed files of every AUDIO table in the background, at a lower
+    /// priority than queries: each table is listed again every --watch-interval, and tables
+    /// over local folders are also analysed about a second after their files change.
     #[arg(long)]
     watch: bool,
 

@@ -1,6 +1,7 @@
 //! Background analysis in the server, through psql: `serve --watch` analyses a folder's new
-//! files without a query, `CALL analyze_table('t')` starts a job that `audiolake_progress`
-//! shows, and read-only users cannot start one.
+//! files without a query, through file-system notifications too; `CALL analyze_table('t')`
+//! starts a job that `audiolake_progress` shows, and read-only users cannot start one; jobs
+//! run on threads of lower priority than queries.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -128,4 +129,170 @@ fn a_job_started_over_the_protocol_shows_in_progress_and_read_only_users_cannot(
     // Nothing runs now: stopping is not an error.
     let stopped = server.psql(ALICE, &["-c", "CALL stop_analysis('music')"]);
     assert!(stopped.status.success(), "{}", stderr(&stopped));
+}
+
+#[test]
+fn a_watched_local_folder_gets_a_new_file_analysed_on_its_notification() {
+    if !have("psql") {
+        return;
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(folder.path()).unwrap();
+    let location = dir.to_str().unwrap();
+    // An hour between listings: only a notification can start the job that finds the file.
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &["--allow", location, "--watch", "--watch-interval", "3600"],
+    );
+    let created = server.psql(
+        ALICE,
+        &[
+            "-c",
+            &format!("CREATE EXTERNAL TABLE watched STORED AS AUDIO LOCATION '{location}/'"),
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    // Jobs of the table: how many, how many ended, and the files of the last one.
+    let jobs = "SELECT count(*), count(*) FILTER (WHERE finished), max(files_total) \
+                FROM audiolake_progress WHERE table_name = 'watched'";
+    // A table created while the server runs gets a job within seconds: the folder is empty.
+    wait_for(&server, jobs, |rows| rows == "1|1|0\n");
+
+    // Files the table does not list start nothing: another extension, a hidden file. Waiting
+    // past the watcher's quiet time (1 s) shows it.
+    std::fs::write(dir.join("notes.txt"), "not audio").unwrap();
+    std::fs::copy(
+        music().join("d_minor_140.ogg"),
+        dir.join(".d_minor_140.ogg"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stdout(&server.psql(ALICE, &["-c", jobs])), "1|1|0\n");
+
+    copy_song("c_major_90.flac", &dir);
+    let stored = format!(
+        "SELECT round(bpm), key, mode FROM features_rhythm JOIN features_tonal USING (path) \
+         WHERE path LIKE 'file://{location}/%'"
+    );
+    assert_eq!(
+        wait_for(&server, &stored, |rows| !rows.is_empty()),
+        "90|C|major\n"
+    );
+    assert_eq!(
+        wait_for(&server, jobs, |rows| rows.ends_with("|1\n")),
+        "2|2|1\n"
+    );
+    // The job read the file and wrote the store: neither is a change that starts a job.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stdout(&server.psql(ALICE, &["-c", jobs])), "2|2|1\n");
+}
+
+/// A thread of a process, from `/proc/PID/task/TID/stat`.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct Thread {
+    name: String,
+    nice: i64,
+    /// CPU time used, user and system, in clock ticks.
+    cpu: u64,
+}
+
+/// The threads of process `pid` now, by thread id.
+#[cfg(target_os = "linux")]
+fn threads(pid: u32) -> std::collections::HashMap<u32, Thread> {
+    let mut threads = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        // A thread that ended since the listing has no stat.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `tid (name) state ...`: the name may hold spaces and parentheses.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        // From the third field on: utime and stime are the 14th and 15th, nice the 19th.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields[i - 3].parse::<i64>().unwrap();
+        let tid = task.file_name().to_str().unwrap().parse().unwrap();
+        let cpu = u64::try_from(number(14) + number(15)).unwrap();
+        threads.insert(
+            tid,
+            Thread {
+                name,
+                nice: number(19),
+                cpu,
+            },
+        );
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn background_jobs_run_on_threads_of_lower_priority_than_queries() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(AUDIOLAKE, &[]);
+    let pid = server.pid();
+    let started = server.psql(ALICE, &["-c", "CALL analyze_table('music')"]);
+    assert!(started.status.success(), "{}", stderr(&started));
+    // Every thread seen while the job ran, as last seen (the job's blocking threads end ten
+    // seconds after their last task).
+    let mut seen = std::collections::HashMap::new();
+    let begun = Instant::now();
+    loop {
+        seen.extend(threads(pid));
+        let done = server.psql(
+            ALICE,
+            &[
+                "-c",
+                "SELECT count(*) FROM audiolake_progress WHERE finished",
+            ],
+        );
+        if stdout(&done) == "1\n" {
+            break;
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(120),
+            "the job did not end: {}",
+            stderr(&done)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    seen.extend(threads(pid));
+    let analysed = server.psql(
+        ALICE,
+        &[
+            "-c",
+            "SELECT count(*) FROM features_musicnn WHERE error IS NULL",
+        ],
+    );
+    assert_eq!(stdout(&analysed), "4\n");
+
+    // The main thread's nice value is the server's (0 unless it was started niced).
+    let server_nice = seen[&pid].nice;
+    let named = |name: &str| -> Vec<&Thread> { seen.values().filter(|t| t.name == name).collect() };
+    let background = named("audiolake-bg");
+    // Two workers, and the blocking threads that decoded and analysed the files.
+    assert!(background.len() > 2, "{seen:#?}");
+    for thread in &background {
+        assert!(
+            thread.nice > server_nice,
+            "{thread:?}, server at {server_nice}"
+        );
+    }
+    assert!(
+        background.iter().map(|t| t.cpu).sum::<u64>() > 0,
+        "{background:#?}"
+    );
+    // The server's runtime, which runs queries, keeps the server's priority, and so does the
+    // networks' worker, shared with queries, although the job was the first to use it.
+    for name in ["tokio-runtime-w", "musicnn-batcher"] {
+        let threads = named(name);
+        assert!(!threads.is_empty(), "no {name} thread: {seen:#?}");
+        for thread in threads {
+            assert_eq!(thread.nice, server_nice, "{thread:?}");
+        }
+    }
 }

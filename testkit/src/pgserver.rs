@@ -95,6 +95,11 @@ impl PgServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A libpq connection string for `user`.
     pub fn conninfo(&self, (user, password): (&str, &str), sslmode: &str) -> String {
         format!(

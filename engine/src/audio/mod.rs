@@ -10,4 +10,4 @@ pub(crate) mod source;
 mod table;
 
 pub use late::LateAnalysis;
-pub use table::{AudioTable, AudioTableFactory, DEFAULT_EXTENSIONS};
+pub use table::{AudioTable, AudioTableFactory, LocalFolder, DEFAULT_EXTENSIONS};

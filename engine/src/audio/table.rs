@@ -1,6 +1,7 @@
 //! `CREATE EXTERNAL TABLE ... STORED AS AUDIO`: the factory, the table and its listing.
 
 use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -184,6 +185,19 @@ impl AudioTable {
             .collect())
     }
 
+    /// The local folder the table lists, when its location is one (for watching it).
+    pub fn local_folder(&self) -> Option<LocalFolder> {
+        if self.url.scheme() != "file" {
+            return None;
+        }
+        let path = self.url.to_file_path().ok()?;
+        // Without a trailing slash the location may name a single file.
+        (self.url.path().ends_with('/') || path.is_dir()).then(|| LocalFolder {
+            path,
+            extensions: self.extensions.clone(),
+        })
+    }
+
     /// The store the table reads its files from.
     fn store(&self) -> Result<Arc<dyn ObjectStore>> {
         self.stores.table_store(&self.url, &self.s3)
@@ -199,18 +213,61 @@ impl AudioTable {
             .collect())
     }
 
-    /// Audio extension, and no hidden file or folder below the table's location.
     fn is_listed(&self, meta: &ObjectMeta, prefix_depth: usize) -> bool {
-        let hidden = meta
-            .location
-            .parts()
-            .skip(prefix_depth)
-            .any(|part| part.as_ref().starts_with('.'));
-        let audio = meta
-            .location
-            .extension()
-            .is_some_and(|ext| self.extensions.contains(&ext.to_lowercase()));
-        audio && !hidden
+        lists(&self.extensions, meta.location.parts().skip(prefix_depth))
+    }
+}
+
+/// Whether a table with `extensions` lists the file whose path below the table's location is
+/// `below`: an audio extension, and no hidden file or folder.
+fn lists<S: AsRef<str>>(extensions: &HashSet<String>, below: impl Iterator<Item = S>) -> bool {
+    let mut name = None;
+    for part in below {
+        if part.as_ref().starts_with('.') {
+            return false;
+        }
+        name = Some(part);
+    }
+    name.as_ref()
+        .and_then(|n| n.as_ref().rsplit_once('.'))
+        .is_some_and(|(_, ext)| extensions.contains(&ext.to_lowercase()))
+}
+
+/// The local folder of an AUDIO table, and which of the files below it the table lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFolder {
+    path: PathBuf,
+    extensions: HashSet<String>,
+}
+
+impl LocalFolder {
+    /// The folder, with its symlinks resolved (as the table's location is).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether `path` lies below the folder, with no hidden file or folder on the way.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.below(path).is_some_and(|parts| !parts.is_empty())
+    }
+
+    /// Whether the table lists `file`: below the folder, with one of the table's extensions,
+    /// and no hidden file or folder on the way.
+    pub fn lists(&self, file: &Path) -> bool {
+        self.below(file)
+            .is_some_and(|parts| lists(&self.extensions, parts.into_iter()))
+    }
+
+    /// The names on the way from the folder to `path`; none for a path elsewhere or hidden.
+    fn below<'a>(&self, path: &'a Path) -> Option<Vec<&'a str>> {
+        let mut parts = Vec::new();
+        for component in path.strip_prefix(&self.path).ok()?.components() {
+            match component {
+                Component::Normal(part) => parts.push(part.to_str()?),
+                _ => return None,
+            }
+        }
+        parts.iter().all(|p| !p.starts_with('.')).then_some(parts)
     }
 }
 
@@ -308,5 +365,41 @@ impl TableProvider for AudioTable {
             Arc::clone(&self.progress),
             Arc::clone(&self.features),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_folder_lists_the_files_its_table_reads() {
+        let folder = LocalFolder {
+            path: PathBuf::from("/music"),
+            extensions: ["mp3", "flac"].map(String::from).into(),
+        };
+        for (file, listed) in [
+            ("/music/a.mp3", true),
+            ("/music/jazz/B.FLAC", true),
+            ("/music/a.wav", false),
+            ("/music/a", false),
+            ("/music/.a.mp3", false),
+            ("/music/.partial/a.mp3", false),
+            ("/music/store/features/rhythm/part.parquet", false),
+            ("/musical/a.mp3", false),
+            ("/music/../etc/a.mp3", false),
+            ("/music", false),
+        ] {
+            assert_eq!(folder.lists(Path::new(file)), listed, "{file}");
+        }
+        for (path, contained) in [
+            ("/music/jazz", true),
+            ("/music/jazz/a.txt", true),
+            ("/music/.cache", false),
+            ("/music", false),
+            ("/musical", false),
+        ] {
+            assert_eq!(folder.contains(Path::new(path)), contained, "{path}");
+        }
     }
 }

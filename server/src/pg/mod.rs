@@ -3,8 +3,8 @@
 //! connection limits, idle timeouts and Prometheus metrics.
 //!
 //! This file is the accept loop; [`connection`] holds one connection's handlers, [`session`] its
-//! statements, [`running`] the lifecycle of one statement and [`background`] the analysis jobs
-//! that run without a client.
+//! statements, [`running`] the lifecycle of one statement, [`background`] the analysis jobs
+//! that run without a client and [`watch`] what starts them under `--watch`.
 
 mod activity;
 mod auth;
@@ -19,6 +19,7 @@ mod server;
 mod session;
 mod statements;
 mod tls;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,7 +53,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
-    /// Analyse every AUDIO table in the background at this interval (`--watch`).
+    /// Analyse every AUDIO table in the background at this interval, and local folders when
+    /// their files change (`--watch`).
     pub watch: Option<Duration>,
 }
 
@@ -100,9 +102,9 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
             "no authentication"
         }
     );
-    let background = Background::new(Arc::clone(&lake));
+    let background = Background::new(Arc::clone(&lake))?;
     if let Some(interval) = options.watch {
-        background.watch(interval);
+        watch::watch(&background, interval);
     }
     let server = Arc::new(Server {
         lake: Arc::clone(&lake),
