@@ -249,7 +249,7 @@ struct EngineArgs {
 
     /// The tagging networks run on at most N 3 s patches per track, spread evenly over it
     /// (0: every patch); a session may change it with SET audiolake.musicnn_max_patches.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = udf::features::musicnn::DEFAULT_MAX_PATCHES)]
     musicnn_max_patches: usize,
 
     /// File where CREATE SECRET keeps S3 credentials, outside the store (mode 0600; default

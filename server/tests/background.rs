@@ -171,8 +171,8 @@ fn a_watched_local_folder_gets_a_new_file_analysed_on_its_notification() {
 
     copy_song("c_major_90.flac", &dir);
     let stored = format!(
-        "SELECT round(bpm), key, mode FROM features_rhythm JOIN features_tonal USING (path) \
-         WHERE path LIKE 'file://{location}/%'"
+        "SELECT round(r.bpm)::int, t.key, t.mode FROM features_rhythm r \
+         JOIN features_tonal t ON r.path = t.path WHERE r.path LIKE 'file://{location}/%'"
     );
     assert_eq!(
         wait_for(&server, &stored, |rows| !rows.is_empty()),
@@ -288,7 +288,7 @@ fn background_jobs_run_on_threads_of_lower_priority_than_queries() {
     );
     // The server's runtime, which runs queries, keeps the server's priority, and so does the
     // networks' worker, shared with queries, although the job was the first to use it.
-    for name in ["tokio-runtime-w", "musicnn-batcher"] {
+    for name in ["tokio-rt-worker", "musicnn-batcher"] {
         let threads = named(name);
         assert!(!threads.is_empty(), "no {name} thread: {seen:#?}");
         for thread in threads {
