@@ -18,16 +18,13 @@
 //! 4 minutes of the first corpus file looped and encoded to a 192 kbit/s MP3 by ffmpeg.
 //! `AUDIOLAKE_PYTHON` picks the Python that has the peers installed.
 
-#[path = "common/peers.rs"]
-mod peers;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use audiolake_testkit_audio::corpus;
+use audiolake_testkit_audio::{corpus, peers};
 use audiolake_udf::features::{analyze_path, StageTimes, GROUPS};
 
 const BENCHMARK_FILE: &str = "h2_georgy_porgy.mp3";
