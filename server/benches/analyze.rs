@@ -76,7 +76,7 @@ fn main() {
     let runs: [(&str, Vec<&str>, Option<(f64, Option<f64>)>); 3] = [
         (
             "audiolake, DSP groups only",
-            vec![&dsp_groups],
+            vec![dsp_groups.as_str()],
             Some((DSP_PER_HOUR, Some(DSP_CPU_S))),
         ),
         (
@@ -256,7 +256,10 @@ fn deal(tracks: &[Track], n: usize) -> Vec<Vec<PathBuf>> {
 /// Runs `peer` on every share at once, one process each; true when all succeeded.
 fn per_core(shares: &[Vec<PathBuf>], peer: fn(&[PathBuf]) -> bool) -> bool {
     std::thread::scope(|s| {
-        let running: Vec<_> = shares.iter().map(|share| s.spawn(|| peer(share))).collect();
+        let running: Vec<_> = shares
+            .iter()
+            .map(|share| s.spawn(move || peer(share)))
+            .collect();
         let done: Vec<bool> = running
             .into_iter()
             .map(|r| r.join().unwrap_or(false))
