@@ -12,14 +12,12 @@
 //! CQT chroma against the Krumhansl-Schmuckler profiles). `--no-peers` leaves them out;
 //! `AUDIOLAKE_PYTHON` picks the Python that has them installed.
 
-#[path = "common/peers.rs"]
-mod peers;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use audiolake_testkit_audio::corpus::{self, Entry};
+use audiolake_testkit_audio::peers;
 use audiolake_udf::features::{analyze_path, GROUPS};
 
 /// Tempo and key figures over a set of files.

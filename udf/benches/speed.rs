@@ -18,16 +18,13 @@
 //! 4 minutes of the first corpus file looped and encoded to a 192 kbit/s MP3 by ffmpeg.
 //! `AUDIOLAKE_PYTHON` picks the Python that has the peers installed.
 
-#[path = "common/peers.rs"]
-mod peers;
-
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use audiolake_testkit_audio::corpus;
+use audiolake_testkit_audio::{corpus, peers};
 use audiolake_udf::features::{analyze_path, StageTimes, GROUPS};
 
 const BENCHMARK_FILE: &str = "h2_georgy_porgy.mp3";
@@ -121,23 +118,7 @@ fn dsp_groups() -> Vec<&'static str> {
 
 /// The breakdown of one analysis, indented under its total.
 fn print_stages(stages: &StageTimes) {
-    let mut rows = vec![
-        ("decode".to_owned(), stages.decode),
-        ("down-mix to mono".to_owned(), stages.downmix),
-    ];
-    for (rate, spent) in &stages.resample {
-        rows.push((format!("resample to {rate} Hz"), *spent));
-    }
-    for (rate, shape, spent) in &stages.stft {
-        rows.push((
-            format!("STFT {}/{} at {rate} Hz", shape.n_fft, shape.hop),
-            *spent,
-        ));
-    }
-    for (name, spent) in &stages.groups {
-        rows.push((format!("group {name}"), *spent));
-    }
-    for (label, spent) in rows {
+    for (label, spent) in stages.rows() {
         println!("  {label:<42} {:>8.3} s", spent.as_secs_f64());
     }
 }

@@ -32,6 +32,7 @@ pub fn find() -> Option<PathBuf> {
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub file: String,
+    pub duration_s: f64,
     pub bpm: f64,
     /// `(tonic pitch class, minor)`, or `None` for mode `none`.
     pub key: Option<(usize, bool)>,
@@ -107,6 +108,7 @@ pub fn load() -> Option<Vec<Entry>> {
                 _ => None,
             };
             Entry {
+                duration_s: r["duration_s"].parse().expect("a numeric duration_s"),
                 bpm: r["bpm"].parse().expect("a numeric bpm"),
                 key,
                 lufs: number(&r["file"], "lufs_integrated_ffmpeg"),

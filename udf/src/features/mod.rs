@@ -227,6 +227,30 @@ pub struct StageTimes {
     pub groups: Vec<(&'static str, Duration)>,
 }
 
+impl StageTimes {
+    /// Every stage in pipeline order, named for a reader (`resample to 22050 Hz`, `STFT
+    /// 1024/256 at 22050 Hz`, `group rhythm`), for the benches that print the breakdown.
+    pub fn rows(&self) -> Vec<(String, Duration)> {
+        let mut rows = vec![
+            ("decode".to_owned(), self.decode),
+            ("down-mix to mono".to_owned(), self.downmix),
+        ];
+        for (rate, spent) in &self.resample {
+            rows.push((format!("resample to {rate} Hz"), *spent));
+        }
+        for (rate, shape, spent) in &self.stft {
+            rows.push((
+                format!("STFT {}/{} at {rate} Hz", shape.n_fft, shape.hop),
+                *spent,
+            ));
+        }
+        for (name, spent) in &self.groups {
+            rows.push((format!("group {name}"), *spent));
+        }
+        rows
+    }
+}
+
 impl AnalysisOutput {
     pub fn group(&self, name: &str) -> Option<&GroupResult> {
         self.groups.iter().find(|g| g.name == name)

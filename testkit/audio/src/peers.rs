@@ -1,4 +1,4 @@
-//! Running the Python peers in `benches/peers/` (essentia, librosa) and reading their JSON
+//! Running the Python peers in `udf/benches/peers/` (essentia, librosa) and reading their JSON
 //! lines. A peer that is not installed is reported with how to install it, never fatal.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,9 @@ fn python() -> PathBuf {
 }
 
 fn script(peer: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("benches/peers/{peer}_peer.py"))
+    // This crate is `testkit/audio` in the workspace.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace.join(format!("udf/benches/peers/{peer}_peer.py"))
 }
 
 fn install_hint(peer: &str) {
@@ -29,6 +31,19 @@ fn install_hint(peer: &str) {
     );
 }
 
+/// Gives the numeric libraries of a Python peer one thread each, so that one process uses one
+/// core.
+pub fn one_thread(command: &mut Command) {
+    for var in [
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+    ] {
+        command.env(var, "1");
+    }
+}
+
 /// Runs `peer` (`essentia` or `librosa`) in `mode` on `files` and returns its JSON lines, or
 /// `None` after printing why there are none.
 pub fn run(peer: &str, mode: &str, files: &[PathBuf]) -> Option<Vec<Value>> {
@@ -37,13 +52,9 @@ pub fn run(peer: &str, mode: &str, files: &[PathBuf]) -> Option<Vec<Value>> {
         .arg(script(peer))
         .arg(mode)
         .args(files)
-        // One thread each for the numeric libraries, so that a peer uses one core as we do.
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
-        .env("NUMBA_NUM_THREADS", "1")
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
+    one_thread(&mut command);
     let output = match command.output() {
         Ok(output) => output,
         Err(e) => {
