@@ -286,8 +286,24 @@ fn background_jobs_run_on_threads_of_lower_priority_than_queries() {
         background.iter().map(|t| t.cpu).sum::<u64>() > 0,
         "{background:#?}"
     );
-    // The server's runtime, which runs queries, keeps the server's priority, and so does the
-    // networks' worker, shared with queries, although the job was the first to use it.
+    // The job ran the networks on a pool of its own, at its priority, and not through the
+    // batchers that queries share.
+    let cpu = |threads: &[&Thread]| threads.iter().map(|t| t.cpu).sum::<u64>();
+    let networks = named("audiolake-bg-nn");
+    assert!(!networks.is_empty(), "no audiolake-bg-nn thread: {seen:#?}");
+    for thread in &networks {
+        assert!(
+            thread.nice > server_nice,
+            "{thread:?}, server at {server_nice}"
+        );
+    }
+    let shared = named("musicnn-batcher");
+    assert!(
+        cpu(&networks) > 10 * cpu(&shared),
+        "networks {networks:#?}, shared batchers {shared:#?}"
+    );
+    // The server's runtime, which runs queries, keeps the server's priority, and so do the
+    // batchers' workers, although the job was the first to need the networks.
     for name in ["tokio-rt-worker", "musicnn-batcher"] {
         let threads = named(name);
         assert!(!threads.is_empty(), "no {name} thread: {seen:#?}");

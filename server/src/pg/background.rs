@@ -2,7 +2,8 @@
 //! analyze_table('t')` from a read-write client or by `serve --watch` ([`super::watch`]).
 //! Jobs run on a tokio runtime of their own whose threads, the blocking ones that decode and
 //! analyse included, have the lowest scheduling priority: queries, on the server's runtime,
-//! come first. Jobs show in `audiolake_progress`; a stopped job is recorded there as stopped.
+//! come first. So do the threads on which jobs run the musicnn networks, a pool of their own
+//! beside the shared batchers that queries use. Jobs show in `audiolake_progress`; a stopped job is recorded there as stopped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
@@ -17,6 +18,8 @@ use tokio::task::AbortHandle;
 
 /// The name of the background runtime's threads (in `top -H`, `ps -L` and `/proc`).
 const THREAD_NAME: &str = "audiolake-bg";
+/// The name of the threads on which jobs run the networks.
+const NETWORK_THREAD_NAME: &str = "audiolake-bg-nn";
 
 pub struct Background {
     lake: Arc<AudioLake>,
@@ -39,12 +42,21 @@ struct Job {
 impl Background {
     /// Starts the background runtime; called from the server's runtime.
     pub fn new(lake: Arc<AudioLake>) -> Result<Arc<Self>> {
+        let networks_pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|_| NETWORK_THREAD_NAME.to_owned())
+            .start_handler(|_| lower_priority())
+            .build()
+            .context("cannot start the threads of background analysis")?;
+        let networks_pool = Arc::new(networks_pool);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             // The jobs' async part (listing, store reads and writes) is light: decoding and
             // analysis run on the runtime's blocking threads, one per partition in flight.
             .worker_threads(2)
             .thread_name(THREAD_NAME)
-            .on_thread_start(lower_priority)
+            .on_thread_start(move || {
+                lower_priority();
+                audiolake::udf::features::musicnn::run_networks_on(Arc::clone(&networks_pool));
+            })
             .enable_all()
             .build()
             .context("cannot start the threads of background analysis")?;
@@ -165,9 +177,9 @@ async fn analyze(lake: &AudioLake, table: &str) {
 }
 
 /// Loads the shared musicnn networks from a thread of the server's runtime, unless a query did
-/// already. Their worker thread, shared by queries and jobs, starts then, and a thread starts
-/// with the priority of the thread that starts it: started by a job, it would run every
-/// query's networks at the job's low priority.
+/// already. Their batchers' worker threads, which run queries' passes, start then, and a thread
+/// starts with the priority of the thread that starts it: started by a job, they would run
+/// every query's networks at the job's low priority.
 async fn load_networks(queries: &Handle, networks: &OnceCell<()>) {
     networks
         .get_or_init(|| async {

@@ -1,9 +1,11 @@
 //! The `musicnn` group: tags, genre, mood, instruments and an embedding from the pretrained
 //! musicnn networks (MagnaTagATune and Million Song Dataset models), fed by the shared 16 kHz
 //! STFT. One network of each kind is shared by every thread through a batcher, so the patches of
-//! files analysed at once share forward passes while other files decode.
+//! files analysed at once share forward passes while other files decode. Threads of background
+//! work may run the networks on a pool of their own instead ([`run_networks_on`]).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::{Arc, RwLock};
 
 use arrow_schema::{DataType, Field, Fields};
@@ -87,6 +89,19 @@ struct Networks {
 }
 
 static NETWORKS: RwLock<Option<Arc<Networks>>> = RwLock::new(None);
+
+thread_local! {
+    /// The pool this thread's tracks run the networks on, outside the shared batchers.
+    static OWN_POOL: RefCell<Option<Arc<rayon::ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// From now on, tracks analysed on the calling thread run the networks on `pool`, each track
+/// in passes of its own, instead of through the shared batchers: their worker threads run at
+/// the priority of whoever started them, so background work at a lower priority gives its
+/// thread a pool whose threads have that priority too.
+pub fn run_networks_on(pool: Arc<rayon::ThreadPool>) {
+    OWN_POOL.with(|own| *own.borrow_mut() = Some(pool));
+}
 
 /// Loads the bundled networks on `device` (`cpu`, `cuda`, `cuda:N`) with `batch_size` patches per
 /// forward pass, for every analysis from now on.
@@ -329,7 +344,13 @@ impl Extractor for MusicnnGroup {
             false => Cow::Owned(self.sampled(patch_frames)),
         };
         let patches = (frames.len() / patch_frames).max(1);
-        let run = |b: &Batcher| -> Option<TrackTags> { b.analyze(&frames).ok() };
+        let own_pool = OWN_POOL.with(|own| own.borrow().clone());
+        let run = |b: &Batcher| -> Option<TrackTags> {
+            match &own_pool {
+                Some(pool) => pool.install(|| b.model().analyze(&frames)).ok(),
+                None => b.analyze(&frames).ok(),
+            }
+        };
         let (Some(mtt), Some(msd)) = (run(&networks.mtt), run(&networks.msd)) else {
             return nulls();
         };
