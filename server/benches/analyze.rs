@@ -241,7 +241,7 @@ fn audiolake(folder: &Path, store: &Path, flags: &[&str], count: usize) -> bool 
 fn deal(tracks: &[Track], n: usize) -> Vec<Vec<PathBuf>> {
     let mut order: Vec<&Track> = tracks.iter().collect();
     order.sort_by(|a, b| b.duration_s.total_cmp(&a.duration_s));
-    let mut shares = vec![(0.0, Vec::new()); n.min(tracks.len())];
+    let mut shares = vec![(0.0_f64, Vec::new()); n.min(tracks.len())];
     for track in order {
         let least = shares
             .iter_mut()
