@@ -36,6 +36,9 @@ const DSP_PER_HOUR: f64 = 10_000.0;
 const DSP_CPU_S: f64 = 0.5;
 const ALL_PER_HOUR: f64 = 2_000.0;
 
+/// A goal: tracks per hour, and CPU seconds per track if any.
+type Goal = (f64, Option<f64>);
+
 /// One file of the folder.
 struct Track {
     path: PathBuf,
@@ -72,8 +75,8 @@ fn main() {
 
     let dsp: Vec<&str> = GROUPS.iter().copied().filter(|&g| g != "musicnn").collect();
     let dsp_groups = format!("--groups={}", dsp.join(","));
-    // Label, flags, and the goal: tracks per hour and CPU seconds per track.
-    let runs: [(&str, Vec<&str>, Option<(f64, Option<f64>)>); 3] = [
+    // Label, flags, and the goal.
+    let runs: [(&str, Vec<&str>, Option<Goal>); 3] = [
         (
             "audiolake, DSP groups only",
             vec![dsp_groups.as_str()],
