@@ -10,9 +10,6 @@ use crate::logmel::N_MELS;
 use crate::musicnn::{Musicnn, Output, TrackTags};
 use crate::{Error, Result};
 
-/// Default number of patches per forward pass.
-pub const DEFAULT_BATCH_SIZE: usize = 64;
-
 struct Job {
     patches: Vec<f32>,
     len: usize,

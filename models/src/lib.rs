@@ -15,11 +15,12 @@ mod musicnn;
 mod temporal;
 mod timbral;
 
-pub use batcher::{Batcher, DEFAULT_BATCH_SIZE};
+pub use batcher::Batcher;
 pub use candle_core::Device;
 pub use logmel::N_MELS;
 pub use musicnn::{
-    sample_patches, Kind, Musicnn, Output, Patches, TrackTags, EMBEDDING_DIM, N_TAGS,
+    sample_patches, Kind, Musicnn, Output, Patches, TrackTags, DEFAULT_BATCH_SIZE, EMBEDDING_DIM,
+    N_TAGS,
 };
 
 use std::path::PathBuf;

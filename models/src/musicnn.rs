@@ -15,6 +15,9 @@ use crate::temporal::TemporalKernels;
 use crate::timbral::TimbralKernels;
 use crate::{Error, Result};
 
+/// Default number of patches per forward pass, and the most [`Musicnn::analyze`] runs at once.
+pub const DEFAULT_BATCH_SIZE: usize = 64;
+
 /// Number of tags (sigmoid outputs) of a musicnn network.
 pub const N_TAGS: usize = 50;
 /// Size of the penultimate layer, used as the track embedding.
@@ -289,10 +292,21 @@ impl Musicnn {
         })
     }
 
-    /// Tags and embedding of one track from its log-mel frames.
+    /// Tags and embedding of one track from its log-mel frames, in passes of at most
+    /// [`DEFAULT_BATCH_SIZE`] patches: a pass's activations grow with its patches, and a track's
+    /// length is the file's to choose.
     pub fn analyze(&self, frames: &[[f32; N_MELS]]) -> Result<TrackTags> {
         let patches = self.patches(frames);
-        let out = self.forward(patches.data())?;
+        let mut out = Output {
+            taggram: Vec::with_capacity(patches.len()),
+            penultimate: Vec::with_capacity(patches.len()),
+        };
+        let per_pass = DEFAULT_BATCH_SIZE * self.patch_frames * N_MELS;
+        for pass in patches.data().chunks(per_pass) {
+            let part = self.forward(pass)?;
+            out.taggram.extend(part.taggram);
+            out.penultimate.extend(part.penultimate);
+        }
         Ok(TrackTags::from_output(&out, patches.padded()))
     }
 }

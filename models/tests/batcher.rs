@@ -1,8 +1,9 @@
-//! The batcher gives each track what a pass over that track alone gives.
+//! The batcher gives each track what a pass over that track alone gives, and a long track
+//! analysed alone, in bounded passes, what one pass over all its patches gives.
 
 use std::sync::Arc;
 
-use audiolake_models::{Batcher, Device, Kind, Musicnn, TrackTags, N_MELS};
+use audiolake_models::{Batcher, Device, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS};
 
 /// A deterministic test signal: a few partials whose pitch depends on `seed`, plus clicks.
 fn signal(seed: usize, seconds: f32) -> Vec<f32> {
@@ -69,4 +70,19 @@ fn batched_results_equal_single_track_results() {
     // Sequential calls through the same batcher too.
     assert_close(&batcher.analyze(&tracks[3]).unwrap(), &single[3]);
     assert_eq!(batcher.model().labels()[0], "rock");
+}
+
+#[test]
+fn a_track_longer_than_one_pass_is_analysed_in_bounded_passes_with_the_same_result() {
+    let model = Musicnn::load_bundled(Kind::Mtt, &Device::Cpu).unwrap();
+    let patches = DEFAULT_BATCH_SIZE + 3;
+    // Log-mel-like values that differ from patch to patch.
+    let frames: Vec<[f32; N_MELS]> = (0..patches * model.patch_frames())
+        .map(|t| std::array::from_fn(|m| ((t * 7 + m * 3) % 23) as f32 * 0.1))
+        .collect();
+    let passes = model.analyze(&frames).unwrap();
+    assert_eq!((passes.patches, passes.padded), (patches, false));
+    let whole = model.patches(&frames);
+    let one_pass = TrackTags::from_output(&model.forward(whole.data()).unwrap(), false);
+    assert_close(&passes, &one_pass);
 }

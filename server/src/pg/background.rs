@@ -3,7 +3,8 @@
 //! Jobs run on a tokio runtime of their own whose threads, the blocking ones that decode and
 //! analyse included, have the lowest scheduling priority: queries, on the server's runtime,
 //! come first. So do the threads on which jobs run the musicnn networks, a pool of their own
-//! beside the shared batchers that queries use. Jobs show in `audiolake_progress`; a stopped job is recorded there as stopped.
+//! beside the shared batchers that queries use. Jobs show in `audiolake_progress`; a stopped
+//! job is recorded there as stopped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
