@@ -30,6 +30,9 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const UNDEFINED_FUNCTION: &str = "42883";
 pub const UNDEFINED_TABLE: &str = "42P01";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
+pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
+pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
 
 /// Gives an error of DataFusion or the engine (which pgwire would report as XX000, internal
 /// error) the SQLSTATE PostgreSQL would use.
@@ -101,7 +104,39 @@ fn datafusion_code(e: &DataFusionError) -> &'static str {
             Some(e) => engine_code(e),
             None => "XX000",
         },
-        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => "58030",
+        // The engine's guarded stores refuse a path outside the allowed locations with
+        // PermissionDenied, during execution as at planning.
+        DataFusionError::ObjectStore(e) => match e.as_ref() {
+            datafusion::object_store::Error::PermissionDenied { .. }
+            | datafusion::object_store::Error::Unauthenticated { .. } => INSUFFICIENT_PRIVILEGE,
+            datafusion::object_store::Error::NotFound { .. } => "58P01",
+            _ => "58030",
+        },
+        DataFusionError::IoError(_) => "58030",
         _ => "XX000",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::object_store::Error as StoreError;
+
+    #[test]
+    fn store_errors_take_their_kind_s_sqlstate() {
+        let refused = || {
+            DataFusionError::ObjectStore(Box::new(StoreError::PermissionDenied {
+                path: "file:///etc/passwd".into(),
+                source: "outside the allowed locations".into(),
+            }))
+        };
+        assert_eq!(datafusion_code(&refused()), INSUFFICIENT_PRIVILEGE);
+        let in_context = DataFusionError::Context("reading".into(), Box::new(refused()));
+        assert_eq!(datafusion_code(&in_context), INSUFFICIENT_PRIVILEGE);
+        let missing = DataFusionError::ObjectStore(Box::new(StoreError::NotFound {
+            path: "a.csv".into(),
+            source: "gone".into(),
+        }));
+        assert_eq!(datafusion_code(&missing), "58P01");
     }
 }
