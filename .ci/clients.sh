@@ -31,6 +31,13 @@ then
     'psycopg[binary]>=3.1' 'psycopg2-binary>=2.9' 'sqlalchemy>=2' 'pandas>=2'
 fi
 
+# psql 16 (for `\bind`; Debian bookworm's psql is 15), from PyPI's pgserver, which bundles
+# PostgreSQL 16's binaries.
+if ! python3 -c "import pgserver" >/dev/null 2>&1; then
+  echo "clients.sh: pip install pgserver"
+  python3 -m pip install --quiet --disable-pip-version-check 'pgserver==0.1.4'
+fi
+
 # node-postgres, into server/tests/clients/node_modules (gitignored) from its package.json.
 if [ ! -f server/tests/clients/node_modules/pg/package.json ]; then
   echo "clients.sh: npm install pg into server/tests/clients"

@@ -114,6 +114,11 @@ struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     idle_timeout: u64,
 
+    /// Close connections that have not logged in this long after connecting, so that silent
+    /// clients cannot hold the --max-connections slots.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    authentication_timeout: u64,
+
     /// Memory that query execution may use at once, across all connections, e.g. 4GiB or
     /// 512MiB; a query that needs more fails, the others go on.
     #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
@@ -396,6 +401,7 @@ async fn run_serve(args: ServeArgs) -> Result<()> {
             tls,
             max_connections: args.max_connections as usize,
             idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+            authentication_timeout: Duration::from_secs(args.authentication_timeout),
             metrics_listen: args.metrics_listen,
             watch: args.watch.then(|| Duration::from_secs(args.watch_interval)),
         },

@@ -169,7 +169,7 @@ fn psycopg2() {
 
 #[test]
 fn sqlalchemy_pandas() {
-    if !have_python(&["psycopg2", "sqlalchemy", "pandas"]) {
+    if !have_python(&["psycopg2", "psycopg", "sqlalchemy", "pandas"]) {
         return;
     }
     let server = PgServer::start(AUDIOLAKE, &[]);

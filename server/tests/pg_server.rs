@@ -87,6 +87,47 @@ fn passwords_are_checked_with_scram() {
     }
 }
 
+/// psql 16, which has `\\bind` (Debian bookworm's psql is 15): the one PyPI's `pgserver`
+/// bundles, which `.ci/run` installs.
+fn psql16() -> Option<String> {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import os, pgserver; print(os.path.join(os.path.dirname(pgserver.__file__), 'pginstall', 'bin', 'psql'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if found.is_none() {
+        eprintln!("skipped: psql 16 (python3 -m pip install pgserver) is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+#[test]
+fn psql16_bind_uses_the_extended_protocol() {
+    let Some(psql) = psql16() else {
+        return;
+    };
+    let server = PgServer::start(AUDIOLAKE, &[]);
+    let script = "SELECT file_name FROM music WHERE sample_rate = $1 ORDER BY file_name \\bind 44100 \\g\n\
+                  SELECT file_name FROM music ORDER BY file_name LIMIT $1 OFFSET $2 \\bind 1 2 \\g\n\
+                  SELECT $1::int + 1 AS n, $2 AS n \\bind 41 text \\g\n\
+                  SELECT * FROM no_such_table WHERE x = $1 \\bind 1 \\g\n\
+                  SELECT count(*) FROM music \\bind \\g\n";
+    let out = server.psql_script_with(&psql, ALICE, script, &[]);
+    assert_eq!(
+        stdout(&out),
+        "a_minor_120.mp3\nd_minor_140.ogg\nc_major_90.flac\n42|text\n5\n",
+        "{}",
+        stderr(&out)
+    );
+    let errors = stderr(&out);
+    assert_eq!(errors.matches("ERROR:").count(), 1, "{errors}");
+    assert!(errors.contains("no_such_table"), "{errors}");
+}
+
 #[test]
 fn psql_meta_commands_and_copy() {
     if !have("psql") {
@@ -112,7 +153,25 @@ fn psql_meta_commands_and_copy() {
         assert!(columns.contains(line), "no {line} in {columns}");
     }
     let databases = server.psql(ALICE, &["-c", "\\l"]);
-    assert!(databases.status.success(), "{}", stderr(&databases));
+    assert!(
+        stdout(&databases).contains("audiolake|"),
+        "{}{}",
+        stdout(&databases),
+        stderr(&databases)
+    );
+    let functions = server.psql(ALICE, &["-c", "\\df"]);
+    assert!(functions.status.success(), "{}", stderr(&functions));
+    let repeated = server.psql_script(
+        ALICE,
+        "\\pset tuples_only off\nSELECT 1 AS a, 2 AS a, current_database();\n",
+        &[],
+    );
+    assert_eq!(
+        stdout(&repeated),
+        "a|a|current_database\n1|2|audiolake\n(1 row)\n",
+        "{}",
+        stderr(&repeated)
+    );
     let schemas = server.psql(ALICE, &["-c", "\\dn"]);
     assert!(stdout(&schemas).contains("public|"), "{}", stdout(&schemas));
 
@@ -321,6 +380,45 @@ impl OpenPsql {
         self.child.wait().unwrap();
         err
     }
+}
+
+#[test]
+fn a_silent_connection_gives_its_slot_back() {
+    if !have("psql") {
+        return;
+    }
+    let server = PgServer::start(
+        AUDIOLAKE,
+        &["--max-connections", "1", "--authentication-timeout", "1"],
+    );
+    // A client that connects and never logs in holds the only slot...
+    let mut silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = server.psql(ALICE, &["-c", "SELECT 1"]);
+    assert!(
+        stderr(&refused).contains("sorry, too many clients already"),
+        "{}",
+        stderr(&refused)
+    );
+    // ...until the authentication timeout closes it.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        silent.read(&mut buf).unwrap(),
+        0,
+        "the server did not close it"
+    );
+    let ok = server.psql(ALICE, &["-c", "SELECT 2"]);
+    assert_eq!(stdout(&ok).trim(), "2", "{}", stderr(&ok));
+    // A logged-in connection outlives the timeout.
+    let mut open = OpenPsql::connect(&server);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        open.query("SELECT 'still here';").as_deref(),
+        Some("still here")
+    );
 }
 
 #[test]

@@ -120,7 +120,18 @@ impl PgServer {
 
     /// psql on `script` given on standard input, as psql runs files.
     pub fn psql_script(&self, user: (&str, &str), script: &str, extra: &[&str]) -> Output {
-        let mut child = Command::new("psql")
+        self.psql_script_with("psql", user, script, extra)
+    }
+
+    /// [`Self::psql_script`] with the psql binary at `program`.
+    pub fn psql_script_with(
+        &self,
+        program: &str,
+        user: (&str, &str),
+        script: &str,
+        extra: &[&str],
+    ) -> Output {
+        let mut child = Command::new(program)
             .arg(self.conninfo(user, "disable"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=0"])
             .args(extra)

@@ -1,6 +1,7 @@
-//! Whether a connection is idle: `--idle-timeout` closes it only when no statement runs.
+//! Whether a connection is idle, and whether it has authenticated: `--idle-timeout` closes it
+//! only when no statement runs, `--authentication-timeout` when it has not logged in by then.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use parking_lot::Mutex;
 pub struct Activity {
     running: AtomicUsize,
     last: Mutex<Instant>,
+    authenticated: AtomicBool,
 }
 
 impl Activity {
@@ -18,12 +20,27 @@ impl Activity {
         Self {
             running: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
+            authenticated: AtomicBool::new(false),
         }
     }
 
     pub(super) fn begin(self: &Arc<Self>) -> Busy {
         self.running.fetch_add(1, Ordering::SeqCst);
         Busy(Arc::clone(self))
+    }
+
+    /// The client has logged in and may send statements.
+    pub(super) fn authenticated(&self) {
+        self.authenticated.store(true, Ordering::SeqCst);
+    }
+
+    /// Returns `timeout` after the connection began if the client has not logged in by then
+    /// (and never returns otherwise), so that a silent client does not keep a connection slot.
+    pub(super) async fn unauthenticated_after(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.authenticated.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Returns once the connection has run nothing for `timeout`.

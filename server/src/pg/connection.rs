@@ -1,10 +1,11 @@
 //! The handlers of one connection: startup (connection limit, TLS required, SCRAM or no
-//! authentication), the session's statements, cancel requests and error logging.
+//! authentication, the database's name), the session's statements, cancel requests and error logging.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::ScramAuth;
 use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
@@ -13,7 +14,8 @@ use datafusion_postgres::pgwire::api::auth::{
 };
 use datafusion_postgres::pgwire::api::cancel::CancelHandler;
 use datafusion_postgres::pgwire::api::{
-    ClientInfo, ConnectionManager, ErrorHandler, PgWireServerHandlers,
+    ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
+    METADATA_DATABASE, METADATA_USER,
 };
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::messages::cancel::CancelRequest;
@@ -21,6 +23,7 @@ use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontend
 use futures::Sink;
 
 use super::activity::Activity;
+use super::compat;
 use super::errors;
 use super::server::Server;
 use super::session::Session;
@@ -44,14 +47,17 @@ impl Connection {
             ),
             None => Auth::None(NoAuth(Arc::clone(&server.connections))),
         };
+        let session = Arc::new(Session::new(Arc::clone(&server), Arc::clone(&activity)));
         Self {
             startup: Arc::new(Startup {
                 refuse: refused.then_some(server.max_connections),
                 require_tls: server.tls,
                 auth,
+                ctx: session.context(),
+                activity: Arc::clone(&activity),
             }),
-            cancel: Arc::new(Cancel(Arc::clone(&server))),
-            session: Arc::new(Session::new(server, Arc::clone(&activity))),
+            cancel: Arc::new(Cancel(server)),
+            session,
             activity,
         }
     }
@@ -115,11 +121,14 @@ impl NoopStartupHandler for NoAuth {
 }
 
 /// Authentication, after refusing connections past `--max-connections` (with PostgreSQL's
-/// error) and, when the server has TLS, connections without it.
+/// error) and, when the server has TLS, connections without it; then the session takes the
+/// name of the database the client asked for.
 struct Startup {
     refuse: Option<usize>,
     require_tls: bool,
     auth: Auth,
+    ctx: Arc<SessionContext>,
+    activity: Arc<Activity>,
 }
 
 #[async_trait]
@@ -150,9 +159,24 @@ impl StartupHandler for Startup {
                 ));
             }
         }
+        let startup = matches!(message, PgWireFrontendMessage::Startup(_));
         match &self.auth {
-            Auth::Scram(handler) => handler.on_startup(client, message).await,
-            Auth::None(handler) => handler.on_startup(client, message).await,
+            Auth::Scram(handler) => handler.on_startup(client, message).await?,
+            Auth::None(handler) => handler.on_startup(client, message).await?,
         }
+        if startup {
+            // The handler has saved the startup parameters; PostgreSQL's default database is
+            // the user's name.
+            let metadata = client.metadata();
+            let database = metadata
+                .get(METADATA_DATABASE)
+                .or_else(|| metadata.get(METADATA_USER))
+                .map_or("", String::as_str);
+            compat::connect_database(&self.ctx, database);
+        }
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            self.activity.authenticated();
+        }
+        Ok(())
     }
 }

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
+    /// How long a connection may take to log in (PostgreSQL's `authentication_timeout`).
+    pub authentication_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
     /// Analyse every AUDIO table in the background at this interval, and local folders when
     /// their files change (`--watch`).
@@ -138,6 +140,7 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
         let server = Arc::clone(&server);
         let tls = tls.clone();
         let idle_timeout = options.idle_timeout;
+        let authentication_timeout = options.authentication_timeout;
         tokio::spawn(async move {
             let refused = permit.is_none();
             if refused {
@@ -148,15 +151,28 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
             let connection = Connection::new(Arc::clone(&server), refused);
             let activity = Arc::clone(&connection.activity);
             let work = process_socket(socket, tls, connection);
-            let result = match idle_timeout {
-                Some(timeout) => tokio::select! {
-                    result = work => result,
-                    () = activity.idle_for(timeout) => {
-                        log::info!("closed the connection from {peer}: idle for {timeout:?}");
-                        Ok(())
+            let idle = async {
+                match idle_timeout {
+                    Some(timeout) => {
+                        activity.idle_for(timeout).await;
+                        timeout
                     }
-                },
-                None => work.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                result = work => result,
+                () = activity.unauthenticated_after(authentication_timeout) => {
+                    log::info!(
+                        "closed the connection from {peer}: not logged in within \
+                         {authentication_timeout:?}"
+                    );
+                    Ok(())
+                }
+                timeout = idle => {
+                    log::info!("closed the connection from {peer}: idle for {timeout:?}");
+                    Ok(())
+                }
             };
             if let Err(e) = result {
                 log::info!("connection from {peer} ended: {e}");

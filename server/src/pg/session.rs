@@ -1,7 +1,7 @@
 //! The statements of one connection: datafusion-postgres's session service on a DataFusion
 //! session of the connection's own, with what audiolake adds around it: statements that must
-//! pass the engine, read-only users, `COPY ... TO STDOUT`, cancellation and `statement_timeout`
-//! over the whole execution (rows included), SQLSTATEs, and metrics.
+//! pass the engine, read-only users, `COPY ... TO STDOUT`, savepoints, cancellation and
+//! `statement_timeout` over the whole execution (rows included), SQLSTATEs, and metrics.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -22,21 +22,28 @@ use datafusion_postgres::pgwire::api::portal::{Format, Portal};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use datafusion_postgres::pgwire::api::results::{DescribePortalResponse, FieldInfo, Response, Tag};
 use datafusion_postgres::pgwire::api::stmt::QueryParser;
-use datafusion_postgres::pgwire::api::store::PortalStore;
-use datafusion_postgres::pgwire::api::{ClientInfo, ClientPortalStore, Type, METADATA_USER};
+use datafusion_postgres::pgwire::api::store::{Entry, PortalStore};
+use datafusion_postgres::pgwire::api::{
+    ClientInfo, ClientPortalStore, Type, DEFAULT_NAME, METADATA_USER,
+};
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::extendedquery::Execute;
+use datafusion_postgres::pgwire::messages::response::TransactionStatus;
+use datafusion_postgres::pgwire::messages::simplequery::Query;
 use datafusion_postgres::pgwire::messages::PgWireBackendMessage;
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use datafusion_postgres::DfSessionService;
 use futures::Sink;
+use parking_lot::Mutex;
 
 use super::activity::Activity;
 use super::auth::Role;
+use super::compat;
 use super::copy_out;
 use super::errors::{self, error, with_sqlstate};
 use super::running::Running;
 use super::server::Server;
-use super::statements::{classify, Call, CallError, Classified, Route};
+use super::statements::{classify, Call, CallError, Classified, Route, Savepoint};
 
 /// datafusion-postgres keeps `SET statement_timeout` in the client's metadata under this key.
 const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
@@ -52,6 +59,8 @@ pub struct Session {
     /// This connection's cancel signal, registered with the server at the first statement
     /// (the backend key is known only after authentication).
     cancel: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// The savepoints of the open transaction block, oldest first.
+    savepoints: Mutex<Vec<String>>,
 }
 
 impl Session {
@@ -69,11 +78,21 @@ impl Session {
             parser,
             activity,
             cancel: std::sync::OnceLock::new(),
+            savepoints: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The connection's own DataFusion session.
+    pub fn context(&self) -> Arc<SessionContext> {
+        Arc::clone(&self.ctx)
     }
 
     /// Starts the bookkeeping of one statement (or one simple-query batch).
     async fn begin<C: ClientInfo + ?Sized>(&self, client: &C) -> Running {
+        if client.transaction_status() == TransactionStatus::Idle {
+            // The last transaction block ended with its savepoints.
+            self.savepoints.lock().clear();
+        }
         // pgwire listens for cancels only while the handler runs, not while rows are sent;
         // this signal covers both (see `Server::cancel`).
         let cancel = self
@@ -183,6 +202,81 @@ impl Session {
         Ok(Response::Execution(Tag::new("CALL")))
     }
 
+    /// Savepoints are names in the open transaction block, as in PostgreSQL; like `ROLLBACK`
+    /// (see docs/server.md), rolling back to one undoes nothing, since statements here take
+    /// effect at once.
+    /// `status` is the transaction's, as the statements before this one left it.
+    fn run_savepoint(
+        &self,
+        status: TransactionStatus,
+        savepoint: Savepoint,
+    ) -> PgWireResult<Response> {
+        let (command, tag) = match &savepoint {
+            Savepoint::Create(_) => ("SAVEPOINT", "SAVEPOINT"),
+            Savepoint::Release(_) => ("RELEASE SAVEPOINT", "RELEASE"),
+            Savepoint::RollbackTo(_) => ("ROLLBACK TO SAVEPOINT", "ROLLBACK"),
+        };
+        match status {
+            TransactionStatus::Idle => {
+                return Err(error(
+                    errors::NO_ACTIVE_SQL_TRANSACTION,
+                    format!("{command} can only be used in transaction blocks"),
+                ))
+            }
+            // `ROLLBACK TO SAVEPOINT` arrives here in a block that was resumed for it (see
+            // `resume_for_rollback_to`).
+            TransactionStatus::Error => {
+                return Err(error(
+                    errors::IN_FAILED_SQL_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction \
+                     block",
+                ))
+            }
+            TransactionStatus::Transaction => {}
+        }
+        let mut names = self.savepoints.lock();
+        let position = |name: &str| {
+            names.iter().rposition(|n| n == name).ok_or_else(|| {
+                error(
+                    errors::INVALID_SAVEPOINT_SPECIFICATION,
+                    format!("savepoint \"{name}\" does not exist"),
+                )
+            })
+        };
+        match savepoint {
+            Savepoint::Create(name) => names.push(name),
+            Savepoint::Release(name) => {
+                let at = position(&name)?;
+                names.truncate(at);
+            }
+            Savepoint::RollbackTo(name) => {
+                let at = position(&name)?;
+                names.truncate(at + 1);
+            }
+        }
+        Ok(Response::Execution(Tag::new(tag)))
+    }
+
+    /// A failed transaction block accepts `ROLLBACK TO SAVEPOINT`, which resumes it (or fails
+    /// again for an unknown savepoint). pgwire reads the block's state before the statement
+    /// runs and keeps a failed block failed, so the state is set back here first, when the
+    /// statement `sql` starts with one.
+    fn resume_for_rollback_to<C: ClientInfo + ?Sized>(&self, client: &mut C, sql: &str) {
+        if client.transaction_status() != TransactionStatus::Error {
+            return;
+        }
+        let rolls_back = matches!(
+            classify(self.server.lake.engine(), sql),
+            Some(Ok(items)) if matches!(
+                items.first().map(|item| &item.route),
+                Some(Route::Savepoint(Savepoint::RollbackTo(_)))
+            )
+        );
+        if rolls_back {
+            client.set_transaction_status(TransactionStatus::Transaction);
+        }
+    }
+
     async fn run_copy_out(
         &self,
         copy: super::statements::CopyOut,
@@ -207,6 +301,31 @@ impl Session {
         )))
     }
 
+    /// Runs `text` in datafusion-postgres's session; a single statement DataFusion refused for
+    /// repeated result names runs again with them made unique (see `compat::output_names`).
+    async fn run_in_session<C>(&self, client: &mut C, text: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, text).await;
+        let aliased = match &result {
+            Err(e) if compat::is_repeated_name_error(&e.to_string()) => {
+                compat::alias_repeated_names_in(text)
+            }
+            _ => None,
+        };
+        let result = match aliased {
+            Some(text) => SimpleQueryHandler::do_query(self.inner.as_ref(), client, &text)
+                .await
+                .map(|responses| responses.into_iter().map(compat::client_response).collect()),
+            None => result,
+        };
+        result.map_err(with_sqlstate)
+    }
+
     /// Runs statements one by one, as PostgreSQL does: the results of those before a failing
     /// one are kept, and nothing after it runs.
     async fn run_each<C>(&self, client: &mut C, items: Vec<Classified>) -> Vec<Response>
@@ -217,22 +336,37 @@ impl Session {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut responses = Vec::new();
+        // pgwire applies the responses' transaction changes only after the last statement.
+        let mut status = client.transaction_status();
         for item in items {
             let result = match item.route {
                 Route::Engine(statement) => self.run_engine(statement).await.map(|r| vec![r]),
                 Route::Call(call) => self.run_call(call).await.map(|r| vec![r]),
+                Route::Savepoint(savepoint) => {
+                    self.run_savepoint(status, savepoint).map(|r| vec![r])
+                }
                 Route::CopyOut(copy) => self
                     .run_copy_out(copy, format_options(client))
                     .await
                     .map(|r| vec![r]),
-                Route::Session => {
-                    SimpleQueryHandler::do_query(self.inner.as_ref(), client, &item.text)
-                        .await
-                        .map_err(with_sqlstate)
-                }
+                Route::Session => self.run_in_session(client, &item.text).await,
             };
             match result {
-                Ok(r) => responses.extend(r),
+                Ok(r) => {
+                    for response in &r {
+                        match response {
+                            Response::TransactionStart(_) => {
+                                status = status.to_in_transaction_state();
+                            }
+                            Response::TransactionEnd(_) => {
+                                status = status.to_idle_state();
+                                self.savepoints.lock().clear();
+                            }
+                            _ => {}
+                        }
+                    }
+                    responses.extend(r);
+                }
                 Err(e) => {
                     responses.push(Response::Error(Box::new(e.into())));
                     break;
@@ -249,6 +383,17 @@ fn format_options<C: ClientInfo + ?Sized>(client: &C) -> Arc<FormatOptions> {
 
 #[async_trait]
 impl SimpleQueryHandler for Session {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.resume_for_rollback_to(client, &query.query);
+        self._on_query(client, query).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -263,20 +408,14 @@ impl SimpleQueryHandler for Session {
                 Some(Err(message)) => Err(error(errors::FEATURE_NOT_SUPPORTED, message)),
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
-                    if items
-                        .iter()
-                        .all(|i| matches!(i.route, Route::Session) && !i.rewritten)
-                    {
-                        SimpleQueryHandler::do_query(self.inner.as_ref(), client, query)
-                            .await
-                            .map_err(with_sqlstate)
-                    } else {
-                        Ok(self.run_each(client, items).await)
+                    match items.as_slice() {
+                        [item] if matches!(item.route, Route::Session) && !item.rewritten => {
+                            self.run_in_session(client, query).await
+                        }
+                        _ => Ok(self.run_each(client, items).await),
                     }
                 }
-                None => SimpleQueryHandler::do_query(self.inner.as_ref(), client, query)
-                    .await
-                    .map_err(with_sqlstate),
+                None => self.run_in_session(client, query).await,
             }
         };
         running
@@ -293,6 +432,20 @@ impl ExtendedQueryHandler for Session {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         Arc::clone(&self.parser)
+    }
+
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        if let Some(Entry::Value(portal)) = client.portal_store().get_portal(name) {
+            self.resume_for_rollback_to(client, &portal.statement.statement.0);
+        }
+        self._on_execute(client, message).await
     }
 
     async fn do_describe_portal<C>(
@@ -331,7 +484,11 @@ impl ExtendedQueryHandler for Session {
                 .get_result_schema(&(sql.clone(), Some(planned)), Some(&Format::UnifiedText))?;
             return Ok(DescribePortalResponse::new(fields));
         }
-        ExtendedQueryHandler::do_describe_portal(self.inner.as_ref(), client, portal).await
+        let described =
+            ExtendedQueryHandler::do_describe_portal(self.inner.as_ref(), client, portal).await?;
+        Ok(DescribePortalResponse::new(compat::client_fields(
+            described.fields,
+        )))
     }
 
     async fn do_query<C>(
@@ -362,8 +519,12 @@ impl ExtendedQueryHandler for Session {
                 Some(Route::Engine(statement)) => self.run_engine(statement).await,
                 Some(Route::CopyOut(copy)) => self.run_copy_out(copy, format_options(client)).await,
                 Some(Route::Call(call)) => self.run_call(call).await,
+                Some(Route::Savepoint(savepoint)) => {
+                    self.run_savepoint(client.transaction_status(), savepoint)
+                }
                 _ => ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)
                     .await
+                    .map(compat::client_response)
                     .map_err(with_sqlstate),
             }
         };
@@ -406,20 +567,13 @@ impl QueryParser for SessionParser {
                         return Ok(Some((sql.to_owned(), None)));
                     }
                     if item.rewritten {
-                        return self
-                            .inner
-                            .parse_sql(client, &item.text, types)
-                            .await
-                            .map_err(with_sqlstate);
+                        return self.parse_in_session(client, &item.text, types).await;
                     }
                 }
             }
             None => {}
         }
-        self.inner
-            .parse_sql(client, sql, types)
-            .await
-            .map_err(with_sqlstate)
+        self.parse_in_session(client, sql, types).await
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -431,6 +585,42 @@ impl QueryParser for SessionParser {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.inner.get_result_schema(stmt, column_format)
+        let fields = self.inner.get_result_schema(stmt, column_format)?;
+        Ok(compat::client_fields(fields))
+    }
+}
+
+impl SessionParser {
+    /// datafusion-postgres's parse and plan of `sql`, again with unique result names when
+    /// DataFusion refused repeated ones (see `compat::output_names`), with the parameter types
+    /// PostgreSQL would infer (see `compat::parameters`).
+    async fn parse_in_session<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<DfStatementTuple>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let result = self.inner.parse_sql(client, sql, types).await;
+        let aliased = match &result {
+            Err(e) if compat::is_repeated_name_error(&e.to_string()) => {
+                compat::alias_repeated_names_in(sql)
+            }
+            _ => None,
+        };
+        let result = match aliased {
+            Some(sql) => self.inner.parse_sql(client, &sql, types).await,
+            None => result,
+        };
+        match result.map_err(with_sqlstate)? {
+            Some((sql, Some((statement, plan)))) => {
+                let plan = compat::infer_parameter_types(plan)
+                    .map_err(|e| with_sqlstate(PgWireError::ApiError(Box::new(e))))?;
+                Ok(Some((sql, Some((statement, plan)))))
+            }
+            other => Ok(other),
+        }
     }
 }

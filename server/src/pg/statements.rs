@@ -6,7 +6,8 @@ use audiolake::Engine;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr as SqlExpr,
-    Function, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectType, Set, Statement, Value,
+    Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectType, Set, Statement,
+    Value,
 };
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
@@ -24,6 +25,16 @@ pub enum Route {
     CopyOut(CopyOut),
     /// `CALL analyze_table('t')` or `CALL stop_analysis('t')`, or why the call is not one.
     Call(Result<Call, CallError>),
+    /// `SAVEPOINT`, `RELEASE SAVEPOINT` or `ROLLBACK TO SAVEPOINT`, answered by this server.
+    Savepoint(Savepoint),
+}
+
+/// A savepoint statement, with the savepoint's name as PostgreSQL folds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Savepoint {
+    Create(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 /// A background analysis job started or stopped by `CALL` (see `background.rs`).
@@ -123,6 +134,14 @@ fn classify_df(mut statement: DfStatement) -> Classified {
                 rewritten,
             };
         }
+        if let Some(savepoint) = savepoint(inner) {
+            return Classified {
+                route: Route::Savepoint(savepoint),
+                writes: false,
+                text,
+                rewritten,
+            };
+        }
     }
     let (writes, engine) = match &statement {
         DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => (true, true),
@@ -198,8 +217,23 @@ fn sets_device(statement: &Statement) -> bool {
         if variable.to_string().eq_ignore_ascii_case("audiolake.device"))
 }
 
-/// Statements a read-only user may run: queries, settings, transactions, cursors, prepared
-/// statements of those, and `COPY ... TO STDOUT`.
+/// The savepoint statement `statement` is, if it is one.
+fn savepoint(statement: &Statement) -> Option<Savepoint> {
+    // Unquoted names fold to lower case, as every PostgreSQL identifier does.
+    let name = |ident: &Ident| match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    };
+    match statement {
+        Statement::Savepoint { name: n } => Some(Savepoint::Create(name(n))),
+        Statement::ReleaseSavepoint { name: n } => Some(Savepoint::Release(name(n))),
+        Statement::Rollback {
+            savepoint: Some(n), ..
+        } => Some(Savepoint::RollbackTo(name(n))),
+        _ => None,
+    }
+}
+
 /// The background job a `CALL` names: `analyze_table('t')` or `stop_analysis('t')`, the table
 /// name as one string.
 fn call(function: &Function) -> Result<Call, CallError> {
@@ -233,6 +267,8 @@ fn call(function: &Function) -> Result<Call, CallError> {
     })
 }
 
+/// Statements a read-only user may run: queries, settings, transactions, cursors, prepared
+/// statements of those, and `COPY ... TO STDOUT`.
 fn is_read(statement: &Statement) -> bool {
     match statement {
         Statement::Query(_)
@@ -250,6 +286,8 @@ fn is_read(statement: &Statement) -> bool {
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
         | Statement::Close { .. }
@@ -432,6 +470,27 @@ mod tests {
                     .into()
             ))
         );
+    }
+
+    #[test]
+    fn savepoints_fold_their_names() {
+        let of = |sql: &str| savepoint(&parse(sql));
+        assert_eq!(of("SAVEPOINT Sa_1"), Some(Savepoint::Create("sa_1".into())));
+        assert_eq!(
+            of("RELEASE SAVEPOINT \"Sa 1\""),
+            Some(Savepoint::Release("Sa 1".into()))
+        );
+        assert_eq!(of("RELEASE sa_1"), Some(Savepoint::Release("sa_1".into())));
+        assert_eq!(
+            of("ROLLBACK TO SAVEPOINT sa_1"),
+            Some(Savepoint::RollbackTo("sa_1".into()))
+        );
+        assert_eq!(
+            of("ROLLBACK TO sa_1"),
+            Some(Savepoint::RollbackTo("sa_1".into()))
+        );
+        assert_eq!(of("ROLLBACK"), None);
+        assert!(is_read(&parse("SAVEPOINT a")) && is_read(&parse("RELEASE a")));
     }
 
     #[test]

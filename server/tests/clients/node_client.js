@@ -118,6 +118,13 @@ const checks = {
     assert.equal(res.fields[0].dataTypeID, OID.int4, `SELECT 1 is of type OID ${res.fields[0].dataTypeID}, not int4 (23)`);
     assert.deepEqual(res.rows[0], { one: 1, five: 5 });
   },
+
+  async untypedLimitParameters(client) {
+    // node-postgres sends every parameter as text of no type; PostgreSQL types LIMIT's and
+    // OFFSET's as bigint.
+    const res = await client.query('SELECT file_name FROM music ORDER BY file_name LIMIT $1 OFFSET $2', [2, 1]);
+    assert.deepEqual(res.rows.map((r) => r.file_name), ['broken.mp3', 'c_major_90.flac']);
+  },
 };
 
 (async () => {

@@ -234,13 +234,13 @@ def server_side_cursor():
         conn.commit()
 
 
-def run_and_cancel(conn, cancel):
-    """Runs LONG_QUERY on conn, calling cancel(conn) from another thread after a second."""
+def run_and_cancel(conn, cancel, query=LONG_QUERY):
+    """Runs query on conn, calling cancel(conn) from another thread after a second."""
     result = {}
 
     def worker():
         try:
-            result["rows"] = conn.execute(LONG_QUERY).fetchall()
+            result["rows"] = conn.execute(query).fetchall()
         except BaseException as e:  # noqa: BLE001
             result["error"] = e
 
@@ -272,6 +272,85 @@ def cancel_long_query():
             e = result.get("error")
             assert isinstance(e, errors.QueryCanceled), f"cancel_safe: {type(e).__name__}: {e}"
             assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+@check
+def pg_sleep_is_cancelled():
+    # pg_sleep is how clients test cancellation; it must end at once when cancelled.
+    with connect(autocommit=True) as conn:
+        assert conn.execute("SELECT pg_sleep(0.1)").fetchone() == (None,)
+        result, took = run_and_cancel(conn, lambda c: c.cancel(), "SELECT pg_sleep(60)")
+        e = result.get("error")
+        assert isinstance(e, errors.QueryCanceled), f"{type(e).__name__}: {e} ({result})"
+        assert took < 10, f"pg_sleep(60) cancelled after a second ended after {took:.1f} s"
+        conn.execute("SET statement_timeout = 200")
+        expect_error("57014", lambda: conn.execute("SELECT pg_sleep(60)"))
+        conn.execute("SET statement_timeout = 0")
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+@check
+def savepoints():
+    # Nested transaction blocks are savepoints in psycopg (SAVEPOINT, RELEASE, ROLLBACK TO).
+    with connect() as conn:
+        with conn.transaction():
+            with conn.transaction():
+                assert conn.execute("SELECT count(*) FROM music").fetchone()[0] == 5
+            with conn.transaction() as inner:
+                conn.execute("SELECT 1")
+                raise psycopg.Rollback(inner)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            # An error inside a savepoint: ROLLBACK TO SAVEPOINT resumes the outer block.
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT * FROM no_such_table")
+            except errors.UndefinedTable:
+                pass
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            assert conn.execute("SELECT count(*) FROM music").fetchone()[0] == 5
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # Outside autocommit, psycopg opens a block first; the error aborts it, as in PostgreSQL.
+        e = expect_error("3B001", lambda: conn.execute("RELEASE SAVEPOINT never_made"))
+        assert str(e).startswith('savepoint "never_made" does not exist'), str(e)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM music").fetchone()[0] == 5
+        conn.rollback()
+    with connect(autocommit=True) as conn:
+        e = expect_error("25P01", lambda: conn.execute("SAVEPOINT outside"))
+        assert str(e).startswith("SAVEPOINT can only be used in transaction blocks"), str(e)
+
+
+@check
+def current_database():
+    # The database the client named, as PostgreSQL answers; also in pg_database (psql's \l).
+    with connect(autocommit=True) as conn:
+        want = os.environ.get("PGDATABASE", "audiolake")
+        assert conn.execute("SELECT current_database()").fetchone()[0] == want
+        assert conn.execute("SELECT current_catalog").fetchone()[0] == want
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database ORDER BY datname")]
+        assert want in names and "datafusion" not in names, names
+    with connect(dbname="Archive " + "x" * 100, autocommit=True) as conn:
+        got = conn.execute("SELECT current_database() FROM music").fetchall()
+        assert got == [("Archive " + "x" * 55,)] * 5, got
+
+
+@check
+def repeated_column_names():
+    # PostgreSQL sends result columns of one name as they are; so must the server (psycopg uses
+    # the extended protocol; pg_server.rs checks the simple one with psql).
+    with connect(autocommit=True) as conn:
+        cur = conn.execute("SELECT 1, 1")
+        assert [d.name for d in cur.description] == ["?column?", "?column?"], cur.description
+        assert cur.fetchall() == [(1, 1)]
+        cur = conn.execute("SELECT file_name, file_name, size_bytes AS n, 2 AS n FROM music "
+                           "ORDER BY file_name LIMIT %s", (1,))
+        assert [d.name for d in cur.description] == ["file_name", "file_name", "n", "n"], cur.description
+        row = cur.fetchone()
+        assert row[0] == row[1] == FILES[0] and row[3] == 2, row
+        cur = conn.cursor()
+        cur.execute("SELECT 1 AS x, 2 AS x", prepare=True)
+        assert [d.name for d in cur.description] == ["x", "x"] and cur.fetchall() == [(1, 2)]
 
 
 @check

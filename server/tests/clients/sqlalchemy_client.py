@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""SQLAlchemy 2 (psycopg2 dialect) and pandas against `audiolake serve`.
+"""SQLAlchemy 2 (psycopg2 dialect; psycopg 3 for savepoints) and pandas against `audiolake serve`.
 
 SQLAlchemy's reflection (`inspect(engine)`) reads pg_catalog the way BI tools and notebooks do.
 Connects with PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE (default audiolake) and PGSSLMODE,
@@ -179,6 +179,23 @@ def pandas_read_sql():
     assert ((df["duration_s"] - 16.0).abs() < 0.2).all(), df
     df = pd.read_sql(sa.text("SELECT file_name FROM music WHERE channels = :c ORDER BY 1"), engine, params={"c": 2})
     assert df["file_name"].tolist() == ["a_minor_120.mp3", "g_major_100.m4a"], df
+
+
+@check
+def nested_transactions_with_psycopg3():
+    # SQLAlchemy's begin_nested() sends SAVEPOINT, RELEASE SAVEPOINT and ROLLBACK TO SAVEPOINT.
+    nested_engine = sa.create_engine(url.set(drivername="postgresql+psycopg"))
+    try:
+        with nested_engine.connect() as conn:
+            with conn.begin():
+                with conn.begin_nested():
+                    assert conn.execute(sa.text("SELECT count(*) FROM music")).scalar_one() == 5
+                nested = conn.begin_nested()
+                assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+                nested.rollback()
+                assert conn.execute(sa.text("SELECT file_name FROM music ORDER BY 1 LIMIT 1")).scalar_one() == FILES[0]
+    finally:
+        nested_engine.dispose()
 
 
 engine.dispose()

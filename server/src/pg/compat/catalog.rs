@@ -25,6 +25,8 @@ use datafusion::prelude::SessionContext;
 use datafusion_postgres::arrow_pg::datatypes::into_pg_type;
 use tokio::sync::OnceCell;
 
+use super::database;
+
 /// Replaces the `pg_catalog` schema of `catalog` in `ctx` by one whose `pg_attribute` is
 /// corrected. Call after `setup_pg_catalog`.
 pub fn correct_pg_catalog(ctx: &SessionContext, catalog: &str) -> Result<()> {
@@ -36,6 +38,7 @@ pub fn correct_pg_catalog(ctx: &SessionContext, catalog: &str) -> Result<()> {
         .ok_or_else(|| DataFusionError::Plan("pg_catalog is not set up".into()))?;
     let corrected = PgCatalog(Arc::new(Sources {
         inner,
+        internal_catalog: catalog.to_owned(),
         catalogs: Arc::clone(ctx.state().catalog_list()),
         index: OnceCell::new(),
         constraint: OnceCell::new(),
@@ -51,6 +54,8 @@ struct PgCatalog(Arc<Sources>);
 #[derive(Debug)]
 struct Sources {
     inner: Arc<dyn SchemaProvider>,
+    /// The catalog of the engine's tables, which `pg_database` shows as the connected database.
+    internal_catalog: String,
     catalogs: Arc<dyn CatalogProviderList>,
     /// `pg_index` and `pg_constraint` with their vectors as arrays; both tables are static.
     index: OnceCell<Arc<dyn TableProvider>>,
@@ -93,6 +98,12 @@ impl SchemaProvider for PgCatalog {
             Some(settings) if name.eq_ignore_ascii_case("pg_settings") => Ok(Some(Arc::new(
                 Amended::new(settings, Amendment::FixedSettings),
             ))),
+            Some(databases) if name.eq_ignore_ascii_case("pg_database") => {
+                Ok(Some(Arc::new(Amended::new(
+                    databases,
+                    Amendment::ConnectedDatabase(self.0.internal_catalog.clone()),
+                ))))
+            }
             other => Ok(other),
         }
     }
@@ -212,6 +223,8 @@ enum Amendment {
     RelOptions,
     /// Rows of `pg_settings` for limits compiled into PostgreSQL, which pgJDBC reads.
     FixedSettings,
+    /// `pg_database` naming the client's database instead of this internal catalog.
+    ConnectedDatabase(String),
 }
 
 /// Settings PostgreSQL fixes at build time, with its default values.
@@ -248,7 +261,7 @@ impl Amended {
         }
     }
 
-    async fn batches(&self) -> Result<Vec<RecordBatch>> {
+    async fn batches(&self, state: &dyn Session) -> Result<Vec<RecordBatch>> {
         if let Amendment::ArrayTypes(sources) = &self.amendment {
             return sources.corrected_attributes(&self.inner).await;
         }
@@ -261,7 +274,13 @@ impl Amended {
                     batch.num_rows(),
                 ));
             }
-            batches.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            batches.push(match (&self.amendment, database::of(state.config())) {
+                (Amendment::ConnectedDatabase(internal), Some(connected)) => {
+                    database::rename_in(&batch, internal, &connected)?
+                }
+                _ => batch,
+            });
         }
         if let Amendment::FixedSettings = self.amendment {
             let columns = self
@@ -301,7 +320,7 @@ impl TableProvider for Amended {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        MemTable::try_new(self.schema(), vec![self.batches().await?])?
+        MemTable::try_new(self.schema(), vec![self.batches(state).await?])?
             .scan(state, projection, filters, limit)
             .await
     }
@@ -386,23 +405,26 @@ fn parse_vectors(column: &ArrayRef, element: &DataType) -> Result<ArrayRef> {
 /// A context only for running catalog scans, which need no tables of their own.
 static SCAN_CONTEXT: LazyLock<SessionContext> = LazyLock::new(SessionContext::new);
 
-async fn scan(table: &Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
+pub(super) async fn scan(table: &Arc<dyn TableProvider>) -> Result<Vec<RecordBatch>> {
     let state = SCAN_CONTEXT.state();
     let plan = table.scan(&state, None, &[], None).await?;
     collect(plan, SCAN_CONTEXT.task_ctx()).await
 }
 
-fn int64_column(batch: &RecordBatch, name: &str) -> Result<Arc<arrow::array::Int64Array>> {
+pub(super) fn int64_column(
+    batch: &RecordBatch,
+    name: &str,
+) -> Result<Arc<arrow::array::Int64Array>> {
     let column = batch.column_by_name(name).ok_or_else(|| missing(name))?;
     let column = cast(column, &DataType::Int64)?;
     Ok(Arc::new(column.as_primitive::<Int64Type>().clone()))
 }
 
-fn string_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+pub(super) fn string_column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     let column = batch.column_by_name(name).ok_or_else(|| missing(name))?;
     Ok(cast(column, &DataType::Utf8)?)
 }
 
-fn missing(what: &str) -> DataFusionError {
+pub(super) fn missing(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("pg_catalog has no {what}"))
 }

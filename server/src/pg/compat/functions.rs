@@ -1,16 +1,19 @@
 //! PostgreSQL functions that drivers and BI tools call while introspecting, and that neither
-//! DataFusion nor datafusion-postgres provides.
+//! DataFusion nor datafusion-postgres provides, and `pg_sleep`, which clients test cancellation
+//! with.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int32Array, ListArray, StringBuilder, StructArray,
+    new_null_array, Array, ArrayRef, AsArray, Int32Array, ListArray, StringBuilder, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
 use datafusion::arrow::datatypes::{FieldRef, UInt64Type};
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     create_udf, Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs,
@@ -30,9 +33,12 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(like_escape());
     ctx.register_udf(always_visible("pg_collation_is_visible"));
     ctx.register_udf(always_visible("pg_type_is_visible"));
+    ctx.register_udf(always_visible("pg_function_is_visible"));
+    ctx.register_udf(AsyncScalarUDF::new(Arc::new(PgSleep::new())).into_scalar_udf());
     ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting::new()));
     ctx.register_udf(pg_get_indexdef());
     ctx.register_udaf(AggregateUDF::new_from_impl(SingleValue::new()));
+    super::catalog_functions::register(ctx);
     if let Ok(inner) = ctx.state().udf("format_type") {
         ctx.register_udf(ScalarUDF::new_from_impl(FormatType { inner }));
     }
@@ -218,6 +224,65 @@ fn always_visible(name: &str) -> ScalarUDF {
         Volatility::Stable,
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
     )
+}
+
+/// `pg_sleep(seconds)`: waits without holding a thread, so a cancel, `statement_timeout` or a
+/// client that goes away ends it at once; clients use it to test exactly that. Over several
+/// rows it waits for their sum, as PostgreSQL does row by row. Negative and NULL waits are
+/// none; PostgreSQL's `void` result is a NULL text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgSleep {
+    signature: Signature,
+}
+
+impl PgSleep {
+    /// No wait is longer than this (about 31 years), so that no number overflows a deadline.
+    const LONGEST_S: f64 = 1e9;
+
+    fn new() -> Self {
+        Self {
+            signature: Signature::uniform(1, vec![DataType::Float64], Volatility::Volatile),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgSleep {
+    fn name(&self) -> &str {
+        "pg_sleep"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("pg_sleep runs only asynchronously")
+    }
+}
+
+#[async_trait]
+impl AsyncScalarUDFImpl for PgSleep {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let seconds = args.args[0].to_array(rows)?;
+        let seconds = arrow::compute::cast(&seconds, &DataType::Float64)?;
+        let total: f64 = seconds
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .iter()
+            .flatten()
+            .filter(|s| *s > 0.0)
+            .sum();
+        // NaN fails every comparison: no wait.
+        if total > 0.0 {
+            let wait = std::time::Duration::from_secs_f64(total.min(Self::LONGEST_S));
+            tokio::time::sleep(wait).await;
+        }
+        Ok(ColumnarValue::Array(new_null_array(&DataType::Utf8, rows)))
+    }
 }
 
 /// `version()` in PostgreSQL's form: SQLAlchemy and others parse the release out of it.
@@ -577,6 +642,28 @@ mod tests {
             out.contains(&format!("PostgreSQL {PG_VERSION} (audiolake ")),
             "{out}"
         );
+    }
+
+    #[tokio::test]
+    async fn pg_sleep_waits_for_the_sum_of_its_rows() {
+        let started = std::time::Instant::now();
+        let out = run("SELECT pg_sleep(s) AS p FROM (VALUES (0.1), (0.15), (-5), (NULL)) t(s)")
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        assert_eq!(out.matches("|   |").count(), 4, "{out}");
+        let started = std::time::Instant::now();
+        run("SELECT pg_sleep(-1), pg_sleep(NULL), pg_sleep('NaN'::double precision)")
+            .await
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn pg_sleep_of_a_huge_number_waits_without_overflowing() {
+        let sleeping = run("SELECT pg_sleep(1e300)");
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), sleeping).await;
+        assert!(waited.is_err(), "returned {waited:?}");
     }
 
     #[tokio::test]
