@@ -234,6 +234,11 @@ fn read_only_users_read_but_cannot_write() {
          CREATE EXTERNAL TABLE more STORED AS AUDIO LOCATION '{}/';\n\
          CREATE TABLE t AS SELECT 1 AS x;\n\
          COPY (SELECT 1 AS x) TO '{}';\n\
+         SET statement_timeout = 5000;\n\
+         SET datafusion.execution.target_partitions = 1;\n\
+         SET datafusion.execution.target_partitions = 100000;\n\
+         SET datafusion.runtime.memory_limit = '1T';\n\
+         SET audiolake.device = 'cpu';\n\
          SELECT count(*) FROM music;\n\
          COPY (SELECT file_name FROM music ORDER BY file_name LIMIT 1) TO STDOUT;\n",
         music.display(),
@@ -244,10 +249,18 @@ fn read_only_users_read_but_cannot_write() {
     assert_eq!(
         err.matches("ERROR:  42501: permission denied: user bob is read-only")
             .count(),
-        3,
+        6,
         "{err}"
     );
-    assert_eq!(stdout(&out), "5\na_minor_120.mp3\n", "{err}");
+    assert_eq!(err.matches("ERROR:").count(), 6, "{err}");
+    for refused in [
+        "target_partitions = 100000",
+        "memory_limit = '1T'",
+        "audiolake.device = 'cpu'",
+    ] {
+        assert!(err.contains(refused), "{refused} not refused: {err}");
+    }
+    assert_eq!(stdout(&out), "SET\nSET\n5\na_minor_120.mp3\n", "{err}");
     assert!(!target.exists());
 }
 

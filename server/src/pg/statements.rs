@@ -84,9 +84,9 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
                 |statement| match show_extension_setting(engine, &statement) {
                     Some(query) => Classified {
                         rewritten: true,
-                        ..classify_df(query)
+                        ..classify_df(engine, query)
                     },
-                    None => classify_df(statement),
+                    None => classify_df(engine, statement),
                 },
             )
             .collect()));
@@ -96,7 +96,7 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
         statements
             .into_iter()
             .map(|mut statement| {
-                let writes = !is_read(&statement);
+                let writes = !is_read(&statement) || !read_only_may_set(engine, &statement);
                 let rewritten = compat::rewrite(&mut statement);
                 let text = statement.to_string();
                 let route = match copy_out(&statement) {
@@ -122,7 +122,7 @@ fn rewrite_df(statement: &mut DfStatement) -> bool {
     }
 }
 
-fn classify_df(mut statement: DfStatement) -> Classified {
+fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
     let rewritten = rewrite_df(&mut statement);
     let text = statement.to_string();
     if let DfStatement::Statement(inner) = &statement {
@@ -146,7 +146,7 @@ fn classify_df(mut statement: DfStatement) -> Classified {
     let (writes, engine) = match &statement {
         DfStatement::CreateExternalTable(_) | DfStatement::CopyTo(_) => (true, true),
         DfStatement::Statement(inner) => (
-            !is_read(inner),
+            !is_read(inner) || !read_only_may_set(engine, inner),
             matches!(
                 inner.as_ref(),
                 Statement::Drop {
@@ -159,7 +159,7 @@ fn classify_df(mut statement: DfStatement) -> Classified {
         ),
         // EXPLAIN ANALYZE runs its statement: the engine checks its locations the same way.
         DfStatement::Explain(explain) => {
-            let inner = classify_df(*explain.statement.clone());
+            let inner = classify_df(engine, *explain.statement.clone());
             (inner.writes, matches!(inner.route, Route::Engine(_)))
         }
         DfStatement::Reset(_) => (false, false),
@@ -215,6 +215,43 @@ fn show_extension_setting(engine: &Engine, statement: &DfStatement) -> Option<Df
 fn sets_device(statement: &Statement) -> bool {
     matches!(statement, Statement::Set(Set::SingleAssignment { variable, .. })
         if variable.to_string().eq_ignore_ascii_case("audiolake.device"))
+}
+
+/// Whether a read-only user may run `statement`, if it is a `SET`: settings of the session's
+/// own behaviour, not of the server's resources or the process. Refused are `audiolake.device`
+/// (every session's), `datafusion.runtime.*` (memory pool, spill directory and limits) and a
+/// `datafusion.execution.target_partitions` above the server's.
+fn read_only_may_set(engine: &Engine, statement: &Statement) -> bool {
+    let Statement::Set(set) = statement else {
+        return true;
+    };
+    let assignments: Vec<(String, Option<&SqlExpr>)> = match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => vec![(variable.to_string(), values.first())],
+        Set::ParenthesizedAssignments { variables, values } => variables
+            .iter()
+            .enumerate()
+            .map(|(i, variable)| (variable.to_string(), values.get(i)))
+            .collect(),
+        Set::MultipleAssignments { assignments } => assignments
+            .iter()
+            .map(|a| (a.name.to_string(), Some(&a.value)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let partitions = engine.session().state().config().target_partitions();
+    assignments.into_iter().all(|(name, value)| {
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "audiolake.device" => false,
+            "datafusion.execution.target_partitions" => {
+                let asked = value.map(|v| v.to_string().trim_matches('\'').to_owned());
+                matches!(asked.and_then(|v| v.parse::<usize>().ok()), Some(n) if (1..=partitions).contains(&n))
+            }
+            name => !name.starts_with("datafusion.runtime."),
+        }
+    })
 }
 
 /// The savepoint statement `statement` is, if it is one.
