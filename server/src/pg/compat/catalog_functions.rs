@@ -24,7 +24,7 @@ use tokio::sync::OnceCell;
 
 use super::catalog::{int64_column, missing, scan, string_column};
 
-/// Registers both functions on `ctx`, whose default catalog has a `pg_catalog` schema.
+/// Registers the three functions on `ctx`, whose default catalog has a `pg_catalog` schema.
 pub fn register(ctx: &SessionContext) {
     let default_catalog = ctx
         .state()
@@ -39,7 +39,7 @@ pub fn register(ctx: &SessionContext) {
     else {
         return;
     };
-    let texts = Arc::new(Texts {
+    let lookups = Arc::new(Lookups {
         pg_catalog,
         by_oid: OnceCell::new(),
         types: OnceCell::new(),
@@ -49,10 +49,10 @@ pub fn register(ctx: &SessionContext) {
             Part::TypeOid => DataType::Utf8,
             _ => DataType::Int64,
         };
-        let function = FunctionText {
+        let function = CatalogFunction {
             part,
             signature: Signature::uniform(1, vec![argument], Volatility::Stable),
-            texts: Arc::clone(&texts),
+            lookups: Arc::clone(&lookups),
         };
         ctx.register_udf(AsyncScalarUDF::new(Arc::new(function)).into_scalar_udf());
     }
@@ -66,7 +66,7 @@ enum Part {
 }
 
 #[derive(Debug)]
-struct Texts {
+struct Lookups {
     pg_catalog: Arc<dyn SchemaProvider>,
     /// A function's oid to its (result, arguments) texts.
     by_oid: OnceCell<HashMap<i64, (String, String)>>,
@@ -75,27 +75,27 @@ struct Texts {
 }
 
 #[derive(Debug)]
-struct FunctionText {
+struct CatalogFunction {
     part: Part,
     signature: Signature,
-    texts: Arc<Texts>,
+    lookups: Arc<Lookups>,
 }
 
-impl PartialEq for FunctionText {
+impl PartialEq for CatalogFunction {
     fn eq(&self, other: &Self) -> bool {
         self.part == other.part
     }
 }
 
-impl Eq for FunctionText {}
+impl Eq for CatalogFunction {}
 
-impl std::hash::Hash for FunctionText {
+impl std::hash::Hash for CatalogFunction {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.part.hash(state);
     }
 }
 
-impl ScalarUDFImpl for FunctionText {
+impl ScalarUDFImpl for CatalogFunction {
     fn name(&self) -> &str {
         match self.part {
             Part::Result => "pg_get_function_result",
@@ -121,14 +121,14 @@ impl ScalarUDFImpl for FunctionText {
 }
 
 #[async_trait]
-impl AsyncScalarUDFImpl for FunctionText {
+impl AsyncScalarUDFImpl for CatalogFunction {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let input = args.args[0].to_array(args.number_rows)?;
         if self.part == Part::TypeOid {
             let types = self
-                .texts
+                .lookups
                 .types
-                .get_or_try_init(|| self.texts.load_types())
+                .get_or_try_init(|| self.lookups.load_types())
                 .await?;
             let names = cast(&input, &DataType::Utf8)?;
             let oids: Int64Array = names
@@ -139,9 +139,9 @@ impl AsyncScalarUDFImpl for FunctionText {
             return Ok(ColumnarValue::Array(Arc::new(oids)));
         }
         let texts = self
-            .texts
+            .lookups
             .by_oid
-            .get_or_try_init(|| self.texts.load())
+            .get_or_try_init(|| self.lookups.load())
             .await?;
         let oids = cast(&input, &DataType::Int64)?;
         let out: StringArray = oids
@@ -159,7 +159,7 @@ impl AsyncScalarUDFImpl for FunctionText {
     }
 }
 
-impl Texts {
+impl Lookups {
     async fn scan(&self, name: &'static str) -> Result<Vec<RecordBatch>> {
         let table = self
             .pg_catalog
