@@ -14,8 +14,8 @@ export RUSTC_BOOTSTRAP=1
 # The HNSW loader leaks one small reader per load on purpose (see engine/src/index/hnsw.rs).
 export LSAN_OPTIONS="suppressions=$fuzz/lsan.supp:print_suppressions=0"
 # AddressSanitizer's fake stacks (stack-use-after-return, which only unsafe code can cause) took
-# a fifth of the analyze target's time in per-sample loops: without them its corpus replays 2.3x
-# faster (54 s to 23 s here), so a bounded run covers more inputs.
+# a fifth of the analyze target's time in per-sample loops: without them its seed corpus
+# replays 2.3x faster (54 s to 23 s here).
 export ASAN_OPTIONS="detect_stack_use_after_return=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 
 # Target, then the longest input libFuzzer makes for it.
