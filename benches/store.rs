@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audiolake::datafusion::arrow::array::{Array, RecordBatch};
-use audiolake::datafusion::physical_plan::{collect, ExecutionPlan};
+use audiolake::datafusion::physical_plan::collect;
 use audiolake::AudioLake;
+use audiolake_testkit::query::bytes_read;
 
 const QUERY: &str = "SELECT path, bpm, key FROM music";
 
@@ -91,15 +92,6 @@ async fn open(store: &Path, music: &Path) -> AudioLake {
         .await
         .unwrap();
     lake
-}
-
-/// Bytes the plan's audio scans read, from their `bytes_read` metric.
-fn bytes_read(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let own = plan
-        .metrics()
-        .and_then(|m| m.sum_by_name("bytes_read"))
-        .map_or(0, |v| v.as_usize());
-    own + plan.children().into_iter().map(bytes_read).sum::<usize>()
 }
 
 /// Runs the query; returns its time, its batches and the audio bytes it read.

@@ -7,9 +7,12 @@ use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use audiolake::datafusion::common::stats::Precision;
+use audiolake::datafusion::physical_plan::collect;
+use audiolake::datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use audiolake::AudioLake;
 use audiolake_testkit::paths::fixtures;
-use audiolake_testkit::query::{query, strings};
+use audiolake_testkit::query::{bytes_read, query, strings};
 use audiolake_testkit::store::CountingStore;
 use audiolake_testkit_audio::corpus;
 use audiolake_testkit_audio::tone::write_wav;
@@ -426,4 +429,75 @@ async fn decode_is_capped_and_accounted_in_the_memory_pool() {
             flac.display()
         )
     );
+}
+
+/// The scan is DataFusion's `DataSourceExec` over the AUDIO file source (the shape Ballista
+/// splits into tasks): files in groups by a hash of their path, the row count exact in the
+/// statistics, bytes read in `EXPLAIN ANALYZE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_is_a_file_source_grouped_by_path() {
+    let music = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(music.path()).unwrap();
+    for i in 0..5 {
+        write_wav(&dir.join(format!("tone{i}.wav")), 1, 440.0 + f64::from(i));
+    }
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&dir]).await;
+    lake.sql(&format!(
+        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    let explain = |sql: &'static str| {
+        let lake = &lake;
+        async move {
+            let plan = query(lake, sql).await;
+            let lines: Vec<String> = strings(&plan, "plan").into_iter().flatten().collect();
+            lines.join("\n")
+        }
+    };
+    let plan = explain("EXPLAIN SELECT path, bpm FROM t").await;
+    assert!(
+        plan.contains("DataSourceExec: file_groups={4 groups:"),
+        "{plan}"
+    );
+    assert!(plan.contains("file_type=audio"), "{plan}");
+    assert!(plan.contains("reads=audio (rhythm)"), "{plan}");
+    let plan = explain("EXPLAIN SELECT path FROM t").await;
+    assert!(plan.contains("DataSourceExec: partitions=1"), "{plan}");
+
+    // Five files of 1 s, 16-bit stereo at 44.1 kHz, read whole; then from the store.
+    let reading = |sql: &'static str| {
+        let lake = &lake;
+        async move {
+            let frame = lake.sql(sql).await.unwrap();
+            let task = Arc::new(frame.task_ctx());
+            let plan = frame.create_physical_plan().await.unwrap();
+            let rows: usize = collect(Arc::clone(&plan), task)
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+            (rows, bytes_read(&plan))
+        }
+    };
+    let (rows, bytes) = reading("SELECT path, bpm FROM t").await;
+    assert_eq!(rows, 5);
+    assert!(bytes >= 5 * 44_100 * 4, "{bytes}");
+    assert_eq!(reading("SELECT path, bpm FROM t").await, (5, 0));
+
+    // One row per file: the statistics say how many rows, exactly.
+    let frame = lake.sql("SELECT path, bpm FROM t").await.unwrap();
+    let mut plan = frame.create_physical_plan().await.unwrap();
+    while plan.name() != "DataSourceExec" {
+        plan = Arc::clone(plan.children()[0]);
+    }
+    let statistics = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .unwrap();
+    assert_eq!(statistics.num_rows, Precision::Exact(5));
+    let batch = query(&lake, "SELECT count(*) AS n FROM t").await;
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 5);
 }

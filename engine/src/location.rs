@@ -46,6 +46,14 @@ fn resolve(location: &str, canonical: bool) -> Result<Url> {
                     "an s3:// URL needs a bucket: s3://bucket/prefix/".into(),
                 ));
             }
+            // User names in store URLs name tables' own S3 clients (object_stores.rs).
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(invalid(
+                    "an s3:// URL takes no user name or password; give credentials with \
+                     CREATE SECRET or the table's aws.* options"
+                        .into(),
+                ));
+            }
             Ok(url)
         }
         other => Err(invalid(format!(
@@ -175,6 +183,10 @@ impl AllowedRoots {
 
     /// Whether `url` lies under a root, segment by segment.
     pub fn is_allowed(&self, url: &Url) -> bool {
+        // A user name would pick a table's own S3 client (object_stores.rs).
+        if !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
         let Some(segments) = url_segments(url) else {
             return false;
         };
@@ -391,6 +403,13 @@ mod tests {
              use a local path, file:// or s3://"
         );
         assert!(resolve_location("s3:///nobucket").is_err());
+        let err = resolve_location("s3://0123abcd@bucket/a/").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid location 's3://0123abcd@bucket/a/': an s3:// URL takes no user name or \
+             password; give credentials with CREATE SECRET or the table's aws.* options"
+        );
+        assert!(resolve_location("s3://key:secret@bucket/").is_err());
     }
 
     #[test]
@@ -405,6 +424,7 @@ mod tests {
         assert!(!ok("file:///music/library/a.mp3"));
         assert!(!ok("file:///etc/passwd"));
         assert!(ok("s3://bucket/masters/x.wav"));
+        assert!(!ok("s3://0123abcd@bucket/masters/x.wav"));
         assert!(!ok("s3://bucket/other/x.wav"));
         assert!(!ok("s3://other/masters/x.wav"));
         let err = roots

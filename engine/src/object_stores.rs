@@ -120,18 +120,10 @@ impl GuardedRegistry {
         url: &Url,
         options: &[(String, String)],
     ) -> DfResult<Arc<dyn ObjectStore>> {
-        if options.is_empty() || url.scheme() != "s3" {
+        let Some(digest) = options_digest(url, options) else {
             return self.guarded(url, false);
-        }
-        // Keyed by a digest, so that no credential sits in a key.
-        let mut digest = blake3::Hasher::new();
-        for (key, value) in options {
-            for part in [key, value] {
-                digest.update(&(part.len() as u64).to_le_bytes());
-                digest.update(part.as_bytes());
-            }
-        }
-        let key = format!("{}#{}", store_url(url), digest.finalize().to_hex());
+        };
+        let key = format!("{}#{digest}", store_url(url));
         let inner = self.cached(key, || {
             let bucket = url.host_str().unwrap_or_default();
             let mut merged = self.secrets.for_bucket(bucket);
@@ -139,6 +131,18 @@ impl GuardedRegistry {
             s3_store(bucket, &merged)
         })?;
         Ok(self.wrap(inner, url, false))
+    }
+
+    /// The URL under which this registry hands out [`Self::table_store`]'s client, for scans
+    /// that look their store up by URL: the bucket's, or for a table with `aws.*` options the
+    /// bucket's with the options' digest as user name (`s3://<digest>@bucket`).
+    pub fn table_store_url(url: &Url, options: &[(String, String)]) -> Url {
+        let mut base = store_url(url);
+        if let Some(digest) = options_digest(url, options) {
+            base.set_username(&digest)
+                .expect("an s3:// URL has a host, so it takes a user name");
+        }
+        base
     }
 
     /// Forgets the S3 clients made so far, so that the next use picks up changed secrets.
@@ -194,6 +198,22 @@ impl GuardedRegistry {
     }
 }
 
+/// A digest of a table's `aws.*` options (none without options or off S3), naming its client
+/// without putting a credential in a key or URL.
+fn options_digest(url: &Url, options: &[(String, String)]) -> Option<String> {
+    if options.is_empty() || url.scheme() != "s3" {
+        return None;
+    }
+    let mut digest = blake3::Hasher::new();
+    for (key, value) in options {
+        for part in [key, value] {
+            digest.update(&(part.len() as u64).to_le_bytes());
+            digest.update(part.as_bytes());
+        }
+    }
+    Some(digest.finalize().to_hex().to_string())
+}
+
 impl ObjectStoreRegistry for GuardedRegistry {
     fn register_store(
         &self,
@@ -213,7 +233,19 @@ impl ObjectStoreRegistry for GuardedRegistry {
     }
 
     fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
-        self.guarded(url, false)
+        if url.username().is_empty() {
+            return self.guarded(url, false);
+        }
+        // A table's own client, made when the table was created or last scanned.
+        let key = format!("{}#{}", store_url(url), url.username());
+        let inner = self.stores.read().get(&key).cloned();
+        let inner = inner.ok_or_else(|| {
+            let bucket = url.host_str().unwrap_or_default();
+            DataFusionError::Execution(format!(
+                "no S3 client for a table on bucket '{bucket}' with its own aws.* options"
+            ))
+        })?;
+        Ok(self.wrap(inner, url, false))
     }
 }
 

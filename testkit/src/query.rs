@@ -7,6 +7,7 @@ use audiolake::datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use audiolake::datafusion::arrow::compute::{cast, concat_batches};
 use audiolake::datafusion::arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use audiolake::datafusion::arrow::util::pretty::pretty_format_batches;
+use audiolake::datafusion::physical_plan::ExecutionPlan;
 use audiolake::AudioLake;
 
 /// Runs `sql` (one statement or several) and returns its rows as one batch; panics with the
@@ -95,4 +96,14 @@ pub fn texts(batch: &RecordBatch, col: &str) -> Vec<String> {
 pub fn count(batch: &RecordBatch) -> i64 {
     assert_eq!(batch.num_rows(), 1);
     batch.column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// Bytes the plan's audio scans read from audio files, from their `bytes_read` metric (after
+/// the plan ran).
+pub fn bytes_read(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let own = plan
+        .metrics()
+        .and_then(|m| m.sum_by_name("bytes_read"))
+        .map_or(0, |v| v.as_usize());
+    own + plan.children().into_iter().map(bytes_read).sum::<usize>()
 }

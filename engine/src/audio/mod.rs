@@ -2,10 +2,11 @@
 //! that analyses only the rows a query keeps).
 
 pub mod columns;
+mod file_source;
 mod late;
+mod opener;
 pub(crate) mod read;
 pub(crate) mod read_through;
-mod scan;
 pub(crate) mod source;
 mod table;
 

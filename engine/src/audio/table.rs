@@ -20,7 +20,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use super::columns::{self, Cost};
-use super::scan::AudioScanExec;
+use super::file_source::{self, file_url, Listed};
 use crate::error::EngineError;
 use crate::location::{object_path, resolve_location, store_url};
 use crate::object_stores::{GuardedRegistry, S3_OPTIONS};
@@ -158,13 +158,14 @@ impl AudioTable {
     }
 
     /// Lists the audio files under the table's location, sorted by path, with their URLs.
-    async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<(ObjectMeta, String)>> {
+    async fn list(&self, store: &Arc<dyn ObjectStore>) -> Result<Vec<Listed>> {
         let base = store_url(&self.url);
         let path = object_path(&self.url)?;
         // A location without a trailing slash may name a single file.
         if !self.url.path().ends_with('/') {
             if let Ok(meta) = store.head(&path).await {
-                return Ok(vec![(meta, self.url.to_string())]);
+                let url = file_url(&base, &meta.location);
+                return Ok(vec![(meta, url)]);
             }
         }
         let prefix_depth = path.parts().count();
@@ -178,9 +179,8 @@ impl AudioTable {
         Ok(files
             .into_iter()
             .map(|meta| {
-                let mut url = base.clone();
-                url.set_path(&format!("/{}", meta.location));
-                (meta, url.to_string())
+                let url = file_url(&base, &meta.location);
+                (meta, url)
             })
             .collect())
     }
@@ -281,11 +281,7 @@ fn on_listing_columns(expr: &Expr) -> bool {
 }
 
 /// Keeps the files for which every filter is true (filters use listing columns only).
-fn filter_files(
-    state: &dyn Session,
-    files: Vec<(ObjectMeta, String)>,
-    filters: &[Expr],
-) -> Result<Vec<(ObjectMeta, String)>> {
+fn filter_files(state: &dyn Session, files: Vec<Listed>, filters: &[Expr]) -> Result<Vec<Listed>> {
     if filters.is_empty() || files.is_empty() {
         return Ok(files);
     }
@@ -355,16 +351,15 @@ impl TableProvider for AudioTable {
         let projection = projection
             .cloned()
             .unwrap_or_else(|| (0..columns::schema().fields().len()).collect());
-        let partitions = state.config().target_partitions().max(1);
-        Ok(Arc::new(AudioScanExec::new(
-            store,
-            self.url.to_string(),
+        file_source::plan(
+            &self.url,
+            GuardedRegistry::table_store_url(&self.url, &self.s3),
             files,
             projection,
-            partitions,
+            state.config_options(),
             Arc::clone(&self.progress),
             Arc::clone(&self.features),
-        )?))
+        )
     }
 }
 

@@ -1,0 +1,325 @@
+//! The scan of an AUDIO table as a DataFusion file source: which files go to which partition,
+//! the statistics, the projection and `EXPLAIN`. The per-file work is in [`super::opener`].
+//!
+//! A scan of listing columns only opens no file: its rows come straight from the listing, as an
+//! in-memory source. Any other scan is a `DataSourceExec` over a `FileScanConfig` whose
+//! [`AudioSource`] opens each file with an [`AudioOpener`]; files are grouped by a stable hash of
+//! their path, so a file lands in the same group from run to run (and on the same task when the
+//! plan is split across machines).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use audiolake_udf::features::AnalysisOptions;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::Statistics;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileOpener, FileScanConfig, FileScanConfigBuilder, FileSource,
+};
+use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr::projection::ProjectionExprs;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::{apply_expression_roots, DisplayFormatType, ExecutionPlan};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore};
+use url::Url;
+
+use super::columns::{self, FileRow, Work};
+use super::opener::AudioOpener;
+use crate::location::store_url;
+use crate::progress::ScanProgress;
+use crate::sql::settings;
+use crate::store::FeatureStore;
+
+/// Decodes at once per core: CPU-bound, plus one more per core to hide reads.
+const ANALYSES_PER_CORE: usize = 2;
+/// Headers read at once per core (hides object-store latency).
+const PROBES_PER_CORE: usize = 4;
+
+/// A listed file and its URL.
+pub(super) type Listed = (ObjectMeta, String);
+
+/// The URL of the object at `location` in the store at `base` (`file:///` or `s3://bucket`).
+pub(super) fn file_url(base: &Url, location: &Path) -> String {
+    let mut url = base.clone();
+    url.set_path(&format!("/{location}"));
+    url.to_string()
+}
+
+/// What every partition of one scan shares.
+#[derive(Debug)]
+pub(super) struct ScanShared {
+    /// The store's URL, to turn object paths back into file URLs.
+    pub base: Url,
+    pub features: Arc<FeatureStore>,
+    pub progress: Arc<ScanProgress>,
+    /// The session's analysis settings when the scan was planned.
+    pub options: AnalysisOptions,
+    /// Stored results are read once per scan, before the first file is looked up.
+    pub refreshed: tokio::sync::OnceCell<()>,
+    /// Every listed path, to tell a renamed file's stored results from a copy's.
+    pub listed: HashSet<String>,
+    /// Files finished since the scan was planned: each time all are, buffered results are
+    /// published, so a query's results are stored when it returns.
+    pub finished: AtomicUsize,
+}
+
+impl ScanShared {
+    pub fn files(&self) -> usize {
+        self.listed.len()
+    }
+}
+
+/// Plans the scan of `files` (already filtered and cut to the query's limit).
+pub(super) fn plan(
+    table_url: &Url,
+    object_store_url: Url,
+    files: Vec<Listed>,
+    projection: Vec<usize>,
+    config: &ConfigOptions,
+    progress: Arc<ScanProgress>,
+    features: Arc<FeatureStore>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let work = Work::of(&projection);
+    if work.listing_only() {
+        let schema = columns::schema();
+        let rows: Vec<FileRow<'_>> = files
+            .iter()
+            .map(|(meta, url)| FileRow {
+                meta,
+                url,
+                header: None,
+                analysis: None,
+            })
+            .collect();
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        let batch = columns::batch(&rows, &all)?;
+        return Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            Some(projection),
+        )?);
+    }
+
+    let per_core = match work.decode {
+        Some(_) => ANALYSES_PER_CORE,
+        None => PROBES_PER_CORE,
+    };
+    let count = files.len();
+    let groups = group_by_path(
+        &files,
+        (config.execution.target_partitions.max(1) * per_core).clamp(1, count.max(1)),
+    );
+    let shared = Arc::new(ScanShared {
+        base: store_url(table_url),
+        features,
+        progress,
+        options: match work.decode {
+            Some(_) => settings::analysis_options(config)?,
+            None => AnalysisOptions::default(),
+        },
+        refreshed: tokio::sync::OnceCell::new(),
+        listed: files.into_iter().map(|(_, url)| url).collect(),
+        finished: AtomicUsize::new(0),
+    });
+    let source = Arc::new(AudioSource::new(shared, table_url.to_string()));
+    let statistics =
+        Statistics::new_unknown(&columns::schema()).with_num_rows(Precision::Exact(count));
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(object_store_url)?, source)
+        .with_file_groups(groups)
+        .with_projection_indices(Some(projection))?
+        .with_statistics(statistics)
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
+
+/// Spreads `files` over `n` groups by [`group_of`] their URL.
+fn group_by_path(files: &[Listed], n: usize) -> Vec<FileGroup> {
+    let mut groups = vec![Vec::new(); n];
+    for (meta, url) in files {
+        groups[group_of(url, n)].push(PartitionedFile::new_from_meta(meta.clone()));
+    }
+    groups.into_iter().map(FileGroup::new).collect()
+}
+
+/// The group of the file at `url` among `n`: the same in every process and run, whatever else
+/// is listed.
+fn group_of(url: &str, n: usize) -> usize {
+    let hash = blake3::hash(url.as_bytes());
+    let bucket = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+    (bucket % n as u64) as usize
+}
+
+/// The AUDIO format as a DataFusion [`FileSource`]; `EXPLAIN` shows `file_type=audio` and what
+/// the scan reads of each file.
+#[derive(Debug, Clone)]
+pub(super) struct AudioSource {
+    shared: Arc<ScanShared>,
+    location: String,
+    table_schema: TableSchema,
+    projection: SplitProjection,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl AudioSource {
+    fn new(shared: Arc<ScanShared>, location: String) -> Self {
+        let table_schema = TableSchema::from(columns::schema());
+        Self {
+            shared,
+            location,
+            projection: SplitProjection::unprojected(&table_schema),
+            table_schema,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    fn work(&self) -> Work {
+        Work::of(&self.projection.file_indices)
+    }
+}
+
+impl FileSource for AudioSource {
+    fn create_file_opener(
+        &self,
+        object_store: Arc<dyn ObjectStore>,
+        _base_config: &FileScanConfig,
+        partition: usize,
+    ) -> Result<Arc<dyn FileOpener>> {
+        // Every partition of an execution opens once; the first announces the scan's files.
+        if partition == 0 {
+            self.shared.progress.add_total(self.shared.files() as u64);
+        }
+        let opener = AudioOpener::new(
+            Arc::clone(&self.shared),
+            object_store,
+            self.projection.file_indices.clone(),
+            &self.metrics,
+            partition,
+        );
+        ProjectionOpener::try_new(
+            self.projection.clone(),
+            Arc::new(opener),
+            self.table_schema.file_schema(),
+        )
+    }
+
+    fn table_schema(&self) -> &TableSchema {
+        &self.table_schema
+    }
+
+    /// Each file is one row: batches are as large as the files a partition has finished.
+    fn with_batch_size(&self, _batch_size: usize) -> Arc<dyn FileSource> {
+        Arc::new(self.clone())
+    }
+
+    fn try_pushdown_projection(
+        &self,
+        projection: &ProjectionExprs,
+    ) -> Result<Option<Arc<dyn FileSource>>> {
+        let merged = self.projection.source.try_merge(projection)?;
+        let mut source = self.clone();
+        source.projection = SplitProjection::new(self.table_schema.file_schema(), &merged);
+        Ok(Some(Arc::new(source)))
+    }
+
+    fn projection(&self) -> Option<&ProjectionExprs> {
+        Some(&self.projection.source)
+    }
+
+    fn metrics(&self) -> &ExecutionPlanMetricsSet {
+        &self.metrics
+    }
+
+    fn file_type(&self) -> &str {
+        "audio"
+    }
+
+    fn fmt_extra(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let work = self.work();
+        let reads = match &work.decode {
+            Some(groups) if groups.is_empty() => "audio (decode only)".to_string(),
+            Some(groups) => format!("audio ({})", groups.join(", ")),
+            None if work.probe => "headers".to_string(),
+            None => "listing".to_string(),
+        };
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(f, ", location={}, reads={reads}", self.location)
+            }
+            DisplayFormatType::TreeRender => writeln!(f, "reads={reads}"),
+        }
+    }
+
+    /// A file is one row: it cannot be split into byte ranges.
+    fn supports_repartitioning(&self) -> bool {
+        false
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        apply_expression_roots(self.projection.source.iter(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(n: usize) -> Vec<Listed> {
+        (0..n)
+            .map(|i| {
+                let location = Path::from(format!("music/{i:03}.mp3"));
+                let url = format!("file:///{location}");
+                let meta = ObjectMeta {
+                    location,
+                    last_modified: Default::default(),
+                    size: 1,
+                    e_tag: None,
+                    version: None,
+                };
+                (meta, url)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_are_grouped_by_a_stable_hash_of_their_url() {
+        let files = listed(100);
+        let groups = group_by_path(&files, 4);
+        assert_eq!(groups.len(), 4);
+        // A fair share in each group.
+        assert!(
+            groups.iter().all(|g| (10..=40).contains(&g.len())),
+            "{groups:?}"
+        );
+        for (i, group) in groups.iter().enumerate() {
+            for file in group.iter() {
+                let url = format!("file:///{}", file.object_meta.location);
+                assert_eq!(group_of(&url, 4), i, "{url}");
+            }
+        }
+        // Fixed values: changing the hash moves every stored file to another task.
+        assert_eq!(group_of("file:///music/000.mp3", 4), 1);
+        assert_eq!(group_of("s3://bucket/a.flac", 1000), 290);
+    }
+
+    #[test]
+    fn file_urls_are_percent_encoded() {
+        let base = Url::parse("s3://bucket").unwrap();
+        let url = file_url(&base, &Path::from("a b/ç.mp3"));
+        assert_eq!(url, "s3://bucket/a%20b/%C3%A7.mp3");
+    }
+}
