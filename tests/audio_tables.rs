@@ -16,6 +16,7 @@ use audiolake_testkit::query::{bytes_read, query, strings};
 use audiolake_testkit::store::CountingStore;
 use audiolake_testkit_audio::corpus;
 use audiolake_testkit_audio::tone::write_wav;
+use futures::StreamExt;
 use object_store::ObjectStore;
 
 async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
@@ -500,4 +501,60 @@ async fn the_scan_is_a_file_source_grouped_by_path() {
     assert_eq!(statistics.num_rows, Precision::Exact(5));
     let batch = query(&lake, "SELECT count(*) AS n FROM t").await;
     assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 5);
+}
+
+/// A query dropped while it decodes stops reading the file at the decoder's next read, and
+/// stores nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_query_stops_decoding() {
+    let music = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(music.path()).unwrap();
+    write_wav(&dir.join("long.wav"), 600, 440.0); // 10 minutes, 106 MB
+    let size = 44 + 44_100 * 600 * 4;
+    let store = tempfile::tempdir().unwrap();
+    let lake = open(store.path(), &[&dir]).await;
+    let counting = Arc::new(CountingStore::new());
+    lake.engine().session().register_object_store(
+        &url::Url::parse("file:///").unwrap(),
+        Arc::clone(&counting) as Arc<dyn ObjectStore>,
+    );
+    lake.sql(&format!(
+        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    let frame = lake
+        .sql("SELECT bpm, key, loudness_lufs, spectral_centroid_hz, mfcc FROM t")
+        .await
+        .unwrap();
+    let mut stream = frame.execute_stream().await.unwrap();
+    let reading = tokio::spawn(async move { stream.next().await.map(|b| b.map(|b| b.num_rows())) });
+    let mut read = 0;
+    let started = std::time::Instant::now();
+    while read < 4 << 20 {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the decode did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        read += counting.take().values().sum::<u64>();
+    }
+    reading.abort();
+    assert!(reading.await.unwrap_err().is_cancelled());
+    // The decoder notices at its next read; then nothing more is fetched.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    read += counting.take().values().sum::<u64>();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let after = counting.take();
+    assert!(after.is_empty(), "reading went on: {after:?}");
+    assert!(read < size, "the whole file was read: {read} bytes");
+    let stats = lake.engine().feature_store().stats();
+    assert_eq!(stats.analyzed(), 0);
+    assert_eq!(
+        stats
+            .parts_written
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }

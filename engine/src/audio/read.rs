@@ -1,6 +1,7 @@
 //! Reading one audio object on a blocking thread: its header, or a full decode through the
 //! feature groups, or to plain samples. Every failure, a panic included, comes back as a message.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use audiolake_udf::features::{analyze_with, AnalysisError, AnalysisOptions, AnalysisOutput};
@@ -111,9 +112,13 @@ async fn blocking<T: Send + 'static>(
     read: impl FnOnce(Box<ObjectSource>, Option<&str>) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let runtime = tokio::runtime::Handle::current();
+    // Dropped with this future (the query ended or was cancelled): the read stops.
+    let cancel = CancelOnDrop::default();
+    let cancelled = Arc::clone(&cancel.0);
     let task = tokio::task::spawn_blocking(move || {
         let extension = meta.location.extension().map(str::to_lowercase);
         let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
+        source = source.cancelled_by(cancelled);
         if extent == Extent::Whole {
             source = source.reading_ahead();
         }
@@ -122,12 +127,24 @@ async fn blocking<T: Send + 'static>(
         }
         read(Box::new(source), extension.as_deref())
     });
-    match task.await {
+    let joined = task.await;
+    drop(cancel);
+    match joined {
         Ok(result) => result,
         Err(join) if join.is_panic() => Err(format!(
             "{what} panicked: {}",
             panic_message(join.into_panic().as_ref())
         )),
         Err(join) => Err(format!("{what} was cancelled: {join}")),
+    }
+}
+
+/// Sets its flag when dropped.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }

@@ -4,6 +4,7 @@
 //! [`ObjectSource::reading_ahead`], fetches the next block while the current one is decoded.
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,6 +35,8 @@ pub struct ObjectSource {
     read_ahead: bool,
     /// The next block, being fetched in the background.
     pending: Option<Prefetch>,
+    /// Set when nobody waits for the read any more: the next read fails.
+    cancelled: Option<Arc<AtomicBool>>,
 }
 
 /// A block fetched in the background, from `start`.
@@ -137,6 +140,7 @@ impl ObjectSource {
             record: None,
             read_ahead: false,
             pending: None,
+            cancelled: None,
         }
     }
 
@@ -151,6 +155,13 @@ impl ObjectSource {
     /// Keeps `record` informed of every byte read and every failure.
     pub fn recording(mut self, record: ReadRecord) -> Self {
         self.record = Some(record);
+        self
+    }
+
+    /// Fails every read once `flag` is set (by a query that was dropped or cancelled), so a
+    /// decoder stops within one buffer refill instead of finishing the file.
+    pub fn cancelled_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancelled = Some(flag);
         self
     }
 
@@ -228,6 +239,17 @@ impl ObjectSource {
 
 impl Read for ObjectSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self
+            .cancelled
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            // What was read so far says nothing about the file: nothing is stored.
+            if let Some(record) = &self.record {
+                record.failed_read();
+            }
+            return Err(io::Error::other("the query was cancelled"));
+        }
         if self.pos >= self.len || buf.is_empty() {
             return Ok(0);
         }
@@ -353,5 +375,25 @@ mod tests {
         assert!(source.pending.is_none());
         // The first read's 70,000 bytes, then a doubled block of 128 KiB.
         assert_eq!(bytes_read.value(), 70_000 + 128 * 1024);
+    }
+
+    #[test]
+    fn a_cancelled_read_fails_and_is_recorded_as_failed() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let data = content();
+        let bytes_read = Count::new();
+        let (flag, record) = (Arc::new(AtomicBool::new(false)), ReadRecord::default());
+        let mut source = source(&rt, &data, &bytes_read)
+            .recording(record.clone())
+            .cancelled_by(Arc::clone(&flag));
+        let mut buf = vec![0u8; 70_000];
+        source.read_exact(&mut buf).unwrap();
+        assert!(!record.failed());
+        flag.store(true, Ordering::Relaxed);
+        let fetched = bytes_read.value();
+        let err = source.read(&mut buf).unwrap_err();
+        assert_eq!(err.to_string(), "the query was cancelled");
+        assert!(record.failed());
+        assert_eq!(bytes_read.value(), fetched);
     }
 }
