@@ -239,6 +239,8 @@ fn read_only_users_read_but_cannot_write() {
          SET datafusion.execution.target_partitions = 100000;\n\
          SET datafusion.runtime.memory_limit = '1T';\n\
          SET audiolake.device = 'cpu';\n\
+         SELECT 1 AS x INTO made;\n\
+         PREPARE make AS SELECT 1 AS x INTO made;\n\
          SELECT count(*) FROM music;\n\
          COPY (SELECT file_name FROM music ORDER BY file_name LIMIT 1) TO STDOUT;\n",
         music.display(),
@@ -249,19 +251,35 @@ fn read_only_users_read_but_cannot_write() {
     assert_eq!(
         err.matches("ERROR:  42501: permission denied: user bob is read-only")
             .count(),
-        6,
+        8,
         "{err}"
     );
-    assert_eq!(err.matches("ERROR:").count(), 6, "{err}");
+    assert_eq!(err.matches("ERROR:").count(), 8, "{err}");
     for refused in [
         "target_partitions = 100000",
         "memory_limit = '1T'",
         "audiolake.device = 'cpu'",
+        "SELECT 1 AS x INTO made",
     ] {
         assert!(err.contains(refused), "{refused} not refused: {err}");
     }
     assert_eq!(stdout(&out), "SET\nSET\n5\na_minor_120.mp3\n", "{err}");
     assert!(!target.exists());
+
+    // The same through the extended protocol (psql 16's \bind).
+    if let Some(psql) = psql16() {
+        let script = "SELECT $1::int AS x INTO made \\bind 1 \\g\n\
+                      SELECT count(*) FROM music \\bind \\g\n";
+        let out = server.psql_script_with(&psql, BOB, script, &[]);
+        let err = stderr(&out);
+        assert_eq!(err.matches("ERROR:").count(), 1, "{err}");
+        assert!(err.contains("user bob is read-only"), "{err}");
+        assert_eq!(stdout(&out), "5\n", "{err}");
+    }
+    // Nothing was made.
+    let out = server.psql(ALICE, &["-c", "SELECT * FROM made"]);
+    assert!(stderr(&out).contains("made"), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "");
 }
 
 #[test]

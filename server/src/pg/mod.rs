@@ -14,6 +14,7 @@ mod connection;
 mod copy_out;
 mod errors;
 mod metrics;
+mod plan_writes;
 mod running;
 mod server;
 mod session;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
@@ -41,6 +42,7 @@ use super::auth::Role;
 use super::compat;
 use super::copy_out;
 use super::errors::{self, error, with_sqlstate};
+use super::plan_writes;
 use super::running::Running;
 use super::server::Server;
 use super::statements::{classify, Call, CallError, Classified, Route, Savepoint};
@@ -122,14 +124,42 @@ impl Session {
         let user = client.metadata().get(METADATA_USER).map(String::as_str);
         if server.role(user) == Role::ReadOnly {
             if let Some(item) = items.iter().find(|i| i.writes) {
-                return Err(error(
-                    errors::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "permission denied: user {} is read-only and cannot run: {}",
-                        user.unwrap_or_default(),
-                        item.text
-                    ),
-                ));
+                return Err(read_only_refusal(user, &item.text));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a read-only user a statement whose plan writes though its text reads (see
+    /// `plan_writes`).
+    fn authorize_plan<C: ClientInfo + ?Sized>(
+        server: &Server,
+        client: &C,
+        text: &str,
+        plan: &LogicalPlan,
+    ) -> PgWireResult<()> {
+        let user = client.metadata().get(METADATA_USER).map(String::as_str);
+        if server.role(user) == Role::ReadOnly && plan_writes::writes(plan) {
+            return Err(read_only_refusal(user, text));
+        }
+        Ok(())
+    }
+
+    /// [`Self::authorize_plan`] for statements that datafusion-postgres plans itself: a
+    /// read-only user's are planned here first. One that does not plan is left to the session,
+    /// which reports why.
+    async fn authorize_plans<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        items: &[Classified],
+    ) -> PgWireResult<()> {
+        let user = client.metadata().get(METADATA_USER).map(String::as_str);
+        if self.server.role(user) != Role::ReadOnly {
+            return Ok(());
+        }
+        for item in items.iter().filter(|i| matches!(i.route, Route::Session)) {
+            if let Ok(plan) = self.ctx.state().create_logical_plan(&item.text).await {
+                Self::authorize_plan(&self.server, client, &item.text, &plan)?;
             }
         }
         Ok(())
@@ -408,6 +438,7 @@ impl SimpleQueryHandler for Session {
                 Some(Err(message)) => Err(error(errors::FEATURE_NOT_SUPPORTED, message)),
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
+                    self.authorize_plans(client, &items).await?;
                     match items.as_slice() {
                         [item] if matches!(item.route, Route::Session) && !item.rewritten => {
                             self.run_in_session(client, query).await
@@ -567,13 +598,15 @@ impl QueryParser for SessionParser {
                         return Ok(Some((sql.to_owned(), None)));
                     }
                     if item.rewritten {
-                        return self.parse_in_session(client, &item.text, types).await;
+                        let parsed = self.parse_in_session(client, &item.text, types).await?;
+                        return self.authorized(client, &item.text, parsed);
                     }
                 }
             }
             None => {}
         }
-        self.parse_in_session(client, sql, types).await
+        let parsed = self.parse_in_session(client, sql, types).await?;
+        self.authorized(client, sql, parsed)
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
@@ -591,6 +624,19 @@ impl QueryParser for SessionParser {
 }
 
 impl SessionParser {
+    /// `parsed`, unless a read-only user may not run its plan.
+    fn authorized<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        sql: &str,
+        parsed: Option<DfStatementTuple>,
+    ) -> PgWireResult<Option<DfStatementTuple>> {
+        if let Some((_, Some((_, plan)))) = &parsed {
+            Session::authorize_plan(&self.server, client, sql, plan)?;
+        }
+        Ok(parsed)
+    }
+
     /// datafusion-postgres's parse and plan of `sql`, again with unique result names when
     /// DataFusion refused repeated ones (see `compat::output_names`), with the parameter types
     /// PostgreSQL would infer (see `compat::parameters`).
@@ -623,4 +669,15 @@ impl SessionParser {
             other => Ok(other),
         }
     }
+}
+
+/// The error a read-only user gets for a statement that writes.
+fn read_only_refusal(user: Option<&str>, text: &str) -> PgWireError {
+    error(
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "permission denied: user {} is read-only and cannot run: {text}",
+            user.unwrap_or_default()
+        ),
+    )
 }
