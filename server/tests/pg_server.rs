@@ -276,6 +276,19 @@ fn read_only_users_read_but_cannot_write() {
         assert!(err.contains("user bob is read-only"), "{err}");
         assert_eq!(stdout(&out), "5\n", "{err}");
     }
+    // Nor through a cursor.
+    let script = "BEGIN;\nDECLARE r CURSOR FOR SELECT file_name FROM music ORDER BY file_name;\n\
+                  FETCH 1 FROM r;\nCOMMIT;\n\
+                  BEGIN;\nDECLARE w CURSOR FOR SELECT 1 AS x INTO made;\nFETCH 1 FROM w;\nROLLBACK;\n";
+    let out = server.psql_script(BOB, script, &["-t", "-A"]);
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(
+            "ERROR:  permission denied: user bob is read-only and cannot run: DECLARE w CURSOR"
+        ),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("a_minor_120.mp3"), "{}", stdout(&out));
     // Nothing was made.
     let out = server.psql(ALICE, &["-c", "SELECT * FROM made"]);
     assert!(stderr(&out).contains("made"), "{}", stdout(&out));

@@ -157,8 +157,9 @@ impl Session {
         if self.server.role(user) != Role::ReadOnly {
             return Ok(());
         }
-        for item in items.iter().filter(|i| matches!(i.route, Route::Session)) {
-            if let Ok(plan) = self.ctx.state().create_logical_plan(&item.text).await {
+        for item in items {
+            let Some(runs) = &item.runs else { continue };
+            if let Ok(plan) = self.ctx.state().statement_to_plan(runs.clone()).await {
                 Self::authorize_plan(&self.server, client, &item.text, &plan)?;
             }
         }

@@ -60,6 +60,9 @@ pub struct Classified {
     pub text: String,
     /// Whether `text` was rewritten for PostgreSQL compatibility (see `compat::rewrite`).
     pub rewritten: bool,
+    /// For statements the session runs, what DataFusion will plan for it: the statement, or a
+    /// `DECLARE`d cursor's query (planned at `FETCH`). A read-only user's is judged on its plan.
+    pub runs: Option<DfStatement>,
 }
 
 /// `COPY (query) TO STDOUT` with its options.
@@ -99,15 +102,16 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
                 let writes = !is_read(&statement) || !read_only_may_set(engine, &statement);
                 let rewritten = compat::rewrite(&mut statement);
                 let text = statement.to_string();
-                let route = match copy_out(&statement) {
-                    Some(copy) => Route::CopyOut(copy?),
-                    None => Route::Session,
+                let (route, runs) = match copy_out(&statement) {
+                    Some(copy) => (Route::CopyOut(copy?), None),
+                    None => (Route::Session, Some(what_runs(statement))),
                 };
                 Ok(Classified {
                     route,
                     writes,
                     text,
                     rewritten,
+                    runs,
                 })
             })
             .collect(),
@@ -132,6 +136,7 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 writes: true,
                 text,
                 rewritten,
+                runs: None,
             };
         }
         if let Some(savepoint) = savepoint(inner) {
@@ -140,6 +145,7 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 writes: false,
                 text,
                 rewritten,
+                runs: None,
             };
         }
     }
@@ -164,17 +170,27 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
         }
         DfStatement::Reset(_) => (false, false),
     };
-    let route = if engine {
-        Route::Engine(statement)
-    } else {
-        Route::Session
+    let (route, runs) = match (engine, statement) {
+        (true, statement) => (Route::Engine(statement), None),
+        (false, DfStatement::Statement(inner)) => (Route::Session, Some(what_runs(*inner))),
+        (false, statement) => (Route::Session, Some(statement)),
     };
     Classified {
         route,
         writes,
         text,
         rewritten,
+        runs,
     }
+}
+
+/// What DataFusion plans when the session runs `statement`: a cursor's query for `DECLARE`.
+fn what_runs(statement: Statement) -> DfStatement {
+    let query = match &statement {
+        Statement::Declare { stmts } => stmts.iter().find_map(|d| d.for_query.clone()),
+        _ => None,
+    };
+    DfStatement::Statement(Box::new(query.map_or(statement, Statement::Query)))
 }
 
 /// `SHOW hnsw.ef_search` and the engine's other extension settings (`pg_trgm.*`,
