@@ -29,6 +29,24 @@ async fn open(store: &Path, allow: &[&Path]) -> AudioLake {
     builder.build().await.unwrap()
 }
 
+/// An engine on `store` with table `t` over `dir`, reading local files through a store that
+/// counts the bytes read of each.
+async fn open_counting(store: &Path, dir: &Path) -> (AudioLake, Arc<CountingStore>) {
+    let lake = open(store, &[dir]).await;
+    let counting = Arc::new(CountingStore::new());
+    lake.engine().session().register_object_store(
+        &url::Url::parse("file:///").unwrap(),
+        Arc::clone(&counting) as Arc<dyn ObjectStore>,
+    );
+    lake.sql(&format!(
+        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
+        dir.display()
+    ))
+    .await
+    .unwrap();
+    (lake, counting)
+}
+
 /// Rows of a CSV file (fixtures.csv, truth.csv), keyed by column name.
 fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
     csv::Reader::from_path(path)
@@ -125,18 +143,7 @@ async fn cheap_columns_read_only_what_they_need() {
         write_wav(&dir.join(format!("tone{i}.wav")), 12, 440.0); // ~2 MB each
     }
     let store = tempfile::tempdir().unwrap();
-    let lake = open(store.path(), &[&dir]).await;
-    let counting = Arc::new(CountingStore::new());
-    lake.engine().session().register_object_store(
-        &url::Url::parse("file:///").unwrap(),
-        Arc::clone(&counting) as Arc<dyn ObjectStore>,
-    );
-    lake.sql(&format!(
-        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
-        dir.display()
-    ))
-    .await
-    .unwrap();
+    let (lake, counting) = open_counting(store.path(), &dir).await;
     counting.take();
 
     // Listing columns: no file is opened.
@@ -512,18 +519,7 @@ async fn a_dropped_query_stops_decoding() {
     write_wav(&dir.join("long.wav"), 600, 440.0); // 10 minutes, 106 MB
     let size = 44 + 44_100 * 600 * 4;
     let store = tempfile::tempdir().unwrap();
-    let lake = open(store.path(), &[&dir]).await;
-    let counting = Arc::new(CountingStore::new());
-    lake.engine().session().register_object_store(
-        &url::Url::parse("file:///").unwrap(),
-        Arc::clone(&counting) as Arc<dyn ObjectStore>,
-    );
-    lake.sql(&format!(
-        "CREATE EXTERNAL TABLE t STORED AS AUDIO LOCATION '{}'",
-        dir.display()
-    ))
-    .await
-    .unwrap();
+    let (lake, counting) = open_counting(store.path(), &dir).await;
     let frame = lake
         .sql("SELECT bpm, key, loudness_lufs, spectral_centroid_hz, mfcc FROM t")
         .await

@@ -35,7 +35,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
 use url::Url;
 
-use super::columns::{self, FileRow, Work};
+use super::columns::{self, Work};
 use super::opener::AudioOpener;
 use crate::location::store_url;
 use crate::progress::ScanProgress;
@@ -93,21 +93,11 @@ pub(super) fn plan(
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let work = Work::of(&projection);
     if work.listing_only() {
-        let schema = columns::schema();
-        let rows: Vec<FileRow<'_>> = files
-            .iter()
-            .map(|(meta, url)| FileRow {
-                meta,
-                url,
-                header: None,
-                analysis: None,
-            })
-            .collect();
-        let all: Vec<usize> = (0..schema.fields().len()).collect();
-        let batch = columns::batch(&rows, &all)?;
+        // The listing columns come first in the table, so the projection's indices hold.
+        let batch = columns::listing_batch(&files)?;
         return Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
-            schema,
+            columns::listing_schema(),
             Some(projection),
         )?);
     }
