@@ -1,5 +1,6 @@
 //! Whole-table analysis jobs, and `audiolake_progress`, the system table that shows them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -31,7 +32,12 @@ pub struct AnalyzeReport {
     pub seconds: f64,
 }
 
+/// Finished jobs `audiolake_progress` keeps; older ones are forgotten, since a server that
+/// watches its folders starts a job per change.
+const FINISHED_KEPT: usize = 1000;
+
 struct Job {
+    id: u64,
     table: String,
     groups: Vec<&'static str>,
     started: Instant,
@@ -41,6 +47,8 @@ struct Job {
     counter_start: u64,
     done: Option<u64>,
     finished: Option<f64>,
+    /// When it finished, in the order of `Jobs::next_id`: the first finished are forgotten first.
+    finished_order: Option<u64>,
     error: Option<String>,
 }
 
@@ -48,13 +56,14 @@ struct Job {
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<Vec<Job>>,
+    next_id: AtomicU64,
 }
 
 /// A job of [`Jobs`] while it runs. Dropped before [`RunningJob::finish`] (its task was
 /// stopped or its client went away), the job is recorded as stopped.
 pub struct RunningJob<'a> {
     jobs: &'a Jobs,
-    id: usize,
+    id: u64,
     finished: bool,
 }
 
@@ -82,8 +91,9 @@ impl Jobs {
         files: u64,
         progress: &ScanProgress,
     ) -> RunningJob<'_> {
-        let mut jobs = self.jobs.lock();
-        jobs.push(Job {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.jobs.lock().push(Job {
+            id,
             table: table.to_owned(),
             groups: groups.to_vec(),
             started: Instant::now(),
@@ -92,22 +102,32 @@ impl Jobs {
             counter_start: progress.snapshot().0,
             done: None,
             finished: None,
+            finished_order: None,
             error: None,
         });
         RunningJob {
             jobs: self,
-            id: jobs.len() - 1,
+            id,
             finished: false,
         }
     }
 
-    fn finish(&self, id: usize, outcome: std::result::Result<(), String>) {
+    fn finish(&self, id: u64, outcome: std::result::Result<(), String>) {
         let mut jobs = self.jobs.lock();
-        let job = &mut jobs[id];
-        job.finished = Some(job.started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(()) => job.done = Some(job.files),
-            Err(e) => job.error = Some(e),
+        let order = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(job) = jobs.iter_mut().find(|job| job.id == id) {
+            job.finished = Some(job.started.elapsed().as_secs_f64());
+            job.finished_order = Some(order);
+            match outcome {
+                Ok(()) => job.done = Some(job.files),
+                Err(e) => job.error = Some(e),
+            }
+        }
+        let mut finished: Vec<u64> = jobs.iter().filter_map(|job| job.finished_order).collect();
+        if finished.len() > FINISHED_KEPT {
+            let forget = finished.len() - FINISHED_KEPT;
+            let (_, &mut first_kept, _) = finished.select_nth_unstable(forget);
+            jobs.retain(|job| job.finished_order.is_none_or(|order| order >= first_kept));
         }
     }
 
@@ -245,5 +265,33 @@ mod tests {
         assert!(error.is_null(2));
         assert_eq!(groups.value(1), "rhythm, tonal");
         drop(running);
+    }
+
+    #[test]
+    fn old_finished_jobs_are_forgotten_running_ones_never() {
+        let jobs = Arc::new(Jobs::default());
+        let progress = Arc::new(ScanProgress::default());
+        let running = jobs.start("running", &["rhythm"], 3, &progress);
+        for i in 0..FINISHED_KEPT + 5 {
+            jobs.start(&format!("job{i}"), &["rhythm"], 3, &progress)
+                .finish(Ok(()));
+        }
+        let batch = ProgressTable::new(Arc::clone(&jobs), Arc::clone(&progress))
+            .snapshot()
+            .unwrap();
+        assert_eq!(batch.num_rows(), FINISHED_KEPT + 1);
+        let tables = batch.column(0).as_string::<i32>();
+        assert_eq!(tables.value(0), "running");
+        assert_eq!(tables.value(1), "job5");
+        assert_eq!(
+            tables.value(FINISHED_KEPT),
+            format!("job{}", FINISHED_KEPT + 4)
+        );
+        running.finish(Ok(()));
+        let batch = ProgressTable::new(jobs, progress).snapshot().unwrap();
+        assert_eq!(batch.num_rows(), FINISHED_KEPT);
+        let tables = batch.column(0).as_string::<i32>();
+        assert_eq!(tables.value(0), "running");
+        assert_eq!(tables.value(1), "job6");
     }
 }
