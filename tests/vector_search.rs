@@ -86,6 +86,13 @@ fn l2(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
+fn l1(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+        .sum()
+}
+
 /// The ids of the k rows nearest to `q` by `distance` among those `keep` accepts.
 fn brute_force(
     distance: fn(&[f32], &[f32]) -> f64,
@@ -425,6 +432,61 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
         .filter(|e| e.path().is_file())
         .count();
     assert_eq!(files, 0, "the definition is gone from the store");
+}
+
+/// The index files (`<build>.hnsw`) kept for index `name`.
+fn graph_files(setup: &Setup, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(setup.store.join("indexes").join(name))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hnsw"))
+        .collect()
+}
+
+#[tokio::test]
+async fn l1_indexes_and_builds_that_cannot_be_read() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = open(&setup).await;
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let table = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &table).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_l1 ON vecs USING hnsw (v vector_l1_ops)",
+    )
+    .await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    let q = &rows[17].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <+> {} LIMIT 10", literal(q));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=vecs_l1"));
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l1, &rows, q, 10, |_| true)
+    );
+    drop(lake);
+
+    // A build written by hnsw_rs (or damaged) is built again at first use, not an error.
+    let [old] = graph_files(&setup, "vecs_l1").try_into().unwrap();
+    std::fs::write(&old, b"ALHNSW1\0graph files of hnsw_rs").unwrap();
+    let lake = open(&setup).await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l1, &rows, q, 10, |_| true)
+    );
+    let new: Vec<PathBuf> = graph_files(&setup, "vecs_l1")
+        .into_iter()
+        .filter(|p| *p != old)
+        .collect();
+    assert_eq!(new.len(), 1, "one new build");
+    assert!(std::fs::read(&new[0]).unwrap().starts_with(b"ALHNSW2\0"));
 }
 
 #[tokio::test]

@@ -1,12 +1,12 @@
 //! HNSW benchmark: build time, memory, recall@10 against brute force and queries/s at several
-//! `ef_search`, for audiolake's index (hnsw_rs) and, in the same run on the same data, for
+//! `ef_search`, for audiolake's index (its own graph) and, in the same run on the same data, for
 //! hnswlib (PyPI) through `benches/hnswlib_peer.py`, printed side by side with ratios.
 //!
 //! Data: N vectors of 200 dimensions around 1000 cluster centres drawn uniformly in [-1, 1]^200,
 //! each vector a centre plus noise of standard deviation 0.1 per element (a sum of 12 uniforms);
 //! 200 queries drawn the same way. Metric L2, m = 16, ef_construction = 200.
 //!
-//! `cargo bench -p audiolake-engine --bench hnsw`; N = `AUDIOLAKE_BENCH_N` (default 100000, or
+//! `cargo bench --workspace --bench hnsw`; N = `AUDIOLAKE_BENCH_N` (default 100000, or
 //! 1000000 with `AUDIOLAKE_BENCH_FULL=1`). Inserts use every core (rayon; hnswlib's
 //! `num_threads=-1`); queries run one at a time on one thread in both.
 

@@ -1,8 +1,7 @@
 //! What every target shares: which panics count as findings.
 //!
 //! Where audiolake catches panics per file (header probing, the blocking task that analyses one
-//! file, the HNSW loader), a panic raised inside a dependency (symphonia, hnsw_rs, the standard
-//! library) becomes an error row in production, so [`tolerating`] lets it unwind silently. A
+//! file), a panic raised inside a dependency (symphonia, the standard library) becomes an error row in production, so [`tolerating`] lets it unwind silently. A
 //! panic located in audiolake's own code is always a finding (it breaks the rule that user
 //! data never panics), and so is any panic outside [`tolerating`]: libFuzzer's own hook reports
 //! it and aborts.

@@ -48,6 +48,12 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     fold2(a, b, |x, y| x * y)
 }
 
+/// Taxicab distance as `f32`, for index structures; see [`l2_squared_f32`].
+pub fn l1_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    fold2(a, b, |x, y| (x - y).abs())
+}
+
 /// Inner product, `Σ a_i b_i`: pgvector's `inner_product`.
 pub fn inner_product(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
     check(a, b)?;
@@ -96,7 +102,7 @@ pub fn cosine_distance(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
 /// Taxicab distance, `Σ |a_i - b_i|`: pgvector's `l1_distance` and `<+>`.
 pub fn l1_distance(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
     check(a, b)?;
-    Ok(f64::from(fold2(a, b, |x, y| (x - y).abs())))
+    Ok(f64::from(l1_f32(a, b)))
 }
 
 #[cfg(test)]
@@ -179,5 +185,8 @@ mod tests {
             l2_distance(&a, &b).unwrap().powi(2),
         );
         close(f64::from(dot_f32(&a, &b)), inner_product(&a, &b).unwrap());
+        // |diffs| 0.5 3.5 5 6.5 1 1 2 3 5, summed by hand.
+        close(f64::from(l1_f32(&a, &b)), 27.5);
+        close(f64::from(l1_f32(&a, &b)), l1_distance(&a, &b).unwrap());
     }
 }

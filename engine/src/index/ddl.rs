@@ -81,7 +81,7 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
             Metric::from_opclass(&class).ok_or_else(|| {
                 plan_error(format!(
                     "operator class \"{class}\" does not exist for access method \"hnsw\" \
-                     (use vector_l2_ops, vector_cosine_ops or vector_ip_ops)"
+                     (use vector_l2_ops, vector_cosine_ops, vector_ip_ops or vector_l1_ops)"
                 ))
             })?
         }
@@ -212,6 +212,8 @@ mod tests {
         let d = create("CREATE INDEX ON music USING hnsw (embedding)").unwrap();
         assert_eq!(d.name, "music_embedding_idx");
         assert_eq!((d.metric, d.params), (Metric::L2, IndexParams::default()));
+        let d = create("CREATE INDEX ON music USING hnsw (embedding vector_l1_ops)").unwrap();
+        assert_eq!(d.metric, Metric::L1);
     }
 
     #[test]
@@ -226,8 +228,8 @@ mod tests {
             "Error during planning: column \"bpm\" is Float64, not a vector (a list of numbers such as float4[])"
         );
         assert_eq!(
-            err("CREATE INDEX ON music USING hnsw (embedding vector_l1_ops)"),
-            "Error during planning: operator class \"vector_l1_ops\" does not exist for access method \"hnsw\" (use vector_l2_ops, vector_cosine_ops or vector_ip_ops)"
+            err("CREATE INDEX ON music USING hnsw (embedding bit_hamming_ops)"),
+            "Error during planning: operator class \"bit_hamming_ops\" does not exist for access method \"hnsw\" (use vector_l2_ops, vector_cosine_ops, vector_ip_ops or vector_l1_ops)"
         );
         assert_eq!(
             err("CREATE INDEX ON music USING hnsw (embedding) WITH (lists = 3)"),

@@ -1,4 +1,4 @@
-//! Vector indexes over embedding columns: [`HnswIndex`], an HNSW graph (hnsw_rs) with pgvector's
+//! Vector indexes over embedding columns: [`HnswIndex`], an HNSW graph (Malkov & Yashunin) with pgvector's
 //! parameters and metrics, filtered k-nearest-neighbour search that never returns fewer rows than
 //! qualify, dead rows, and persistence to a folder or bytes; and their SQL side: `CREATE INDEX
 //! ... USING hnsw` and `DROP INDEX` ([`ddl`]), the indexes kept in the store ([`registry`]), the
@@ -42,6 +42,9 @@ pub enum IndexError {
 
     #[error("index files in {dir}: {reason}")]
     Corrupt { dir: String, reason: String },
+
+    #[error("index build cancelled")]
+    Cancelled,
 
     #[error("index files: {0}")]
     Io(#[from] std::io::Error),

@@ -496,11 +496,30 @@ impl Indexes {
         }
     }
 
-    /// The entry's build, read from the store at first use.
-    pub async fn loaded(&self, entry: &Entry) -> Result<Arc<Loaded>> {
+    /// The entry's build, read from the store at first use; a build that cannot be read (an
+    /// index file damaged, or written in a format this version no longer reads) is built again
+    /// from the table, with a warning in the log rather than an error for the query.
+    pub async fn loaded_or_rebuilt(
+        &self,
+        state: &SessionState,
+        entry: Arc<Entry>,
+    ) -> Result<(Arc<Entry>, Arc<Loaded>)> {
+        if let Some(loaded) = self.loaded(&entry).await? {
+            return Ok((entry, loaded));
+        }
+        let entry = self.build(state, entry.definition.clone()).await?;
+        let loaded = self.loaded(&entry).await?.ok_or_else(|| {
+            DataFusionError::Internal("a new build is held in memory".to_string())
+        })?;
+        Ok((entry, loaded))
+    }
+
+    /// The entry's build, read from the store at first use; `None` when its index file cannot
+    /// be read (logged).
+    async fn loaded(&self, entry: &Entry) -> Result<Option<Arc<Loaded>>> {
         let mut slot = entry.loaded.lock().await;
         if let Some(loaded) = slot.as_ref() {
-            return Ok(Arc::clone(loaded));
+            return Ok(Some(Arc::clone(loaded)));
         }
         let d = &entry.definition;
         let read = |suffix: &'static str| {
@@ -525,13 +544,23 @@ impl Indexes {
         } else {
             Vec::new()
         };
-        let index = tokio::task::spawn_blocking(move || HnswIndex::from_bytes(&graph))
+        let index = match tokio::task::spawn_blocking(move || HnswIndex::from_bytes(&graph))
             .await
             .map_err(|e| DataFusionError::External(e.into()))?
-            .map_err(index_error)?;
+        {
+            Ok(index) => index,
+            Err(e) => {
+                log::warn!(
+                    "index {}: build {} cannot be used ({e}); building it again",
+                    d.name,
+                    d.build
+                );
+                return Ok(None);
+            }
+        };
         let loaded = Arc::new(Loaded::new(index, keys, fingerprints));
         *slot = Some(Arc::clone(&loaded));
-        Ok(loaded)
+        Ok(Some(loaded))
     }
 }
 

@@ -21,7 +21,8 @@ fn metric_of(distance: Distance) -> Option<Metric> {
         Distance::L2 => Some(Metric::L2),
         Distance::Cosine => Some(Metric::Cosine),
         Distance::NegativeInnerProduct => Some(Metric::InnerProduct),
-        Distance::InnerProduct | Distance::L1 => None,
+        Distance::L1 => Some(Metric::L1),
+        Distance::InnerProduct => None,
     }
 }
 

@@ -158,8 +158,13 @@ pub async fn nearest(
     let definition = &table.entry.definition;
     let key = definition.key.as_str();
     let version = table_version(state, table.inner.as_ref()).await?;
-    let mut entry = Arc::clone(&table.entry);
-    let mut loaded = table.indexes.loaded(&entry).await?;
+    let (mut entry, mut loaded) = table
+        .indexes
+        .loaded_or_rebuilt(state, Arc::clone(&table.entry))
+        .await?;
+    if !Arc::ptr_eq(&entry, &table.entry) {
+        reads.add(1);
+    }
     let unchanged = version.is_some() && version == entry.definition.version;
     let rows = if unchanged && table.predicate.is_none() {
         Freshness::unchanged()
@@ -180,7 +185,7 @@ pub async fn nearest(
         if rows.stale(loaded.keys.len()) {
             reads.add(1);
             entry = table.indexes.build(state, entry.definition.clone()).await?;
-            loaded = table.indexes.loaded(&entry).await?;
+            (entry, loaded) = table.indexes.loaded_or_rebuilt(state, entry).await?;
             rows = Freshness::of(&current, &loaded)?;
         }
         rows

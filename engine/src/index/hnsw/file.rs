@@ -1,0 +1,384 @@
+//! The stored form of an [`HnswIndex`]: a header, then the graph's arrays as they are in
+//! memory (little-endian, each section padded to 8 bytes), then a BLAKE3 checksum of
+//! everything before it.
+//!
+//! | section   | contents                                                   |
+//! |-----------|------------------------------------------------------------|
+//! | header    | magic, version, metric, dims, m, ef_construction, max level, entry, counts, build time |
+//! | vectors   | `nodes × dims` f32                                         |
+//! | level 0   | `nodes × (2m + 1)` u32: count, then links                  |
+//! | levels    | `nodes` u8                                                 |
+//! | upper     | `upper_slots` u32: `m + 1` per level above 0 of each node  |
+//! | ids       | `nodes` u64, ascending: row id of each node                |
+//! | unindexed | u64, ascending: rows not in the graph (zero vectors, cosine) |
+//! | dead      | u64: rows marked dead                                      |
+//!
+//! Reading checks the length the header implies before allocating anything, then the
+//! checksum, then every count, link and level, so that a damaged or crafted file is an error
+//! and never a panic or a huge allocation.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU32;
+
+use super::graph::{self, Graph, Links, Top, MAX_LEVEL};
+use super::{BuildInfo, HnswIndex, IndexParams, Metric};
+
+const MAGIC: &[u8; 8] = b"ALHNSW2\0";
+/// What hnsw_rs-based builds wrote (files of hnsw_rs behind this magic).
+const OLD_MAGIC: &[u8; 8] = b"ALHNSW1\0";
+const VERSION: u32 = 2;
+pub(super) const HEADER: usize = 80;
+const CHECKSUM: usize = 32;
+
+/// Message of the error for an index written before this format; the registry rebuilds it.
+pub(super) const OLD_FORMAT: &str =
+    "an index in the old hnsw_rs format, which this build no longer reads";
+
+fn metric_code(metric: Metric) -> u32 {
+    match metric {
+        Metric::L2 => 0,
+        Metric::Cosine => 1,
+        Metric::InnerProduct => 2,
+        Metric::L1 => 3,
+    }
+}
+
+fn metric_of(code: u32) -> Option<Metric> {
+    [Metric::L2, Metric::Cosine, Metric::InnerProduct, Metric::L1]
+        .into_iter()
+        .find(|m| metric_code(*m) == code)
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn pad(&mut self) {
+        while !self.0.len().is_multiple_of(8) {
+            self.0.push(0);
+        }
+    }
+}
+
+fn padded(bytes: u64) -> Option<u64> {
+    Some(bytes.checked_add(7)? & !7)
+}
+
+/// The bytes of `index`.
+pub(super) fn encode(index: &HnswIndex) -> Vec<u8> {
+    let g = &index.graph;
+    let top = g.top();
+    let mut dead: Vec<u64> = index.dead.iter().copied().collect();
+    dead.sort_unstable();
+    let mut w = Writer(Vec::with_capacity(
+        HEADER
+            + g.vectors.len() * 4
+            + (g.level0.len() + g.upper.len()) * 4
+            + g.levels.len() * 9
+            + (index.unindexed.len() + dead.len()) * 8
+            + CHECKSUM
+            + 32,
+    ));
+    w.0.extend_from_slice(MAGIC);
+    w.u32(VERSION);
+    w.u32(metric_code(index.info.metric));
+    w.u32(index.info.dims as u32);
+    w.u32(index.info.params.m as u32);
+    w.u32(index.info.params.ef_construction as u32);
+    w.u32(top.max_level as u32);
+    w.u32(top.entry);
+    w.u32(0);
+    w.u64(g.len() as u64);
+    w.u64(g.upper.len() as u64);
+    w.u64(index.unindexed.len() as u64);
+    w.u64(dead.len() as u64);
+    w.0.extend_from_slice(&index.info.build_seconds.to_le_bytes());
+    debug_assert_eq!(w.0.len(), HEADER);
+    for x in &g.vectors {
+        w.0.extend_from_slice(&x.to_le_bytes());
+    }
+    w.pad();
+    for s in &g.level0 {
+        w.u32(s.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    w.pad();
+    w.0.extend_from_slice(&g.levels);
+    w.pad();
+    for s in &g.upper {
+        w.u32(s.load(std::sync::atomic::Ordering::Relaxed));
+    }
+    w.pad();
+    for list in [&index.ids, &index.unindexed, &dead] {
+        for id in list {
+            w.u64(*id);
+        }
+    }
+    let checksum = blake3::hash(&w.0);
+    w.0.extend_from_slice(checksum.as_bytes());
+    w.0
+}
+
+/// Reads sections whose lengths were checked against the file's.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let out = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        out
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take(4).try_into().expect("4 bytes"))
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take(8).try_into().expect("8 bytes"))
+    }
+    fn skip_pad(&mut self) {
+        self.at = self.at.next_multiple_of(8);
+    }
+    fn u32s(&mut self, n: usize) -> Vec<u32> {
+        self.take(n * 4)
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    }
+    fn u64s(&mut self, n: usize) -> Vec<u64> {
+        self.take(n * 8)
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    }
+}
+
+struct Header {
+    metric: Metric,
+    params: IndexParams,
+    dims: usize,
+    top: Top,
+    nodes: usize,
+    upper_slots: usize,
+    unindexed: usize,
+    dead: usize,
+    build_seconds: f64,
+}
+
+fn header(bytes: &[u8]) -> Result<Header, String> {
+    if bytes.len() < HEADER + CHECKSUM {
+        if bytes.starts_with(OLD_MAGIC) {
+            return Err(OLD_FORMAT.into());
+        }
+        return Err(format!("truncated: {} bytes", bytes.len()));
+    }
+    let mut r = Reader { bytes, at: 0 };
+    match r.take(8) {
+        m if m == MAGIC => {}
+        m if m == OLD_MAGIC => return Err(OLD_FORMAT.into()),
+        _ => return Err("not an audiolake HNSW index".into()),
+    }
+    let version = r.u32();
+    if version != VERSION {
+        return Err(format!(
+            "format version {version} (this build reads {VERSION})"
+        ));
+    }
+    let code = r.u32();
+    let metric = metric_of(code).ok_or_else(|| format!("unknown metric {code}"))?;
+    let dims = r.u32() as usize;
+    let params = IndexParams {
+        m: r.u32() as usize,
+        ef_construction: r.u32() as usize,
+    };
+    params.validate().map_err(|e| e.to_string())?;
+    let max_level = r.u32() as usize;
+    let entry = r.u32();
+    r.u32();
+    // Counts past the address space cannot match the file's length: checked below.
+    let count = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let nodes = count(r.u64());
+    let upper_slots = count(r.u64());
+    let unindexed = count(r.u64());
+    let dead = count(r.u64());
+    let build_seconds = f64::from_le_bytes(r.take(8).try_into().expect("8 bytes"));
+    Ok(Header {
+        metric,
+        params,
+        dims,
+        top: Top { entry, max_level },
+        nodes,
+        upper_slots,
+        unindexed,
+        dead,
+        build_seconds,
+    })
+}
+
+/// The file length `h` describes, `None` when it overflows.
+fn described_length(h: &Header) -> Option<u64> {
+    let (nodes, m) = (h.nodes as u64, h.params.m as u64);
+    let sections = [
+        nodes.checked_mul(h.dims as u64)?.checked_mul(4)?,
+        nodes.checked_mul(2 * m + 1)?.checked_mul(4)?,
+        nodes,
+        (h.upper_slots as u64).checked_mul(4)?,
+        nodes.checked_mul(8)?,
+        (h.unindexed as u64).checked_mul(8)?,
+        (h.dead as u64).checked_mul(8)?,
+    ];
+    let mut total = (HEADER + CHECKSUM) as u64;
+    for s in sections {
+        total = total.checked_add(padded(s)?)?;
+    }
+    Some(total)
+}
+
+fn strictly_ascending(ids: &[u64]) -> bool {
+    ids.windows(2).all(|w| w[0] < w[1])
+}
+
+/// An index from `bytes`, with every part checked; the error says what is wrong.
+pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
+    let h = header(bytes)?;
+    match described_length(&h) {
+        Some(len) if len == bytes.len() as u64 => {}
+        Some(len) => {
+            return Err(format!(
+                "the header describes {len} bytes, there are {}",
+                bytes.len()
+            ))
+        }
+        None => return Err("the header's counts overflow".into()),
+    }
+    let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM);
+    if blake3::hash(body).as_bytes() != checksum {
+        return Err("checksum mismatch: the file is damaged".into());
+    }
+    if h.nodes > u32::MAX as usize {
+        return Err(format!("{} nodes (at most {})", h.nodes, u32::MAX));
+    }
+    if h.nodes + h.unindexed > 0 && h.dims == 0 {
+        return Err("rows of 0 dimensions".into());
+    }
+
+    let mut r = Reader {
+        bytes: body,
+        at: HEADER,
+    };
+    let vectors: Vec<f32> = r
+        .take(h.nodes * h.dims * 4)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    r.skip_pad();
+    let level0 = r.u32s(h.nodes * (2 * h.params.m + 1));
+    r.skip_pad();
+    let levels = r.take(h.nodes).to_vec();
+    r.skip_pad();
+    let upper = r.u32s(h.upper_slots);
+    r.skip_pad();
+    let ids = r.u64s(h.nodes);
+    let unindexed = r.u64s(h.unindexed);
+    let dead = r.u64s(h.dead);
+
+    if !vectors.iter().all(|x| x.is_finite()) {
+        return Err("a vector has a NaN or infinite element".into());
+    }
+    check_links(&h, &levels, &level0, &upper)?;
+    if !strictly_ascending(&ids) || !strictly_ascending(&unindexed) {
+        return Err("row ids out of order or repeated".into());
+    }
+    if unindexed.iter().any(|id| ids.binary_search(id).is_ok()) {
+        return Err("a row both in and out of the graph".into());
+    }
+    let known = |id: &u64| ids.binary_search(id).is_ok() || unindexed.binary_search(id).is_ok();
+    if !dead.iter().all(known) {
+        return Err("a dead row that is not indexed".into());
+    }
+    let dead: HashSet<u64> = dead.into_iter().collect();
+
+    let atomics = |v: Vec<u32>| v.into_iter().map(AtomicU32::new).collect();
+    let graph = Graph::from_parts(
+        h.metric.kernel(),
+        h.dims,
+        h.params.m,
+        vectors,
+        Links {
+            levels,
+            level0: atomics(level0),
+            upper: atomics(upper),
+        },
+        h.top,
+    );
+    Ok(HnswIndex {
+        graph,
+        info: BuildInfo {
+            metric: h.metric,
+            params: h.params,
+            rows: h.nodes + h.unindexed,
+            dims: h.dims,
+            build_seconds: h.build_seconds,
+            size_bytes: Some(bytes.len() as u64),
+        },
+        ids,
+        unindexed,
+        dead,
+    })
+}
+
+/// Levels, entry point and every list: counts within capacity, links to existing nodes that
+/// reach the list's level (a search reads a linked node's list at that level).
+fn check_links(h: &Header, levels: &[u8], level0: &[u32], upper: &[u32]) -> Result<(), String> {
+    let m = h.params.m;
+    if let Some(bad) = levels.iter().find(|l| usize::from(**l) > MAX_LEVEL) {
+        return Err(format!("a node of level {bad} (at most {MAX_LEVEL})"));
+    }
+    let (offsets, slots) = graph::upper_offsets(levels, m);
+    if slots != h.upper_slots {
+        return Err(format!(
+            "{} upper-level slots where the levels need {slots}",
+            h.upper_slots
+        ));
+    }
+    let top = h.top;
+    let highest = levels.iter().max().map_or(0, |l| usize::from(*l));
+    let entry_ok = match levels.get(top.entry as usize) {
+        Some(level) => usize::from(*level) == top.max_level && top.max_level == highest,
+        None => h.nodes == 0 && top.entry == 0 && top.max_level == 0,
+    };
+    if !entry_ok {
+        return Err(format!(
+            "entry point {} at level {} is not a node of the highest level",
+            top.entry, top.max_level
+        ));
+    }
+    let check_list = |list: &[u32], level: usize| -> Result<(), String> {
+        let count = list[0] as usize;
+        if count > list.len() - 1 {
+            return Err(format!("a list of {count} links at level {level}"));
+        }
+        for link in &list[1..=count] {
+            match levels.get(*link as usize) {
+                Some(l) if usize::from(*l) >= level => {}
+                _ => return Err(format!("a link to node {link} at level {level}")),
+            }
+        }
+        Ok(())
+    };
+    for list in level0.chunks_exact(2 * m + 1) {
+        check_list(list, 0)?;
+    }
+    for (node, level) in levels.iter().enumerate() {
+        for lc in 1..=usize::from(*level) {
+            let at = offsets[node] + (lc - 1) * (m + 1);
+            check_list(&upper[at..at + m + 1], lc)?;
+        }
+    }
+    Ok(())
+}

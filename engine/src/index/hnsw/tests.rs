@@ -1,0 +1,604 @@
+use super::*;
+
+/// Deterministic clustered data: `clusters` centres in [-1, 1]^dims, points spread around
+/// them with a standard deviation of 0.1.
+fn clustered(n: usize, dims: usize, clusters: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let centres: Vec<Vec<f64>> = (0..clusters)
+        .map(|_| (0..dims).map(|_| next() * 2.0 - 1.0).collect())
+        .collect();
+    (0..n)
+        .map(|i| {
+            centres[i % clusters]
+                .iter()
+                .map(|c| {
+                    // Sum of uniforms: roughly normal, mean 0, sd 0.1.
+                    let noise: f64 = (0..12).map(|_| next()).sum::<f64>() - 6.0;
+                    (c + 0.1 * noise) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn build(metric: Metric, data: &[Vec<f32>], params: IndexParams) -> HnswIndex {
+    HnswIndex::build(
+        metric,
+        params,
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice())),
+    )
+    .unwrap()
+}
+
+fn brute_force(
+    metric: Metric,
+    data: &[Vec<f32>],
+    q: &[f32],
+    k: usize,
+    keep: impl Fn(u64) -> bool,
+) -> Vec<Neighbor> {
+    let mut all: Vec<Neighbor> = data
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i as u64))
+        .map(|(i, v)| Neighbor {
+            id: i as u64,
+            distance: metric.distance(q, v).unwrap(),
+        })
+        .collect();
+    all.sort_by(cmp_neighbors);
+    all.truncate(k);
+    all
+}
+
+const ALL_METRICS: [Metric; 4] = [Metric::L2, Metric::Cosine, Metric::InnerProduct, Metric::L1];
+
+fn ids(n: &[Neighbor]) -> Vec<u64> {
+    n.iter().map(|x| x.id).collect()
+}
+
+const N: usize = 3000;
+const DIMS: usize = 24;
+
+#[test]
+fn high_ef_equals_brute_force_for_every_metric() {
+    let data = clustered(N, DIMS, 30, 7);
+    let queries = clustered(20, DIMS, 30, 99);
+    for metric in ALL_METRICS {
+        let index = build(metric, &data, IndexParams::default());
+        let (mut hits, mut total) = (0, 0);
+        for q in &queries {
+            let got = index.search(q, 10, 400, None).unwrap();
+            assert!(matches!(got.plan, SearchPlan::Graph { .. }));
+            let want = brute_force(metric, &data, q, 10, |_| true);
+            assert_eq!(got.neighbors.len(), 10);
+            // Distances are the metric's, in order.
+            for nb in &got.neighbors {
+                let d = metric.distance(q, &data[nb.id as usize]).unwrap();
+                assert!((nb.distance - d).abs() < 1e-5, "{metric:?}: {nb:?} vs {d}");
+            }
+            assert!(got
+                .neighbors
+                .windows(2)
+                .all(|w| w[0].distance <= w[1].distance));
+            let want_ids: HashSet<u64> = ids(&want).into_iter().collect();
+            hits += got
+                .neighbors
+                .iter()
+                .filter(|n| want_ids.contains(&n.id))
+                .count();
+            total += 10;
+        }
+        // At ef 400 over 3000 clustered rows the graph finds the true neighbours; allow
+        // one miss in 200 for ties at float rounding.
+        let recall = hits as f64 / total as f64;
+        assert!(recall >= 0.995, "{metric:?}: recall {recall}");
+        // And the exact helper is exactly brute force.
+        let q = &queries[0];
+        assert_eq!(
+            ids(&index.exact_search(q, 10, None).unwrap()),
+            ids(&brute_force(metric, &data, q, 10, |_| true))
+        );
+    }
+}
+
+#[test]
+fn filtered_search_returns_k_whenever_k_qualify() {
+    let data = clustered(N, DIMS, 30, 11);
+    let index = build(Metric::L2, &data, IndexParams::default());
+    let q = &clustered(1, DIMS, 30, 5)[0];
+
+    // Most rows pass: a graph search.
+    let most = |id: u64| !id.is_multiple_of(5);
+    let got = index.search(q, 10, 40, Some(&most)).unwrap();
+    assert!(
+        matches!(got.plan, SearchPlan::Graph { .. }),
+        "{:?}",
+        got.plan
+    );
+    assert_eq!(got.neighbors.len(), 10);
+    assert!(got.neighbors.iter().all(|n| most(n.id)));
+
+    // Five rows pass, far from the query's cluster or not: all five come back, exactly.
+    let five = |id: u64| [3, 700, 1501, 2222, 2999].contains(&id);
+    let got = index.search(q, 10, 40, Some(&five)).unwrap();
+    assert_eq!(got.plan, SearchPlan::Exact);
+    assert_eq!(
+        ids(&got.neighbors),
+        ids(&brute_force(Metric::L2, &data, q, 10, five))
+    );
+    assert_eq!(got.neighbors.len(), 5);
+
+    // k of them when k < 5.
+    let got = index.search(q, 3, 40, Some(&five)).unwrap();
+    assert_eq!(
+        ids(&got.neighbors),
+        ids(&brute_force(Metric::L2, &data, q, 3, five))
+    );
+
+    // Nothing passes: nothing comes back.
+    let none = |_: u64| false;
+    assert!(index
+        .search(q, 10, 40, Some(&none))
+        .unwrap()
+        .neighbors
+        .is_empty());
+
+    // k larger than the table: every row.
+    let small = build(Metric::L2, &data[..7], IndexParams::default());
+    assert_eq!(small.search(q, 10, 40, None).unwrap().neighbors.len(), 7);
+    // A crafted k (similar(..., 10000000000), LIMIT) allocates for the rows, not for k.
+    let huge = 10_000_000_000;
+    assert_eq!(small.search(q, huge, 40, None).unwrap().neighbors.len(), 7);
+    let even = |id: u64| id.is_multiple_of(2);
+    assert_eq!(
+        small
+            .search(q, huge, 40, Some(&even))
+            .unwrap()
+            .neighbors
+            .len(),
+        4
+    );
+    assert_eq!(small.exact_search(q, usize::MAX, None).unwrap().len(), 7);
+}
+
+#[test]
+fn dead_rows_are_skipped_and_counted() {
+    let data = clustered(N, DIMS, 30, 13);
+    let mut index = build(Metric::Cosine, &data, IndexParams::default());
+    let q = &data[42];
+    let before = index.search(q, 5, 100, None).unwrap();
+    assert_eq!(before.neighbors[0].id, 42);
+    index.mark_dead([42, 1_000_000]);
+    assert_eq!(index.dead_fraction(), 1.0 / N as f64);
+    let after = index.search(q, 5, 100, None).unwrap();
+    assert_eq!(after.neighbors.len(), 5);
+    assert!(after.neighbors.iter().all(|n| n.id != 42));
+    // Dead rows hide from the exact path too.
+    let want = brute_force(Metric::Cosine, &data, q, 5, |id| id != 42);
+    assert_eq!(ids(&index.exact_search(q, 5, None).unwrap()), ids(&want));
+}
+
+#[test]
+fn zero_vectors_under_cosine_come_last_with_nan() {
+    let mut data = clustered(50, 4, 5, 17);
+    data[10] = vec![0.0; 4];
+    let index = build(Metric::Cosine, &data, IndexParams::default());
+    let all = index.search(&data[0], 60, 40, None).unwrap().neighbors;
+    assert_eq!(all.len(), 50);
+    assert_eq!(all[49].id, 10);
+    assert!(all[49].distance.is_nan());
+    // A zero query: every distance is NaN, rows still come back.
+    let zero = index.search(&[0.0; 4], 3, 40, None).unwrap();
+    assert_eq!(ids(&zero.neighbors), [0, 1, 2]);
+    assert!(zero.neighbors.iter().all(|n| n.distance.is_nan()));
+}
+
+#[test]
+fn save_and_load_give_the_same_answers() {
+    let data = clustered(N, DIMS, 30, 19);
+    let queries = clustered(10, DIMS, 30, 23);
+    for metric in ALL_METRICS {
+        let mut index = build(
+            metric,
+            &data,
+            IndexParams {
+                m: 8,
+                ef_construction: 32,
+            },
+        );
+        index.mark_dead([5, 6]);
+        let dir = tempfile::tempdir().unwrap();
+        let size = index.save(&dir.path().join("idx")).unwrap();
+        assert!(size > (N * DIMS * 4) as u64, "size {size}");
+        let loaded = HnswIndex::load(&dir.path().join("idx")).unwrap();
+        let from_bytes = HnswIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        assert_eq!(loaded.info().rows, N);
+        assert_eq!(loaded.info().size_bytes, Some(size));
+        assert_eq!(loaded.dead_fraction(), 2.0 / N as f64);
+        // The bytes are the layout: loading and saving again changes nothing.
+        assert_eq!(loaded.to_bytes().unwrap(), index.to_bytes().unwrap());
+        let odd = |id: u64| id % 2 == 1;
+        for q in &queries {
+            let want = index.search(q, 10, 40, None).unwrap();
+            assert_eq!(loaded.search(q, 10, 40, None).unwrap(), want);
+            assert_eq!(from_bytes.search(q, 10, 40, None).unwrap(), want);
+            assert_eq!(
+                loaded.search(q, 10, 40, Some(&odd)).unwrap(),
+                index.search(q, 10, 40, Some(&odd)).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn vectors_are_read_back_as_indexed() {
+    let data = clustered(200, 16, 5, 29);
+    let params = IndexParams {
+        m: 8,
+        ef_construction: 32,
+    };
+    for metric in [Metric::L2, Metric::InnerProduct, Metric::L1] {
+        let index = build(metric, &data, params);
+        let loaded = HnswIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        for id in [0u64, 17, 199] {
+            assert_eq!(index.vector(id).as_ref(), Some(&data[id as usize]));
+            assert_eq!(loaded.vector(id).as_ref(), Some(&data[id as usize]));
+        }
+        assert_eq!(index.vector(200), None);
+    }
+    assert_eq!(build(Metric::Cosine, &data, params).vector(0), None);
+}
+
+#[test]
+fn unfinished_or_damaged_saves_are_errors() {
+    let data = clustered(200, 8, 4, 29);
+    let index = build(Metric::L2, &data, IndexParams::default());
+    let dir = tempfile::tempdir().unwrap();
+    index.save(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(INDEX_FILE)).unwrap();
+    let err = HnswIndex::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    assert!(HnswIndex::from_bytes(b"nonsense").is_err());
+    let mut bytes = index.to_bytes().unwrap();
+    bytes.truncate(bytes.len() / 2);
+    assert!(HnswIndex::from_bytes(&bytes).is_err());
+}
+
+#[test]
+fn parameters_and_rows_are_checked() {
+    let data = clustered(10, 4, 2, 31);
+    let rows = || {
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice()))
+    };
+    let err = |p: IndexParams| {
+        HnswIndex::build(Metric::L2, p, rows())
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err(IndexParams {
+            m: 300,
+            ef_construction: 1000
+        }),
+        "invalid index parameter: m must be between 2 and 100, not 300"
+    );
+    assert!(err(IndexParams {
+        m: 1,
+        ef_construction: 64
+    })
+    .contains("m must be"));
+    assert!(err(IndexParams {
+        m: 16,
+        ef_construction: 2000
+    })
+    .contains("ef_construction"));
+    assert!(err(IndexParams {
+        m: 16,
+        ef_construction: 20
+    })
+    .contains("2 * m (32)"));
+
+    let bad_dims = [(0u64, &[1.0f32, 2.0][..]), (1, &[1.0][..])];
+    assert!(matches!(
+        HnswIndex::build(Metric::L2, IndexParams::default(), bad_dims),
+        Err(IndexError::Dimensions {
+            id: 1,
+            expected: 2,
+            got: 1
+        })
+    ));
+    let nan = [(4u64, &[f32::NAN][..])];
+    assert!(matches!(
+        HnswIndex::build(Metric::L2, IndexParams::default(), nan),
+        Err(IndexError::NotFinite { id: 4 })
+    ));
+    let dup = [(4u64, &[1.0f32][..]), (4, &[2.0][..])];
+    assert!(matches!(
+        HnswIndex::build(Metric::L2, IndexParams::default(), dup),
+        Err(IndexError::DuplicateId(4))
+    ));
+    let index = HnswIndex::build(Metric::L2, IndexParams::default(), rows()).unwrap();
+    assert!(matches!(
+        index.search(&[1.0], 3, 40, None),
+        Err(IndexError::QueryDimensions {
+            expected: 4,
+            got: 1
+        })
+    ));
+    assert!(index.search(&data[0], 3, 0, None).is_err());
+    assert!(index.search(&data[0], 3, 1001, None).is_err());
+}
+
+#[test]
+fn empty_index_answers_nothing_and_round_trips() {
+    let index = HnswIndex::build(Metric::L2, IndexParams::default(), std::iter::empty()).unwrap();
+    assert!(index
+        .search(&[1.0, 2.0], 5, 40, None)
+        .unwrap()
+        .neighbors
+        .is_empty());
+    let loaded = HnswIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+    assert_eq!(loaded.info().rows, 0);
+}
+
+#[test]
+fn opclass_names_round_trip() {
+    for m in ALL_METRICS {
+        assert_eq!(Metric::from_opclass(m.opclass()), Some(m));
+    }
+    assert_eq!(
+        Metric::from_opclass("VECTOR_IP_OPS"),
+        Some(Metric::InnerProduct)
+    );
+    assert_eq!(Metric::from_opclass("gin_trgm_ops"), None);
+}
+
+#[test]
+fn index_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<HnswIndex>();
+}
+
+/// Recall@10 of `index` at `ef` over `queries`, against brute force on `data` (minus `dead`).
+fn recall(
+    index: &HnswIndex,
+    data: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    ef: usize,
+    live: impl Fn(u64) -> bool + Copy,
+) -> f64 {
+    let mut hits = 0;
+    for q in queries {
+        let want: HashSet<u64> = ids(&brute_force(index.info().metric, data, q, 10, live))
+            .into_iter()
+            .collect();
+        let got = index.search(q, 10, ef, None).unwrap().neighbors;
+        assert_eq!(got.len(), 10);
+        hits += got.iter().filter(|n| want.contains(&n.id)).count();
+    }
+    hits as f64 / (10 * queries.len()) as f64
+}
+
+#[test]
+fn recall_at_ef_64_for_every_metric() {
+    // Queries from the rows' clusters (same centres), not rows themselves.
+    let mut data = clustered(N + 50, DIMS, 30, 37);
+    let queries = data.split_off(N);
+    for metric in ALL_METRICS {
+        let index = build(metric, &data, IndexParams::default());
+        let r = recall(&index, &data, &queries, 64, |_| true);
+        assert!(r >= 0.95, "{metric:?}: recall@10 {r} at ef 64");
+    }
+}
+
+#[test]
+fn link_lists_stay_within_m_and_2m() {
+    let data = clustered(N, DIMS, 30, 43);
+    let m = 6;
+    for metric in ALL_METRICS {
+        let index = build(
+            metric,
+            &data,
+            IndexParams {
+                m,
+                ef_construction: 24,
+            },
+        );
+        let g = &index.graph;
+        let mut full = [0usize; 2];
+        for node in 0..g.len() as u32 {
+            for level in 0..=usize::from(g.levels[node as usize]) {
+                let links = g.links(node, level);
+                let cap = if level == 0 { 2 * m } else { m };
+                assert!(links.len() <= cap, "{metric:?}: {} links", links.len());
+                assert!(!links.contains(&node));
+                let mut unique = links.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                assert_eq!(unique.len(), links.len());
+                assert!(links
+                    .iter()
+                    .all(|l| usize::from(g.levels[*l as usize]) >= level));
+                if links.len() == cap {
+                    full[level.min(1)] += 1;
+                }
+            }
+            assert!(!g.links(node, 0).is_empty(), "node {node} has no links");
+        }
+        // Lists do fill up (and overflow into the re-selection) at both kinds of level.
+        assert!(full[0] > 0 && full[1] > 0, "{metric:?}: {full:?}");
+    }
+}
+
+#[test]
+fn l1_distances_are_the_taxicab_sums() {
+    let rows: [&[f32]; 4] = [
+        &[0.0, 0.0, 0.0],
+        &[1.0, -2.0, 3.0],
+        &[4.0, 4.0, 4.0],
+        &[-1.0, 0.5, 0.0],
+    ];
+    let index = HnswIndex::build(
+        Metric::L1,
+        IndexParams::default(),
+        rows.iter().enumerate().map(|(i, v)| (i as u64, *v)),
+    )
+    .unwrap();
+    let q = [1.0, 1.0, 1.0];
+    // |1|+|1|+|1|, |0|+|3|+|2|, |3|+|3|+|3|, |2|+|0.5|+|1|
+    let want = [(0, 3.0), (3, 3.5), (1, 5.0), (2, 9.0)];
+    let got = index.search(&q, 4, 40, None).unwrap().neighbors;
+    let exact = index.exact_search(&q, 4, None).unwrap();
+    for found in [got, exact] {
+        let pairs: Vec<(u64, f64)> = found.iter().map(|n| (n.id, n.distance)).collect();
+        assert_eq!(pairs, want);
+    }
+    assert_eq!(Metric::L1.distance(&q, rows[3]).unwrap(), 3.5);
+    assert_eq!(Metric::from_opclass("vector_l1_ops"), Some(Metric::L1));
+}
+
+#[test]
+fn dead_rows_never_come_back() {
+    let mut data = clustered(N + 30, DIMS, 30, 59);
+    let queries = data.split_off(N);
+    let mut index = build(Metric::L2, &data, IndexParams::default());
+    let dead = |id: u64| id.is_multiple_of(3);
+    index.mark_dead((0..N as u64).filter(|id| dead(*id)));
+    for q in &queries {
+        let got = index.search(q, 10, 40, None).unwrap();
+        assert!(matches!(got.plan, SearchPlan::Graph { .. }));
+        assert_eq!(got.neighbors.len(), 10);
+        assert!(got.neighbors.iter().all(|n| !dead(n.id)));
+    }
+    let r = recall(&index, &data, &queries, 64, |id| !dead(id));
+    assert!(r >= 0.9, "recall@10 {r} with a third of the rows dead");
+}
+
+#[test]
+fn a_cancelled_build_stops_with_an_error() {
+    let data = clustered(N, DIMS, 30, 61);
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let cancelled = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3;
+    let err = HnswIndex::build_cancellable(
+        Metric::L2,
+        IndexParams::default(),
+        data.iter()
+            .enumerate()
+            .map(|(i, v)| (i as u64, v.as_slice())),
+        &cancelled,
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "index build cancelled");
+    // It stopped after a few claims of inserts, not at the end.
+    let asked = asked.into_inner();
+    assert!(asked < N / 64, "asked {asked} times");
+}
+
+/// `bytes` with its checksum recomputed, as a crafted file would have.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let body = bytes.len() - 32;
+    let sum = blake3::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(sum.as_bytes());
+    bytes
+}
+
+fn put_u32(bytes: &mut [u8], at: usize, v: u32) {
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn damaged_or_crafted_files_are_errors() {
+    let dims = 8;
+    let data = clustered(300, dims, 4, 47);
+    let index = build(
+        Metric::L2,
+        &data,
+        IndexParams {
+            m: 8,
+            ef_construction: 32,
+        },
+    );
+    let bytes = index.to_bytes().unwrap();
+    let err = |b: &[u8]| match HnswIndex::from_bytes(b) {
+        Err(IndexError::Corrupt { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let header = file::HEADER;
+    let level0 = header + 300 * dims * 4;
+
+    // Truncated, anywhere.
+    assert_eq!(err(&bytes[..0]), "truncated: 0 bytes");
+    assert_eq!(err(&bytes[..header]), format!("truncated: {header} bytes"));
+    for cut in [level0 + 3, bytes.len() - 1] {
+        assert_eq!(
+            err(&bytes[..cut]),
+            format!(
+                "the header describes {} bytes, there are {cut}",
+                bytes.len()
+            )
+        );
+    }
+    // One flipped bit in a vector, a link or the checksum itself.
+    for at in [header + 5, level0 + 9, bytes.len() - 1] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x10;
+        assert_eq!(err(&flipped), "checksum mismatch: the file is damaged");
+    }
+    // Counts that would allocate far more than the file holds.
+    let mut huge = bytes.clone();
+    huge[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(err(&huge).starts_with("the header describes "));
+    huge[40..48].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(err(&huge), "the header's counts overflow");
+    let mut many_dead = bytes.clone();
+    many_dead[64..72].copy_from_slice(&(u64::MAX / 16).to_le_bytes());
+    assert!(err(&many_dead).starts_with("the header describes "));
+
+    // Crafted files with a valid checksum: every link and count is checked.
+    let mut far_link = bytes.clone();
+    put_u32(&mut far_link, level0, 1);
+    put_u32(&mut far_link, level0 + 4, 300);
+    assert_eq!(err(&resealed(far_link)), "a link to node 300 at level 0");
+    let mut long_list = bytes.clone();
+    put_u32(&mut long_list, level0, 17);
+    assert_eq!(err(&resealed(long_list)), "a list of 17 links at level 0");
+    let mut entry = bytes.clone();
+    put_u32(&mut entry, 32, 9999);
+    assert!(err(&resealed(entry)).starts_with("entry point 9999"));
+    let mut version = bytes.clone();
+    put_u32(&mut version, 8, 3);
+    assert_eq!(
+        err(&resealed(version)),
+        "format version 3 (this build reads 2)"
+    );
+    let mut m = bytes.clone();
+    put_u32(&mut m, 20, 500);
+    assert_eq!(
+        err(&resealed(m)),
+        "invalid index parameter: m must be between 2 and 100, not 500"
+    );
+    let mut nan = bytes.clone();
+    nan[header..header + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert_eq!(
+        err(&resealed(nan)),
+        "a vector has a NaN or infinite element"
+    );
+
+    // Not an index at all, and an index of the hnsw_rs days.
+    assert_eq!(err(&[7u8; 200]), "not an audiolake HNSW index");
+    let mut old = b"ALHNSW1\0".to_vec();
+    old.extend_from_slice(&[0u8; 300]);
+    assert_eq!(err(&old), file::OLD_FORMAT);
+    assert_eq!(err(b"ALHNSW1\0"), file::OLD_FORMAT);
+}
