@@ -11,8 +11,6 @@ fuzz=$(cd "$(dirname "$0")" && pwd)
 seconds=${FUZZ_SECONDS:-60}
 target_dir=${FUZZ_TARGET_DIR:-$HOME/.cache/audiolake-fuzz-target}
 export RUSTC_BOOTSTRAP=1
-# The HNSW loader leaks one small reader per load on purpose (see engine/src/index/hnsw.rs).
-export LSAN_OPTIONS="suppressions=$fuzz/lsan.supp:print_suppressions=0"
 # AddressSanitizer's fake stacks (stack-use-after-return, which only unsafe code can cause) took
 # a fifth of the analyze target's time in per-sample loops: without them its seed corpus
 # replays 2.3x faster (54 s to 23 s here).
