@@ -123,7 +123,7 @@ impl GuardedRegistry {
         let Some(digest) = options_digest(url, options) else {
             return self.guarded(url, false);
         };
-        let key = format!("{}#{digest}", store_url(url));
+        let key = own_client_key(url, &digest);
         let inner = self.cached(key, || {
             let bucket = url.host_str().unwrap_or_default();
             let mut merged = self.secrets.for_bucket(bucket);
@@ -214,6 +214,11 @@ fn options_digest(url: &Url, options: &[(String, String)]) -> Option<String> {
     Some(digest.finalize().to_hex().to_string())
 }
 
+/// Where a table's own client is cached: its bucket and the digest of its options.
+fn own_client_key(url: &Url, digest: &str) -> String {
+    format!("{}#{digest}", store_url(url))
+}
+
 impl ObjectStoreRegistry for GuardedRegistry {
     fn register_store(
         &self,
@@ -237,7 +242,7 @@ impl ObjectStoreRegistry for GuardedRegistry {
             return self.guarded(url, false);
         }
         // A table's own client, made when the table was created or last scanned.
-        let key = format!("{}#{}", store_url(url), url.username());
+        let key = own_client_key(url, url.username());
         let inner = self.stores.read().get(&key).cloned();
         let inner = inner.ok_or_else(|| {
             let bucket = url.host_str().unwrap_or_default();
