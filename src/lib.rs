@@ -16,6 +16,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "distributed")]
+pub use audiolake_engine::cluster;
 pub use audiolake_engine::{
     audio, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError, FlushPolicy,
     Result, ScanProgress, StoreProblem, StoreStats, DEFAULT_RETENTION,
@@ -149,6 +151,15 @@ impl AudioLakeBuilder {
     /// its owner only (default `~/.config/audiolake/secrets.json`).
     pub fn secrets_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.secrets_file = Some(path.into());
+        self
+    }
+
+    /// Runs queries on the Ballista cluster whose scheduler is at `url` (`df://host:50050`):
+    /// planned here, executed by its executors; the catalog stays here. The store must be
+    /// shared object storage (`s3://...`) that every executor reaches too; a local store
+    /// fails `build`. Needs the `distributed` feature.
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.config.cluster = Some(url.into());
         self
     }
 

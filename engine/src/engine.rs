@@ -74,6 +74,10 @@ pub struct EngineConfig {
     /// Where `CREATE SECRET` keeps S3 credentials (outside the store, mode 0600); `None`: the
     /// per-user default, `~/.config/audiolake/secrets.json`.
     pub secrets_file: Option<PathBuf>,
+    /// Run queries on the Ballista cluster whose scheduler is at this URL (`df://host:port`),
+    /// keeping the catalog here; the store must be shared object storage. Needs the
+    /// `distributed` feature.
+    pub cluster: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +93,7 @@ impl Default for EngineConfig {
             batch_size: audiolake_models::DEFAULT_BATCH_SIZE,
             musicnn_max_patches: musicnn::DEFAULT_MAX_PATCHES,
             secrets_file: None,
+            cluster: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct Engine {
     model_batch_size: usize,
     store_url: Url,
     warnings: Vec<String>,
+    #[cfg(feature = "distributed")]
+    codecs: crate::cluster::Codecs,
 }
 
 impl Engine {
@@ -249,6 +256,33 @@ impl Engine {
             Arc::new(SnapshotTable(ProblemsTable(Arc::clone(&problems)))),
         )?;
 
+        #[cfg(feature = "distributed")]
+        let codecs = crate::cluster::Codecs::new(
+            Arc::clone(&progress),
+            Arc::clone(&features),
+            Arc::clone(&registry),
+        );
+        let ctx = match &config.cluster {
+            None => ctx,
+            #[cfg(feature = "distributed")]
+            Some(cluster) => {
+                crate::cluster::check_shared_store(&store_url)?;
+                SessionContext::new_with_state(crate::cluster::connect(
+                    ctx.state(),
+                    &codecs,
+                    cluster,
+                )?)
+            }
+            #[cfg(not(feature = "distributed"))]
+            Some(_) => {
+                return Err(EngineError::Setting(
+                    "this build of audiolake cannot use a cluster: build it with the \
+                     `distributed` feature"
+                        .to_string(),
+                ))
+            }
+        };
+
         let catalog = Catalog::new(store, &store_prefix);
         let mut engine = Self {
             ctx,
@@ -264,6 +298,8 @@ impl Engine {
             model_batch_size: config.batch_size,
             store_url,
             warnings: Vec::new(),
+            #[cfg(feature = "distributed")]
+            codecs,
         };
         let records = engine.catalog.load(&engine.problems).await?;
         for record in records {
@@ -376,6 +412,22 @@ impl Engine {
         };
         let plan = self.ctx.state().statement_to_plan(statement).await?;
         self.execute(plan, definition, persist).await
+    }
+
+    /// Serves as the scheduler of a Ballista cluster on `listener` until the process ends: each
+    /// job is planned over this engine's tables, functions and stores.
+    #[cfg(feature = "distributed")]
+    pub async fn run_scheduler(&self, listener: tokio::net::TcpListener) -> Result<()> {
+        crate::cluster::check_shared_store(&self.store_url)?;
+        crate::cluster::run_scheduler(self.ctx.state(), &self.codecs, listener).await
+    }
+
+    /// Serves as an executor of a Ballista cluster until the process ends: its tasks read and
+    /// analyse files through this engine's stores and publish into its feature store.
+    #[cfg(feature = "distributed")]
+    pub async fn run_executor(&self, options: crate::cluster::ExecutorOptions) -> Result<()> {
+        crate::cluster::check_shared_store(&self.store_url)?;
+        crate::cluster::run_executor(self.ctx.state(), &self.codecs, options).await
     }
 
     /// A new session over this engine: the same tables, functions, store and memory pool, with

@@ -64,6 +64,10 @@ pub enum EngineError {
         source: object_store::Error,
     },
 
+    /// A scheduler or executor that could not start or stopped with an error.
+    #[error("cluster: {0}")]
+    Cluster(String),
+
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
 }

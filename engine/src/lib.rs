@@ -5,6 +5,8 @@
 pub mod audio;
 mod catalog;
 mod clock;
+#[cfg(feature = "distributed")]
+pub mod cluster;
 mod durable;
 mod engine;
 mod error;

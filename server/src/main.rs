@@ -1,5 +1,7 @@
 //! The `audiolake` command.
 
+#[cfg(feature = "distributed")]
+mod cluster;
 mod output;
 mod pg;
 mod progress;
@@ -59,6 +61,22 @@ enum Command {
     /// Manage the users of `audiolake serve`.
     #[command(subcommand)]
     User(UserCommand),
+
+    /// Run the scheduler of a Ballista cluster (see docs/cluster.md).
+    ///
+    /// Clients (`--cluster df://HOST:PORT`) submit queries to it; it plans them over the shared
+    /// store and hands their tasks to executors. Ballista has no authentication: bind it to a
+    /// private network. Example: audiolake scheduler --store s3://lake/store --allow s3://music/
+    #[cfg(feature = "distributed")]
+    Scheduler(cluster::SchedulerArgs),
+
+    /// Run an executor of a Ballista cluster (see docs/cluster.md).
+    ///
+    /// It runs the tasks the scheduler hands it: each analyses one group of files through the
+    /// shared store. Example: audiolake executor --scheduler 10.0.0.1:50050 --store
+    /// s3://lake/store --allow s3://music/
+    #[cfg(feature = "distributed")]
+    Executor(cluster::ExecutorArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -261,6 +279,12 @@ struct EngineArgs {
     /// ~/.config/audiolake/secrets.json).
     #[arg(long, value_name = "FILE", env = "AUDIOLAKE_SECRETS")]
     secrets: Option<PathBuf>,
+
+    /// Run queries on the Ballista cluster whose scheduler is at this URL (df://HOST:PORT);
+    /// the store must then be an s3:// prefix that every executor reaches.
+    #[cfg(feature = "distributed")]
+    #[arg(long, value_name = "URL", env = "AUDIOLAKE_CLUSTER")]
+    cluster: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +319,10 @@ impl EngineArgs {
         }
         if let Some(file) = &self.secrets {
             builder = builder.secrets_file(file);
+        }
+        #[cfg(feature = "distributed")]
+        if let Some(url) = &self.cluster {
+            builder = builder.cluster(url);
         }
         let interval = Duration::try_from_secs_f64(self.flush_seconds)
             .context("--flush-seconds must be a non-negative number")?;
@@ -455,6 +483,10 @@ async fn main() -> ExitCode {
             users,
             read_only,
         }) => run_user_add(&name, &users, read_only),
+        #[cfg(feature = "distributed")]
+        Command::Scheduler(args) => cluster::run_scheduler(args).await,
+        #[cfg(feature = "distributed")]
+        Command::Executor(args) => cluster::run_executor(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,17 @@ impl Moto {
         }
     }
 
+    /// The `GET` requests the server has answered for objects under `prefix`
+    /// (`/<bucket>/<key prefix>`), as its request log has them: what was read, whoever read it.
+    pub fn gets_under(&self, prefix: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let needle = format!("\"GET {prefix}");
+        log.lines()
+            .filter(|line| line.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read(&self.log).unwrap_or_default();
         let start = log.len().saturating_sub(4000);

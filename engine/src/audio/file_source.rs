@@ -25,7 +25,7 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_expr::PhysicalExpr;
@@ -68,16 +68,35 @@ pub(super) struct ScanShared {
     pub options: AnalysisOptions,
     /// Stored results are read once per scan, before the first file is looked up.
     pub refreshed: tokio::sync::OnceCell<()>,
-    /// Every listed path, to tell a renamed file's stored results from a copy's.
-    pub listed: HashSet<String>,
+    /// Every listed path, to tell a renamed file's stored results from a copy's; `None` in a
+    /// task of a distributed scan, which is given its own files only.
+    pub listed: Option<HashSet<String>>,
+    /// The files this scan opens.
+    pub files: usize,
     /// Files finished since the scan was planned: each time all are, buffered results are
     /// published, so a query's results are stored when it returns.
     pub finished: AtomicUsize,
 }
 
 impl ScanShared {
-    pub fn files(&self) -> usize {
-        self.listed.len()
+    fn new(
+        base: Url,
+        features: Arc<FeatureStore>,
+        progress: Arc<ScanProgress>,
+        options: AnalysisOptions,
+        listed: Option<HashSet<String>>,
+        files: usize,
+    ) -> Self {
+        Self {
+            base,
+            features,
+            progress,
+            options,
+            refreshed: tokio::sync::OnceCell::new(),
+            listed,
+            files,
+            finished: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -111,18 +130,19 @@ pub(super) fn plan(
         &files,
         (config.execution.target_partitions.max(1) * per_core).clamp(1, count.max(1)),
     );
-    let shared = Arc::new(ScanShared {
-        base: store_url(table_url),
+    let options = match work.decode {
+        Some(_) => settings::analysis_options(config)?,
+        None => AnalysisOptions::default(),
+    };
+    let listed = files.into_iter().map(|(_, url)| url).collect();
+    let shared = Arc::new(ScanShared::new(
+        store_url(table_url),
         features,
         progress,
-        options: match work.decode {
-            Some(_) => settings::analysis_options(config)?,
-            None => AnalysisOptions::default(),
-        },
-        refreshed: tokio::sync::OnceCell::new(),
-        listed: files.into_iter().map(|(_, url)| url).collect(),
-        finished: AtomicUsize::new(0),
-    });
+        options,
+        Some(listed),
+        count,
+    ));
     let source = Arc::new(AudioSource::new(shared, table_url.to_string()));
     let statistics =
         Statistics::new_unknown(&columns::schema()).with_num_rows(Precision::Exact(count));
@@ -151,10 +171,19 @@ fn group_of(url: &str, n: usize) -> usize {
     (bucket % n as u64) as usize
 }
 
+/// What a serialised plan carries of an AUDIO scan besides DataFusion's `FileScanConfig` (file
+/// groups, projection, statistics): see [`AudioSource::spec`] and [`AudioSource::from_spec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSpec {
+    /// The table's location, a URL.
+    pub location: String,
+    pub options: AnalysisOptions,
+}
+
 /// The AUDIO format as a DataFusion [`FileSource`]; `EXPLAIN` shows `file_type=audio` and what
 /// the scan reads of each file.
 #[derive(Debug, Clone)]
-pub(super) struct AudioSource {
+pub struct AudioSource {
     shared: Arc<ScanShared>,
     location: String,
     table_schema: TableSchema,
@@ -177,6 +206,35 @@ impl AudioSource {
     fn work(&self) -> Work {
         Work::of(&self.projection.file_indices)
     }
+
+    pub fn spec(&self) -> ScanSpec {
+        ScanSpec {
+            location: self.location.clone(),
+            options: self.shared.options,
+        }
+    }
+
+    /// The source of a scan planned in another process, as one task of it runs here: `files`
+    /// are the files its plan gives it, read through this process's `features`. (Its
+    /// projection comes with the `FileScanConfig`.)
+    pub fn from_spec(
+        spec: ScanSpec,
+        files: usize,
+        features: Arc<FeatureStore>,
+        progress: Arc<ScanProgress>,
+    ) -> Result<Self> {
+        let url = Url::parse(&spec.location)
+            .map_err(|e| DataFusionError::Plan(format!("bad AUDIO scan location: {e}")))?;
+        let shared = ScanShared::new(
+            store_url(&url),
+            features,
+            progress,
+            spec.options,
+            None,
+            files,
+        );
+        Ok(Self::new(Arc::new(shared), spec.location))
+    }
 }
 
 impl FileSource for AudioSource {
@@ -188,7 +246,7 @@ impl FileSource for AudioSource {
     ) -> Result<Arc<dyn FileOpener>> {
         // Every partition of an execution opens once; the first announces the scan's files.
         if partition == 0 {
-            self.shared.progress.add_total(self.shared.files() as u64);
+            self.shared.progress.add_total(self.shared.files as u64);
         }
         let opener = AudioOpener::new(
             Arc::clone(&self.shared),

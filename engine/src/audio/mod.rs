@@ -10,5 +10,6 @@ pub(crate) mod read_through;
 pub(crate) mod source;
 mod table;
 
+pub(crate) use file_source::{AudioSource, ScanSpec};
 pub use late::LateAnalysis;
-pub use table::{AudioTable, AudioTableFactory, LocalFolder, DEFAULT_EXTENSIONS};
+pub use table::{AudioTable, AudioTableFactory, LocalFolder, TableSpec, DEFAULT_EXTENSIONS};

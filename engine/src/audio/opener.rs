@@ -92,7 +92,7 @@ impl FileOpener for AudioOpener {
                         &meta,
                         &url,
                         request,
-                        Some(&shared.listed),
+                        shared.listed.as_ref(),
                         bytes_read,
                     );
                     Some(analysis.await?)
@@ -109,7 +109,7 @@ impl FileOpener for AudioOpener {
             let batch = columns::batch(&[row], &columns)?;
             // The scan's last file publishes what the scan analysed, whatever the flush policy.
             let finished = shared.finished.fetch_add(1, Ordering::AcqRel) + 1;
-            if finished.is_multiple_of(shared.files()) {
+            if finished.is_multiple_of(shared.files) {
                 features.flush().await?;
             }
             Ok(futures::stream::once(async move { Ok(batch) }).boxed())

@@ -92,6 +92,34 @@ impl TableProviderFactory for AudioTableFactory {
     }
 }
 
+impl AudioTableFactory {
+    /// The table a serialised plan names (see [`AudioTable::spec`]), over this process's
+    /// stores and feature store; its location is checked as a `CREATE` would.
+    pub fn from_spec(&self, spec: TableSpec) -> Result<AudioTable> {
+        let url = resolve_location(&spec.location)?;
+        if spec.extensions.is_empty() {
+            return plan_err!("an AUDIO table needs at least one extension");
+        }
+        Ok(AudioTable {
+            url,
+            extensions: spec.extensions.into_iter().collect(),
+            s3: Vec::new(),
+            stores: Arc::clone(&self.stores),
+            progress: Arc::clone(&self.progress),
+            features: Arc::clone(&self.features),
+        })
+    }
+}
+
+/// What a serialised plan carries of an AUDIO table: no credentials, since each process reaches
+/// the files with its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub location: String,
+    /// Sorted, so that equal tables encode to equal bytes.
+    pub extensions: Vec<String>,
+}
+
 /// Options of an AUDIO table (keys as DataFusion passes them, lower case).
 struct AudioOptions {
     extensions: HashSet<String>,
@@ -155,6 +183,25 @@ impl AudioTable {
     /// which the path functions do not use.
     pub fn has_own_store(&self) -> bool {
         !self.s3.is_empty()
+    }
+
+    /// The table as a plan sent to other processes carries it. A table with its own `aws.*`
+    /// options cannot be sent: they may hold credentials, and each process has its own.
+    pub fn spec(&self) -> Result<TableSpec> {
+        if self.has_own_store() {
+            return plan_err!(
+                "the AUDIO table at {} has its own aws.* options, which are not sent to other \
+                 processes: on a cluster, create it without them and give every process the \
+                 credentials (environment, instance role or CREATE SECRET)",
+                self.url
+            );
+        }
+        let mut extensions: Vec<String> = self.extensions.iter().cloned().collect();
+        extensions.sort();
+        Ok(TableSpec {
+            location: self.url.to_string(),
+            extensions,
+        })
     }
 
     /// Lists the audio files under the table's location, sorted by path, with their URLs.

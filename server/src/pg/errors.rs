@@ -76,6 +76,7 @@ fn engine_code(e: &EngineError) -> &'static str {
         | EngineError::NoGroups
         | EngineError::GroupListTooLong { .. } => "22023",
         EngineError::Catalog { .. } => "58030",
+        EngineError::Cluster(_) => "58000",
         EngineError::DataFusion(e) => datafusion_code(e),
     }
 }

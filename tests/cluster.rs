@@ -1,0 +1,188 @@
+//! Queries on a Ballista cluster: a scheduler and two executors in this process, each an engine
+//! of its own on one store in a real S3 API server (moto), against one engine alone.
+//!
+//! Environment variables are process-wide (the store is reached through `AWS_*`), so this
+//! binary holds a single test that sets them before any runtime thread exists. Without
+//! `moto_server` on the PATH it prints why and passes.
+#![cfg(feature = "distributed")]
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use audiolake::cluster::ExecutorOptions;
+use audiolake::datafusion::arrow::array::RecordBatch;
+use audiolake::AudioLake;
+use audiolake_testkit::moto::Moto;
+use audiolake_testkit::paths::music;
+use audiolake_testkit::query::{count, floats, query, strings};
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStoreExt;
+
+const BUCKET: &str = "audiolake-cluster";
+/// Tones written for the test, besides the two files of tests/music.
+const TONES: usize = 6;
+const FILES: usize = TONES + 2;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn upload_music(moto: &Moto) {
+    let client = moto.client(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for i in 0..TONES {
+        let path = dir.path().join(format!("tone_{i}.wav"));
+        audiolake_testkit_audio::tone::write_wav(&path, 6, 220.0 + 55.0 * i as f64);
+        files.push(path);
+    }
+    for name in ["a_minor_120.mp3", "broken.mp3"] {
+        files.push(music().join(name));
+    }
+    for file in files {
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        let bytes = std::fs::read(&file).unwrap();
+        client
+            .put(&ObjectPath::from(format!("music/{name}")), bytes.into())
+            .await
+            .unwrap();
+    }
+}
+
+async fn open(store: &str, cluster: Option<u16>) -> AudioLake {
+    let mut builder = AudioLake::builder()
+        .store(format!("s3://{BUCKET}/{store}"))
+        .allow_location(format!("s3://{BUCKET}/music/"))
+        .target_partitions(2);
+    if let Some(port) = cluster {
+        builder = builder.cluster(format!("df://127.0.0.1:{port}"));
+    }
+    builder.build().await.unwrap()
+}
+
+/// Starts a scheduler and two executors (one task at a time each); returns the scheduler's
+/// port and the executors' engines.
+async fn start_cluster() -> (u16, Vec<Arc<AudioLake>>) {
+    let scheduler = Arc::new(open("lake", None).await);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { scheduler.engine().run_scheduler(listener).await });
+    let mut executors = Vec::new();
+    for _ in 0..2 {
+        let executor = Arc::new(open("lake", None).await);
+        let options = ExecutorOptions {
+            scheduler: format!("127.0.0.1:{port}"),
+            bind: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            external_host: None,
+            concurrent_tasks: 1,
+        };
+        let running = Arc::clone(&executor);
+        tokio::spawn(async move { running.engine().run_executor(options).await });
+        executors.push(executor);
+    }
+    (port, executors)
+}
+
+fn files_done(lake: &AudioLake) -> u64 {
+    lake.engine().progress().snapshot().0
+}
+
+const CREATE: &str =
+    "CREATE EXTERNAL TABLE music STORED AS AUDIO LOCATION 's3://audiolake-cluster/music/'";
+const SUMMARY: &str = "SELECT count(*) AS n, avg(bpm) AS bpm FROM music";
+const ROWS: &str = "SELECT path, bpm, error FROM music ORDER BY path";
+
+fn rows(batch: &RecordBatch) -> Vec<(Option<String>, Option<f64>, Option<String>)> {
+    let (paths, bpms, errors) = (
+        strings(batch, "path"),
+        floats(batch, "bpm"),
+        strings(batch, "error"),
+    );
+    (0..batch.num_rows())
+        .map(|i| (paths[i].clone(), bpms[i], errors[i].clone()))
+        .collect()
+}
+
+async fn run(moto: &Moto) {
+    moto.create_bucket(BUCKET);
+    upload_music(moto).await;
+    let music_gets = format!("/{BUCKET}/music/");
+
+    // One engine alone, on a store of its own.
+    let alone = open("alone", None).await;
+    query(&alone, CREATE).await;
+    let expected_summary = query(&alone, SUMMARY).await;
+    let expected_rows = rows(&query(&alone, ROWS).await);
+    assert_eq!(count(&expected_summary), FILES as i64);
+    let a_minor = expected_rows
+        .iter()
+        .find(|(p, _, _)| p.as_deref().is_some_and(|p| p.ends_with("a_minor_120.mp3")))
+        .unwrap();
+    assert!((a_minor.1.unwrap() - 120.0).abs() < 2.0, "{a_minor:?}");
+
+    let (port, executors) = start_cluster().await;
+    let client = open("lake", Some(port)).await;
+    query(&client, CREATE).await;
+    let gets_before = moto.gets_under(&music_gets).len();
+    let summary = query(&client, SUMMARY).await;
+    assert_eq!(count(&summary), FILES as i64);
+    let (bpm, expected_bpm) = (
+        floats(&summary, "bpm")[0],
+        floats(&expected_summary, "bpm")[0],
+    );
+    assert!(
+        (bpm.unwrap() - expected_bpm.unwrap()).abs() < 1e-9,
+        "{bpm:?} vs {expected_bpm:?}"
+    );
+    // The files were read by the executors, each file by one of them.
+    let done: Vec<u64> = executors.iter().map(|e| files_done(e)).collect();
+    assert!(done.iter().all(|&d| d >= 1), "files per executor: {done:?}");
+    assert_eq!(
+        done.iter().sum::<u64>(),
+        FILES as u64,
+        "files per executor: {done:?}"
+    );
+    assert_eq!(files_done(&client), 0, "the client read no file");
+    assert!(moto.gets_under(&music_gets).len() > gets_before);
+    assert_eq!(rows(&query(&client, ROWS).await), expected_rows);
+
+    // The executors published what they read: the same answers again, and no audio read.
+    let gets_before = moto.gets_under(&music_gets);
+    assert_eq!(query(&client, SUMMARY).await, summary);
+    assert_eq!(rows(&query(&client, ROWS).await), expected_rows);
+    let gets = moto.gets_under(&music_gets);
+    assert!(
+        gets.len() == gets_before.len(),
+        "audio read again: {:?}",
+        &gets[gets_before.len()..]
+    );
+
+    // Path functions run where their rows are.
+    let bpm = query(
+        &client,
+        "SELECT path, bpm(path) AS bpm FROM music WHERE path LIKE '%tone_0.wav'",
+    )
+    .await;
+    let tone = expected_rows
+        .iter()
+        .find(|(p, _, _)| p.as_deref().is_some_and(|p| p.ends_with("tone_0.wav")))
+        .unwrap();
+    assert_eq!(floats(&bpm, "bpm"), vec![tone.1]);
+}
+
+#[test]
+fn a_cluster_answers_as_one_engine_does() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.export_env();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(&moto));
+}
