@@ -161,6 +161,36 @@ async fn run(moto: &Moto) {
         &gets[gets_before.len()..]
     );
 
+    // `analyze` over the cluster: a new group is computed by the executors for every readable
+    // file; a group already stored is computed for none.
+    let readable = (FILES - 1) as u64;
+    let report = client
+        .analyze_table_groups("music", &["tonal"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.files,
+            report.analyzed,
+            report.from_store,
+            report.unreadable
+        ),
+        (FILES as u64, readable, 0, 1)
+    );
+    let report = client
+        .analyze_table_groups("music", &["rhythm"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.files,
+            report.analyzed,
+            report.from_store,
+            report.unreadable
+        ),
+        (FILES as u64, 0, readable, 1)
+    );
+
     // Path functions run where their rows are.
     let bpm = query(
         &client,

@@ -135,6 +135,8 @@ pub struct Engine {
     /// Patches per forward pass of the networks, kept for `SET audiolake.device`.
     model_batch_size: usize,
     store_url: Url,
+    /// Queries run on a cluster: files are analysed by its executors, not here.
+    clustered: bool,
     warnings: Vec<String>,
     #[cfg(feature = "distributed")]
     codecs: crate::cluster::Codecs,
@@ -297,6 +299,7 @@ impl Engine {
             problems,
             model_batch_size: config.batch_size,
             store_url,
+            clustered: config.cluster.is_some(),
             warnings: Vec::new(),
             #[cfg(feature = "distributed")]
             codecs,
@@ -707,6 +710,16 @@ impl Engine {
         );
         let stats = self.features.stats();
         let before = (stats.analyzed(), stats.from_store());
+        // On a cluster the executors analyse: what they published tells how many files were new.
+        let first = groups.first().copied().unwrap_or(features::DECODE_GROUP);
+        let stored = async {
+            self.features.refresh(&[first]).await?;
+            Ok::<_, EngineError>(self.features.stored_files(first) as u64)
+        };
+        let stored_before = match self.clustered {
+            true => stored.await?,
+            false => 0,
+        };
         let job = self.jobs.start(
             table,
             &groups,
@@ -726,13 +739,22 @@ impl Engine {
             .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
             .map_or(0, |c| c.value(0));
         let files = u64::try_from(files).unwrap_or(0);
+        let unreadable = files.saturating_sub(u64::try_from(readable).unwrap_or(0));
+        let (analyzed, from_store) = match self.clustered {
+            true => {
+                self.features.refresh(&[first]).await?;
+                let new = (self.features.stored_files(first) as u64).saturating_sub(stored_before);
+                (new, files.saturating_sub(unreadable).saturating_sub(new))
+            }
+            false => (stats.analyzed() - before.0, stats.from_store() - before.1),
+        };
         Ok(AnalyzeReport {
             table: table.to_owned(),
             groups,
             files,
-            analyzed: stats.analyzed() - before.0,
-            from_store: stats.from_store() - before.1,
-            unreadable: files.saturating_sub(u64::try_from(readable).unwrap_or(0)),
+            analyzed,
+            from_store,
+            unreadable,
             seconds: started.elapsed().as_secs_f64(),
         })
     }

@@ -426,6 +426,11 @@ impl FeatureStore {
         indexes.get(group)?.by_hash.get(hash).cloned()
     }
 
+    /// Files with a stored result (or stored error) of `group`, as of the last refresh.
+    pub fn stored_files(&self, group: &str) -> usize {
+        self.indexes().get(group).map_or(0, |g| g.by_path.len())
+    }
+
     /// Buffers one file's rows (one per group) for the next part; true when a flush is due.
     pub fn add(&self, rows: Vec<(&'static str, StoredRow)>) -> bool {
         {
