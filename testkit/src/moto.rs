@@ -157,17 +157,21 @@ impl Moto {
         )
     }
 
-    /// Points the standard `AWS_*` variables at this server, for code that reads them (a store
-    /// given as `s3://...`). Call it while the test's thread is the only one of the process.
-    pub fn export_env(&self) {
-        let env = [
+    /// The standard `AWS_*` variables that point a client at this server (for child processes).
+    pub fn env(&self) -> [(&'static str, String); 5] {
+        [
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
             ("AWS_REGION", REGION.to_string()),
             ("AWS_ALLOW_HTTP", "true".to_string()),
-        ];
-        for (key, value) in env {
+        ]
+    }
+
+    /// Points the standard `AWS_*` variables at this server, for code that reads them (a store
+    /// given as `s3://...`). Call it while the test's thread is the only one of the process.
+    pub fn export_env(&self) {
+        for (key, value) in self.env() {
             // SAFETY: no other thread of this process reads the environment at this point.
             #[allow(unused_unsafe)]
             unsafe {
@@ -221,9 +225,14 @@ pub async fn upload_fixtures(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<
     let dir = crate::paths::fixtures();
     let files = files_under(&dir);
     for rel in &files {
-        let bytes = std::fs::read(dir.join(rel)).unwrap();
-        let key = ObjectPath::parse(format!("{prefix}/{rel}")).unwrap();
-        store.put(&key, PutPayload::from(bytes)).await.unwrap();
+        upload(store, &dir.join(rel), &format!("{prefix}/{rel}")).await;
     }
     files
+}
+
+/// Uploads the file at `path` as `key`.
+pub async fn upload(store: &Arc<dyn ObjectStore>, path: &Path, key: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let key = ObjectPath::parse(key).unwrap();
+    store.put(&key, PutPayload::from(bytes)).await.unwrap();
 }
