@@ -9,7 +9,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use audiolake::cluster::ExecutorOptions;
+use audiolake::cluster::{ExecutorOptions, DEFAULT_EXECUTOR_TIMEOUT};
 use audiolake::datafusion::arrow::array::RecordBatch;
 use audiolake::AudioLake;
 use audiolake_testkit::moto::{upload, Moto};
@@ -64,7 +64,12 @@ async fn start_cluster() -> (u16, Vec<Arc<AudioLake>>) {
     let scheduler = Arc::new(open("lake", None).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { scheduler.engine().run_scheduler(listener).await });
+    tokio::spawn(async move {
+        scheduler
+            .engine()
+            .run_scheduler(listener, DEFAULT_EXECUTOR_TIMEOUT)
+            .await
+    });
     let mut executors = Vec::new();
     for _ in 0..2 {
         let executor = Arc::new(open("lake", None).await);

@@ -418,11 +418,17 @@ impl Engine {
     }
 
     /// Serves as the scheduler of a Ballista cluster on `listener` until the process ends: each
-    /// job is planned over this engine's tables, functions and stores.
+    /// job is planned over this engine's tables, functions and stores; an executor silent for
+    /// `executor_timeout` (10 s to an hour) is dropped and its tasks run again elsewhere.
     #[cfg(feature = "distributed")]
-    pub async fn run_scheduler(&self, listener: tokio::net::TcpListener) -> Result<()> {
+    pub async fn run_scheduler(
+        &self,
+        listener: tokio::net::TcpListener,
+        executor_timeout: std::time::Duration,
+    ) -> Result<()> {
         crate::cluster::check_shared_store(&self.store_url)?;
-        crate::cluster::run_scheduler(self.ctx.state(), &self.codecs, listener).await
+        crate::cluster::run_scheduler(self.ctx.state(), &self.codecs, listener, executor_timeout)
+            .await
     }
 
     /// Serves as an executor of a Ballista cluster until the process ends: its tasks read and

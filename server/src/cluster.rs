@@ -2,9 +2,10 @@
 //! engine opened on the shared store.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use audiolake::cluster::ExecutorOptions;
+use audiolake::cluster::{ExecutorOptions, DEFAULT_EXECUTOR_TIMEOUT};
 use clap::Args;
 
 use crate::EngineArgs;
@@ -17,6 +18,11 @@ pub struct SchedulerArgs {
     /// Address and port to listen on for clients and executors.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:50050")]
     bind: SocketAddr,
+
+    /// Seconds without news from an executor after which its tasks run on the others
+    /// (10 to 3600; executors report every 5 s).
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_EXECUTOR_TIMEOUT.as_secs())]
+    executor_timeout: u64,
 }
 
 #[derive(Args, Debug)]
@@ -56,7 +62,9 @@ pub async fn run_scheduler(args: SchedulerArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
     eprintln!("audiolake scheduler listening on {}", args.bind);
-    lake.engine().run_scheduler(listener).await?;
+    lake.engine()
+        .run_scheduler(listener, Duration::from_secs(args.executor_timeout))
+        .await?;
     Ok(())
 }
 

@@ -77,6 +77,66 @@ fn success(out: Output) -> String {
     stdout
 }
 
+/// A scheduler and two executors (one task at a time each) on the store `lake`.
+struct Cluster {
+    port: u16,
+    dir: std::path::PathBuf,
+    _scheduler: Running,
+    executors: Vec<Option<Running>>,
+}
+
+impl Cluster {
+    fn start(moto: &Moto, dir: &Path) -> Self {
+        let port = free_port();
+        let mut cmd = audiolake(moto, dir, "scheduler", "lake");
+        cmd.args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--executor-timeout", "10"]);
+        let mut scheduler = start(cmd, dir, "scheduler");
+        wait_for_port(port, &mut scheduler, &dir.join("scheduler.log"));
+        // Ballista logs each task an executor receives at info.
+        let executors = (0..2)
+            .map(|i| {
+                let mut cmd = audiolake(moto, dir, "executor", "lake");
+                cmd.args(["--scheduler", &format!("127.0.0.1:{port}")])
+                    .args(["--bind", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--concurrent-tasks", "1"])
+                    .env("RUST_LOG", "ballista_executor::execution_loop=info");
+                Some(start(cmd, dir, &format!("executor{i}")))
+            })
+            .collect();
+        let cluster = Self {
+            port,
+            dir: dir.to_path_buf(),
+            _scheduler: scheduler,
+            executors,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(0..2).all(|i| cluster.executor_log(i).contains("Starting poll work loop")) {
+            assert!(
+                Instant::now() < deadline,
+                "{}\n{}",
+                cluster.executor_log(0),
+                cluster.executor_log(1)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    fn executor_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("executor{i}.log"))).unwrap_or_default()
+    }
+
+    /// Tasks executor `i` has received so far.
+    fn tasks(&self, i: usize) -> usize {
+        self.executor_log(i).matches("Received task").count()
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.executors[i] = None;
+    }
+}
+
 const CREATE: &str =
     "CREATE EXTERNAL TABLE music STORED AS AUDIO LOCATION 's3://audiolake-processes/music/'";
 // Rounded: a sum in another order may differ in its last bits.
@@ -84,93 +144,66 @@ const QUERY: &str =
     "SELECT count(*) AS files, round(avg(bpm), 6) AS bpm, count(error) AS failed FROM music; \
                      SELECT file_name, bpm, error FROM music ORDER BY file_name";
 
-#[test]
-fn scheduler_executors_and_client_as_processes() {
-    let Some(moto) = Moto::start() else {
-        return;
-    };
+/// Uploads `tones` tones of `seconds` each, then the two files of tests/music, under `music/`.
+fn upload_music(moto: &Moto, dir: &Path, tones: usize, seconds: u32) {
     moto.create_bucket(BUCKET);
-    let dir = tempfile::tempdir().unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let client = moto.client(BUCKET);
-        for i in 0..TONES {
-            let path = dir.path().join(format!("tone_{i}.wav"));
-            audiolake_testkit_audio::tone::write_wav(&path, 5, 330.0 + 40.0 * i as f64);
+        for i in 0..tones {
+            let path = dir.join(format!("tone_{i}.wav"));
+            audiolake_testkit_audio::tone::write_wav(&path, seconds, 330.0 + 40.0 * i as f64);
             upload(&client, &path, &format!("music/tone_{i}.wav")).await;
         }
         for name in ["a_minor_120.mp3", "broken.mp3"] {
             upload(&client, &music().join(name), &format!("music/{name}")).await;
         }
     });
+}
+
+/// `audiolake sql --format csv` on `store`, which must succeed quietly.
+fn sql(moto: &Moto, dir: &Path, store: &str, extra: &[&str], statements: &str) -> String {
+    let mut cmd = audiolake(moto, dir, "sql", store);
+    cmd.args(extra).args(["--format", "csv", statements]);
+    success(cmd.output().unwrap())
+}
+
+fn analyze_rhythm(moto: &Moto, dir: &Path, cluster: &str) -> Command {
+    let mut cmd = audiolake(moto, dir, "analyze", "lake");
+    cmd.args(["--cluster", cluster])
+        .args(["--table", "music", "--groups", "rhythm"]);
+    cmd
+}
+
+#[test]
+fn scheduler_executors_and_client_as_processes() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    upload_music(&moto, dir, TONES, 5);
 
     // The answers of one process alone, on a store of its own.
-    let sql = |store: &str, extra: &[&str], statements: &str| {
-        let mut cmd = audiolake(&moto, dir.path(), "sql", store);
-        cmd.args(extra).args(["--format", "csv", statements]);
-        success(cmd.output().unwrap())
-    };
-    sql("alone", &[], CREATE);
-    let expected = sql("alone", &[], QUERY);
+    sql(&moto, dir, "alone", &[], CREATE);
+    let expected = sql(&moto, dir, "alone", &[], QUERY);
     assert!(expected.starts_with("file_name,bpm,error\n"), "{expected}");
     assert_eq!(expected.lines().count(), TONES + 3, "{expected}");
 
-    let port = free_port();
-    let scheduler_log = dir.path().join("scheduler.log");
-    let mut scheduler = start(
-        {
-            let mut cmd = audiolake(&moto, dir.path(), "scheduler", "lake");
-            cmd.args(["--bind", &format!("127.0.0.1:{port}")]);
-            cmd
-        },
-        dir.path(),
-        "scheduler",
-    );
-    wait_for_port(port, &mut scheduler, &scheduler_log);
-    // Ballista logs each task an executor receives at info.
-    let executor_log = |i: usize| {
-        std::fs::read_to_string(dir.path().join(format!("executor{i}.log"))).unwrap_or_default()
-    };
-    let _executors: Vec<Running> = (0..2)
-        .map(|i| {
-            let mut cmd = audiolake(&moto, dir.path(), "executor", "lake");
-            cmd.args(["--scheduler", &format!("127.0.0.1:{port}")])
-                .args(["--bind", &format!("127.0.0.1:{}", free_port())])
-                .args(["--concurrent-tasks", "1"])
-                .env("RUST_LOG", "ballista_executor::execution_loop=info");
-            start(cmd, dir.path(), &format!("executor{i}"))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(0..2).all(|i| executor_log(i).contains("Starting poll work loop")) {
-        assert!(
-            Instant::now() < deadline,
-            "{}\n{}",
-            executor_log(0),
-            executor_log(1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
-    let cluster = format!("df://127.0.0.1:{port}");
-    let on_cluster = ["--cluster", cluster.as_str()];
-    sql("lake", &on_cluster, CREATE);
-    assert_eq!(sql("lake", &on_cluster, QUERY), expected);
-
-    // Both executors ran tasks of the query.
+    let cluster = Cluster::start(&moto, dir);
+    let url = format!("df://127.0.0.1:{}", cluster.port);
+    let on_cluster = ["--cluster", url.as_str()];
+    sql(&moto, dir, "lake", &on_cluster, CREATE);
+    assert_eq!(sql(&moto, dir, "lake", &on_cluster, QUERY), expected);
     for i in 0..2 {
-        let log = executor_log(i);
         assert!(
-            log.contains("Received task"),
-            "executor {i} ran no task:\n{log}"
+            cluster.tasks(i) > 0,
+            "executor {i} ran no task:\n{}",
+            cluster.executor_log(i)
         );
     }
 
     // `analyze` on the cluster: everything is already stored.
-    let mut analyze = audiolake(&moto, dir.path(), "analyze", "lake");
-    analyze
-        .args(on_cluster)
-        .args(["--table", "music", "--groups", "rhythm"]);
-    let report = success(analyze.output().unwrap());
+    let report = success(analyze_rhythm(&moto, dir, &url).output().unwrap());
     assert!(
         report.starts_with(&format!(
             "music: {} files, 0 analysed, {} from the store, 1 unreadable",
@@ -179,4 +212,66 @@ fn scheduler_executors_and_client_as_processes() {
         )),
         "{report}"
     );
+}
+
+/// An executor killed in the middle of `analyze`: the job completes on the other one or fails
+/// with a message; either way what was published stays, and a rerun analyses only the rest.
+#[test]
+fn an_executor_killed_during_analyze() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    const LONG_TONES: usize = 16;
+    upload_music(&moto, dir, LONG_TONES, 20);
+    let files = LONG_TONES + 2;
+
+    let mut cluster = Cluster::start(&moto, dir);
+    let url = format!("df://127.0.0.1:{}", cluster.port);
+    sql(&moto, dir, "lake", &["--cluster", &url], CREATE);
+    let first = analyze_rhythm(&moto, dir, &url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cluster.tasks(0) == 0 {
+        assert!(Instant::now() < deadline, "{}", cluster.executor_log(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill(0);
+    let first = first.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr),
+    );
+    match first.status.success() {
+        true => assert!(
+            stdout.starts_with(&format!("music: {files} files")),
+            "{stdout}"
+        ),
+        false => assert!(
+            stderr.starts_with("error: cannot analyse table music"),
+            "{stderr}"
+        ),
+    }
+
+    // The rerun, on the executor left, decodes only what was not published.
+    let report = success(analyze_rhythm(&moto, dir, &url).output().unwrap());
+    let counts: Vec<usize> = report
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .take(4)
+        .collect();
+    let [total, analysed, stored, unreadable] = counts[..] else {
+        panic!("{report}")
+    };
+    assert_eq!((total, unreadable), (files, 1), "{report}");
+    assert_eq!(analysed + stored, files - 1, "{report}");
+    assert!(
+        stored > 0,
+        "nothing of the first run was kept: {report}\n{stdout}{stderr}"
+    );
+    assert!(cluster.tasks(1) > 0, "{}", cluster.executor_log(1));
 }

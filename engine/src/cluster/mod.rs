@@ -16,6 +16,7 @@ mod codec;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballista_core::config::{TaskSchedulingPolicy, BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK};
 use ballista_core::extension::{SessionConfigExt, SessionStateExt};
@@ -128,13 +129,26 @@ pub(crate) fn connect(state: SessionState, codecs: &Codecs, cluster: &str) -> Re
     Ok(state)
 }
 
+/// How long a scheduler waits by default for an executor's heartbeat before it gives the
+/// executor's tasks to others. Executors poll at least every 5 s.
+pub const DEFAULT_EXECUTOR_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs a scheduler on `listener` until the process ends. `state` is the engine's session:
-/// each job's session is built from it, with the client's settings.
+/// each job's session is built from it, with the client's settings. An executor silent for
+/// `executor_timeout` is dropped and its tasks run again elsewhere.
 pub async fn run_scheduler(
     state: SessionState,
     codecs: &Codecs,
     listener: tokio::net::TcpListener,
+    executor_timeout: Duration,
 ) -> Result<()> {
+    let timeout = executor_timeout.as_secs();
+    if !(10..=3600).contains(&timeout) {
+        return Err(EngineError::Setting(format!(
+            "the executor timeout must be 10 to 3600 seconds (executors report every 5 s), \
+             not {timeout}"
+        )));
+    }
     let address = listener
         .local_addr()
         .map_err(|e| EngineError::Cluster(e.to_string()))?;
@@ -152,6 +166,9 @@ pub async fn run_scheduler(
         .with_override_config_producer(config_producer.clone())
         .with_override_session_builder(session_builder.clone());
     let mut config = config;
+    config.executor_timeout_seconds = timeout;
+    config.no_executors_grace_period_seconds = timeout;
+    config.expire_dead_executor_interval_seconds = (timeout / 4).max(1);
     config.override_logical_codec = Some(codecs.logical.clone());
     config.override_physical_codec = Some(codecs.physical.clone());
     let cluster = BallistaCluster::new_memory(
