@@ -568,6 +568,107 @@ async fn unchanged_tables_are_answered_from_the_index() {
     assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
 }
 
+/// A pseudo-random bucket 0..100 of an id, unrelated to its cluster (`id % 20`); the same
+/// expression in SQL is `BUCKET`.
+fn bucket(id: i64) -> i64 {
+    (id * 2_654_435_761) % 1_000_003 % 100
+}
+const BUCKET: &str = "(id * 2654435761) % 1000003 % 100";
+
+#[tokio::test]
+async fn filtered_queries_return_k_rows_at_1_10_and_50_percent() {
+    const N: i64 = 10_000;
+    let setup = setup();
+    let rows = vectors(0..N);
+    let lake = open(&setup).await;
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_l2 ON vecs USING hnsw (v vector_l2_ops) WITH (m = 8, ef_construction = 32)",
+    )
+    .await;
+    // A graph search then costs about ef·m = 80 distances over the rows that pass.
+    run(&lake, "SET hnsw.ef_search = 10").await;
+    let knn = |percent: i64, q: &[f32]| {
+        format!(
+            "SELECT id FROM vecs WHERE {BUCKET} < {percent} ORDER BY v <-> {} LIMIT 10",
+            literal(q)
+        )
+    };
+    let queries: Vec<&[f32]> = [5, 1234, 7777]
+        .iter()
+        .map(|i| rows[*i].1.as_slice())
+        .collect();
+    for percent in [1, 10, 50] {
+        let passing = (0..N).filter(|id| bucket(*id) < percent).count();
+        let (mut hits, mut returned) = (0, 0);
+        for q in &queries {
+            let got = ids(&lake, &knn(percent, q)).await;
+            let want = brute_force(l2, &rows, q, 10, |id| bucket(id) < percent);
+            assert!(got.iter().all(|id| bucket(*id) < percent), "{got:?}");
+            if percent == 1 {
+                assert_eq!(got, want, "scanned exactly");
+            }
+            returned += got.len();
+            hits += got.iter().filter(|id| want.contains(id)).count();
+        }
+        assert_eq!(
+            returned,
+            10 * queries.len(),
+            "{percent}%: 10 rows per query"
+        );
+        let recall = hits as f64 / returned as f64;
+        assert!(recall >= 0.9, "{percent}%: recall {recall}");
+
+        // EXPLAIN ANALYZE says which way the scan went and why.
+        let plan = analyze(&lake, &knn(percent, queries[0])).await;
+        let share = format!(
+            "{:.1}% of {N} rows pass (counted)",
+            passing as f64 * 100.0 / N as f64
+        );
+        assert!(plan.contains(&share), "{plan}");
+        let chosen = match percent {
+            1 => "search=exact because",
+            _ => "search=graph (ef 10, iterative_scan relaxed_order",
+        };
+        assert!(plan.contains(chosen), "{percent}%: {plan}");
+    }
+
+    // pgvector's `off`: one round of ef = 10 candidates, about one in ten of which passes.
+    run(&lake, "SET hnsw.iterative_scan = off").await;
+    let off: usize = {
+        let mut total = 0;
+        for q in &queries {
+            total += ids(&lake, &knn(10, q)).await.len();
+        }
+        total
+    };
+    assert!(off < 5 * queries.len(), "off returned {off} rows");
+    run(&lake, "SET hnsw.iterative_scan = strict_order").await;
+    for q in &queries {
+        assert_eq!(ids(&lake, &knn(10, q)).await.len(), 10);
+    }
+    assert!(analyze(&lake, &knn(10, queries[0]))
+        .await
+        .contains("iterative_scan=strict_order, max_scan_tuples=20000"));
+
+    // Settings are checked: an unknown mode when set, a bound out of range when used.
+    assert!(error(&lake, "SET hnsw.iterative_scan = sideways")
+        .await
+        .contains(
+            "hnsw.iterative_scan must be off, relaxed_order or strict_order, not \"sideways\""
+        ));
+    run(&lake, "SET hnsw.max_scan_tuples = 0").await;
+    assert!(error(&lake, &knn(10, queries[0]))
+        .await
+        .ends_with("hnsw.max_scan_tuples must be between 1 and 2147483647, not 0"));
+}
+
 #[tokio::test]
 async fn extension_settings_can_be_shown() {
     let setup = setup();
@@ -591,16 +692,18 @@ async fn extension_settings_can_be_shown() {
     .await;
     assert_eq!(
         show(listed),
-        "+-----------------------------------+-------+\n\
-         | name                              | value |\n\
-         +-----------------------------------+-------+\n\
-         | audiolake.decode_max_seconds      | 600   |\n\
-         | audiolake.device                  |       |\n\
-         | audiolake.musicnn_max_patches     | 16    |\n\
-         | hnsw.ef_search                    | 100   |\n\
-         | pg_trgm.similarity_threshold      | 0.5   |\n\
-         | pg_trgm.word_similarity_threshold | 0.6   |\n\
-         +-----------------------------------+-------+"
+        "+-----------------------------------+---------------+\n\
+         | name                              | value         |\n\
+         +-----------------------------------+---------------+\n\
+         | audiolake.decode_max_seconds      | 600           |\n\
+         | audiolake.device                  |               |\n\
+         | audiolake.musicnn_max_patches     | 16            |\n\
+         | hnsw.ef_search                    | 100           |\n\
+         | hnsw.iterative_scan               | relaxed_order |\n\
+         | hnsw.max_scan_tuples              | 20000         |\n\
+         | pg_trgm.similarity_threshold      | 0.5           |\n\
+         | pg_trgm.word_similarity_threshold | 0.6           |\n\
+         +-----------------------------------+---------------+"
     );
 }
 

@@ -1,4 +1,5 @@
-//! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search` (pgvector),
+//! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search`,
+//! `hnsw.iterative_scan` and `hnsw.max_scan_tuples` (pgvector),
 //! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm),
 //! `audiolake.device` (where the pretrained networks run), `audiolake.decode_max_seconds`
 //! (the most audio one `decode(path)` returns) and `audiolake.musicnn_max_patches` (the
@@ -14,11 +15,18 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionConfig;
 
+use crate::index::{IterativeScan, SearchOptions};
+
 extensions_options! {
-    /// pgvector's HNSW search setting.
+    /// pgvector's HNSW search settings.
     pub struct HnswSettings {
         /// Candidates kept while searching an HNSW index (1 to 1000); at least k are used.
         pub ef_search: usize, default = DEFAULT_EF_SEARCH
+        /// What a filtered index scan does when too few of its candidates pass: `off`,
+        /// `relaxed_order` (the default) or `strict_order`.
+        pub iterative_scan: IterativeScan, default = IterativeScan::default()
+        /// Rows an iterative index scan measures at most (1 to 2147483647).
+        pub max_scan_tuples: usize, default = DEFAULT_MAX_SCAN_TUPLES
     }
 }
 
@@ -26,6 +34,18 @@ extensions_options! {
 pub const DEFAULT_EF_SEARCH: usize = 40;
 /// pgvector's largest `hnsw.ef_search`; the index refuses more too.
 pub const EF_SEARCH_MAX: usize = 1000;
+/// pgvector's default `hnsw.max_scan_tuples`.
+pub const DEFAULT_MAX_SCAN_TUPLES: usize = 20_000;
+/// pgvector's largest `hnsw.max_scan_tuples` (a PostgreSQL int).
+pub const MAX_SCAN_TUPLES_MAX: usize = i32::MAX as usize;
+
+// Checked when set: an unknown mode is an error at `SET`, not at the next query.
+datafusion::common::config_field!(
+    IterativeScan,
+    value => value
+        .parse::<IterativeScan>()
+        .map_err(|e| DataFusionError::Configuration(e.to_string()))?
+);
 
 impl ConfigExtension for HnswSettings {
     const PREFIX: &'static str = "hnsw";
@@ -156,8 +176,29 @@ pub fn with_settings(config: SessionConfig) -> SessionConfig {
         .with_option_extension(Named(AudiolakeSettings::default()))
 }
 
+/// The session's index search settings, checked against pgvector's ranges.
+pub fn search_options(options: &ConfigOptions) -> Result<SearchOptions> {
+    let max_scan_tuples = options
+        .extensions
+        .get::<HnswSettings>()
+        .map_or(DEFAULT_MAX_SCAN_TUPLES, |s| s.max_scan_tuples);
+    if !(1..=MAX_SCAN_TUPLES_MAX).contains(&max_scan_tuples) {
+        return Err(DataFusionError::Configuration(format!(
+            "hnsw.max_scan_tuples must be between 1 and {MAX_SCAN_TUPLES_MAX}, not {max_scan_tuples}"
+        )));
+    }
+    Ok(SearchOptions {
+        ef_search: ef_search(options)?,
+        iterative_scan: options
+            .extensions
+            .get::<HnswSettings>()
+            .map_or_else(IterativeScan::default, |s| s.iterative_scan),
+        max_scan_tuples,
+    })
+}
+
 /// `hnsw.ef_search`, checked against pgvector's range.
-pub fn ef_search(options: &ConfigOptions) -> Result<usize> {
+fn ef_search(options: &ConfigOptions) -> Result<usize> {
     let ef = options
         .extensions
         .get::<HnswSettings>()
