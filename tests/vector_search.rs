@@ -669,6 +669,120 @@ async fn filtered_queries_return_k_rows_at_1_10_and_50_percent() {
         .ends_with("hnsw.max_scan_tuples must be between 1 and 2147483647, not 0"));
 }
 
+/// `(files_done, files_total, finished, error)` of the last build of index `name` in
+/// `audiolake_progress`, once it shows there.
+async fn build_progress(lake: &AudioLake, name: &str) -> Option<(i64, i64, bool, Option<String>)> {
+    let batches = run(
+        lake,
+        &format!(
+            "SELECT files_done, files_total, finished, error FROM audiolake_progress \
+             WHERE job = 'build index {name}' ORDER BY started_at DESC LIMIT 1"
+        ),
+    )
+    .await;
+    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
+    let error = batch.column(3).as_string::<i32>();
+    Some((
+        batch.column(0).as_primitive::<Int64Type>().value(0),
+        batch.column(1).as_primitive::<Int64Type>().value(0),
+        batch.column(2).as_boolean().value(0),
+        (!error.is_null(0)).then(|| error.value(0).to_string()),
+    ))
+}
+
+/// Polls `build_progress` until `done` holds; a build that never gets there fails the test
+/// after a minute rather than hanging it.
+async fn wait_for_build(
+    lake: &AudioLake,
+    name: &str,
+    done: impl Fn(&(i64, i64, bool, Option<String>)) -> bool,
+) -> (i64, i64, bool, Option<String>) {
+    for _ in 0..6000 {
+        if let Some(progress) = build_progress(lake, name).await {
+            if done(&progress) {
+                return progress;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the build of {name} never got there: {:?}",
+        build_progress(lake, name).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_create_index_stops_its_build_and_the_old_index_stays() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = Arc::new(open(&setup).await);
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(&lake, "CREATE INDEX vecs_fast ON vecs USING hnsw (v)").await;
+    assert_eq!(
+        build_progress(&lake, "vecs_fast").await,
+        Some((ROWS, ROWS, true, None))
+    );
+
+    // Any number of threads is taken when set; the build checks it.
+    run(&lake, "SET audiolake.index_build_threads = 5000").await;
+    let refused = error(
+        &lake,
+        "CREATE INDEX vecs_bad ON vecs USING hnsw (v) WITH (m = 4, ef_construction = 8)",
+    )
+    .await;
+    assert!(
+        refused.ends_with(
+            "audiolake.index_build_threads must be between 0 (every core) and 1024, not 5000"
+        ),
+        "{refused}"
+    );
+
+    // A slow build on one thread: its client goes away once it has inserted rows.
+    run(&lake, "SET audiolake.index_build_threads = 1").await;
+    let statement = {
+        let lake = Arc::clone(&lake);
+        tokio::spawn(async move {
+            lake.sql(
+                "CREATE INDEX vecs_slow ON vecs USING hnsw (v) \
+                 WITH (m = 100, ef_construction = 1000)",
+            )
+            .await
+            .map(|_| ())
+        })
+    };
+    wait_for_build(&lake, "vecs_slow", |(done, ..)| *done > 0).await;
+    statement.abort();
+    assert!(statement.await.unwrap_err().is_cancelled());
+
+    // The build's threads stop short of the end, and say why.
+    let (done, total, _, why) =
+        wait_for_build(&lake, "vecs_slow", |(.., finished, _)| *finished).await;
+    assert_eq!(why.as_deref(), Some("index build cancelled"));
+    assert_eq!(total, ROWS);
+    assert!(done < total, "{done} of {total} rows inserted");
+
+    // Nothing of it was published: the old index answers.
+    let listed = run(&lake, "SELECT name FROM audiolake_indexes").await;
+    assert_eq!(listed[0].column(0).as_string::<i32>().value(0), "vecs_fast");
+    assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert!(!setup.store.join("indexes").join("vecs_slow").exists());
+    let q = &rows[17].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=vecs_fast"));
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows, q, 5, |_| true)
+    );
+}
+
 #[tokio::test]
 async fn extension_settings_can_be_shown() {
     let setup = setup();
@@ -697,6 +811,7 @@ async fn extension_settings_can_be_shown() {
          +-----------------------------------+---------------+\n\
          | audiolake.decode_max_seconds      | 600           |\n\
          | audiolake.device                  |               |\n\
+         | audiolake.index_build_threads     | 0             |\n\
          | audiolake.musicnn_max_patches     | 16            |\n\
          | hnsw.ef_search                    | 100           |\n\
          | hnsw.iterative_scan               | relaxed_order |\n\

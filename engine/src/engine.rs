@@ -192,10 +192,12 @@ impl Engine {
             config.retention,
             Arc::clone(&problems),
         ));
+        let jobs = Arc::new(Jobs::default());
         let indexes = Arc::new(Indexes::new(
             Arc::clone(&store),
             &store_prefix,
             Arc::clone(&problems),
+            Arc::clone(&jobs),
         ));
         let functions = path_functions(
             Arc::clone(&runtime.object_store_registry),
@@ -235,7 +237,6 @@ impl Engine {
             Arc::new(SnapshotTable(IndexTable::new(Arc::clone(&indexes)))),
         )?;
         register_feature_tables(&ctx, &store_url, &features)?;
-        let jobs = Arc::new(Jobs::default());
         ctx.register_table(
             "audiolake_progress",
             Arc::new(SnapshotTable(ProgressTable::new(

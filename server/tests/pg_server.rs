@@ -239,6 +239,7 @@ fn read_only_users_read_but_cannot_write() {
          SET datafusion.execution.target_partitions = 100000;\n\
          SET datafusion.runtime.memory_limit = '1T';\n\
          SET audiolake.device = 'cpu';\n\
+         SET audiolake.index_build_threads = 1;\n\
          SELECT 1 AS x INTO made;\n\
          PREPARE make AS SELECT 1 AS x INTO made;\n\
          SELECT count(*) FROM music;\n\
@@ -251,14 +252,15 @@ fn read_only_users_read_but_cannot_write() {
     assert_eq!(
         err.matches("ERROR:  42501: permission denied: user bob is read-only")
             .count(),
-        8,
+        9,
         "{err}"
     );
-    assert_eq!(err.matches("ERROR:").count(), 8, "{err}");
+    assert_eq!(err.matches("ERROR:").count(), 9, "{err}");
     for refused in [
         "target_partitions = 100000",
         "memory_limit = '1T'",
         "audiolake.device = 'cpu'",
+        "audiolake.index_build_threads = 1",
         "SELECT 1 AS x INTO made",
     ] {
         assert!(err.contains(refused), "{refused} not refused: {err}");

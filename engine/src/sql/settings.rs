@@ -2,9 +2,11 @@
 //! `hnsw.iterative_scan` and `hnsw.max_scan_tuples` (pgvector),
 //! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm),
 //! `audiolake.device` (where the pretrained networks run), `audiolake.decode_max_seconds`
-//! (the most audio one `decode(path)` returns) and `audiolake.musicnn_max_patches` (the
-//! patches the networks run on per track). Each is per session except `audiolake.device`,
-//! which the engine applies to the whole process.
+//! (the most audio one `decode(path)` returns), `audiolake.musicnn_max_patches` (the
+//! patches the networks run on per track) and `audiolake.index_build_threads` (the threads an
+//! index build runs on). Each is per session except `audiolake.device`, which the engine
+//! applies to the whole process (and, through the server, `audiolake.index_build_threads`,
+//! since index statements run in the engine's own session there).
 
 use std::any::Any;
 
@@ -76,6 +78,29 @@ extensions_options! {
         /// The networks of the musicnn group run on at most this many 3 s patches per track,
         /// spread evenly over it; 0: every patch.
         pub musicnn_max_patches: usize, default = musicnn::DEFAULT_MAX_PATCHES
+        /// Threads an index build inserts rows on (like PostgreSQL's
+        /// `max_parallel_maintenance_workers`); 0: every core.
+        pub index_build_threads: usize, default = 0
+    }
+}
+
+/// The most threads `audiolake.index_build_threads` may ask for.
+pub const INDEX_BUILD_THREADS_MAX: usize = 1024;
+
+/// `audiolake.index_build_threads`: `None` for every core, else the threads asked for (at
+/// most [`INDEX_BUILD_THREADS_MAX`]).
+pub fn index_build_threads(options: &ConfigOptions) -> Result<Option<usize>> {
+    let threads = options
+        .extensions
+        .get::<AudiolakeSettings>()
+        .map_or(0, |s| s.index_build_threads);
+    match threads {
+        0 => Ok(None),
+        1..=INDEX_BUILD_THREADS_MAX => Ok(Some(threads)),
+        _ => Err(DataFusionError::Configuration(format!(
+            "audiolake.index_build_threads must be between 0 (every core) and \
+             {INDEX_BUILD_THREADS_MAX}, not {threads}"
+        ))),
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use audiolake_udf::vector;
 use parking_lot::Mutex;
@@ -154,8 +154,9 @@ impl Graph {
         }
     }
 
-    /// Builds the graph of `vectors` on every core of rayon's pool. `cancelled` is asked
-    /// between claims of [`CLAIM`] inserts per thread.
+    /// Builds the graph of `vectors` on every thread of the current rayon pool. `cancelled`
+    /// is asked between claims of [`CLAIM`] inserts per thread; the nodes inserted so far are
+    /// added to `inserted` as the claims end.
     pub(super) fn build(
         kernel: Kernel,
         dims: usize,
@@ -163,6 +164,7 @@ impl Graph {
         ef_construction: usize,
         vectors: Vec<f32>,
         cancelled: &(dyn Fn() -> bool + Sync),
+        inserted: &AtomicU64,
     ) -> Result<Graph, Cancelled> {
         let n = vectors.len().checked_div(dims).unwrap_or(0);
         let mult = 1.0 / (m as f64).ln();
@@ -204,11 +206,15 @@ impl Graph {
             if start >= n {
                 return;
             }
-            for node in start..(start + CLAIM).min(n) {
+            let end = (start + CLAIM).min(n);
+            for node in start..end {
                 builder.insert(node as u32);
                 builder.ready[node].store(true, Ordering::Release);
             }
+            inserted.fetch_add((end - start) as u64, Ordering::Relaxed);
         };
+        // Node 0 needs no insert: it is the entry point.
+        inserted.fetch_add(u64::from(n > 0), Ordering::Relaxed);
         if n > 1 {
             rayon::scope(|s| {
                 for _ in 0..rayon::current_num_threads() {

@@ -20,6 +20,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{self, AtomicU64};
 use std::time::Instant;
 
 const M_MIN: usize = 2;
@@ -442,16 +443,19 @@ impl HnswIndex {
         params: IndexParams,
         rows: impl IntoIterator<Item = (u64, &'a [f32])>,
     ) -> Result<HnswIndex, IndexError> {
-        HnswIndex::build_cancellable(metric, params, rows, &|| false)
+        HnswIndex::build_cancellable(metric, params, rows, &|| false, &AtomicU64::new(0))
     }
 
-    /// [`build`](Self::build), stopping with [`IndexError::Cancelled`] soon after `cancelled`
-    /// returns true (it is asked every few dozen inserts per thread).
+    /// [`build`](Self::build) on the threads of the current rayon pool (run it inside
+    /// `ThreadPool::install` to use fewer), stopping with [`IndexError::Cancelled`] soon after
+    /// `cancelled` returns true (it is asked every few dozen inserts per thread). The rows
+    /// inserted so far are added to `inserted` as the build goes.
     pub fn build_cancellable<'a>(
         metric: Metric,
         params: IndexParams,
         rows: impl IntoIterator<Item = (u64, &'a [f32])>,
         cancelled: &(dyn Fn() -> bool + Sync),
+        inserted: &AtomicU64,
     ) -> Result<HnswIndex, IndexError> {
         params.validate()?;
         let started = Instant::now();
@@ -504,6 +508,8 @@ impl HnswIndex {
             ids.push(*id);
         }
         drop(rows);
+        // Rows kept out of the graph are done already.
+        inserted.fetch_add(unindexed.len() as u64, atomic::Ordering::Relaxed);
         let graph = Graph::build(
             metric.kernel(),
             dims,
@@ -511,6 +517,7 @@ impl HnswIndex {
             params.ef_construction,
             vectors,
             cancelled,
+            inserted,
         )
         .map_err(|_| IndexError::Cancelled)?;
         Ok(HnswIndex {

@@ -696,8 +696,9 @@ fn dead_rows_never_come_back() {
 #[test]
 fn a_cancelled_build_stops_with_an_error() {
     let data = clustered(N, DIMS, 30, 61);
-    let asked = std::sync::atomic::AtomicUsize::new(0);
-    let cancelled = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3;
+    let asked = atomic::AtomicUsize::new(0);
+    let inserted = AtomicU64::new(0);
+    let cancelled = || asked.fetch_add(1, atomic::Ordering::Relaxed) >= 3;
     let err = HnswIndex::build_cancellable(
         Metric::L2,
         IndexParams::default(),
@@ -705,12 +706,46 @@ fn a_cancelled_build_stops_with_an_error() {
             .enumerate()
             .map(|(i, v)| (i as u64, v.as_slice())),
         &cancelled,
+        &inserted,
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "index build cancelled");
-    // It stopped after a few claims of inserts, not at the end.
+    // It stopped after a few claims of inserts, not at the end, and counted them.
     let asked = asked.into_inner();
     assert!(asked < N / 64, "asked {asked} times");
+    let inserted = inserted.into_inner() as usize;
+    assert!(inserted > 1 && inserted < N, "{inserted} rows inserted");
+}
+
+#[test]
+fn a_build_runs_on_the_threads_of_its_pool_and_counts_its_rows() {
+    let data = clustered(1000, 8, 10, 67);
+    let threads = parking_lot::Mutex::new(HashSet::new());
+    let note_thread = || {
+        threads.lock().insert(std::thread::current().id());
+        false
+    };
+    let inserted = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let index = pool
+        .install(|| {
+            HnswIndex::build_cancellable(
+                Metric::Cosine,
+                IndexParams::default(),
+                data.iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as u64, v.as_slice())),
+                &note_thread,
+                &inserted,
+            )
+        })
+        .unwrap();
+    assert_eq!(threads.lock().len(), 1);
+    assert_eq!(inserted.into_inner(), 1000);
+    assert_eq!(index.info().rows, 1000);
 }
 
 /// `bytes` with its checksum recomputed, as a crafted file would have.
