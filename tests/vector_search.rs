@@ -783,6 +783,90 @@ async fn a_dropped_create_index_stops_its_build_and_the_old_index_stays() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_and_a_dropped_reindex_keeps_the_old_build() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = Arc::new(open(&setup).await);
+    write_part(&lake, &setup.data, "part-0.parquet", &rows[..200]).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_v ON vecs USING hnsw (v) WITH (m = 100, ef_construction = 1000)",
+    )
+    .await;
+    let listed = || async {
+        let batches = run(&lake, "SELECT rows, built_at FROM audiolake_indexes").await;
+        let batch = &batches[0];
+        let built_at = cast(batch.column(1), &DataType::Utf8).unwrap();
+        (
+            batch.column(0).as_primitive::<Int64Type>().value(0),
+            built_at.as_string::<i32>().value(0).to_string(),
+        )
+    };
+    let (built_rows, built_at) = listed().await;
+    assert_eq!(built_rows, 200);
+
+    assert!(error(&lake, "REINDEX INDEX nope")
+        .await
+        .ends_with("index \"nope\" does not exist"));
+    assert!(error(&lake, "REINDEX TABLE vecs")
+        .await
+        .contains("REINDEX INDEX name, not REINDEX TABLE"));
+
+    // 2,800 rows more, and a slow rebuild on one thread whose client goes away.
+    write_part(&lake, &setup.data, "part-1.parquet", &rows[200..]).await;
+    run(&lake, "SET audiolake.index_build_threads = 1").await;
+    let statement = {
+        let lake = Arc::clone(&lake);
+        tokio::spawn(async move { lake.sql("REINDEX INDEX vecs_v").await.map(|_| ()) })
+    };
+    wait_for_build(&lake, "vecs_v", |(done, total, ..)| {
+        *total == ROWS && *done > 0
+    })
+    .await;
+    statement.abort();
+    assert!(statement.await.unwrap_err().is_cancelled());
+    let (done, _, _, why) = wait_for_build(&lake, "vecs_v", |(_, total, finished, _)| {
+        *total == ROWS && *finished
+    })
+    .await;
+    assert_eq!(why.as_deref(), Some("index build cancelled"));
+    assert!(done < ROWS, "{done} rows inserted");
+
+    // The old build is still the index's, and answers: the rows added since are compared
+    // exactly.
+    assert_eq!(listed().await, (200, built_at.clone()));
+    let q = &rows[2500].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    let plan = analyze(&lake, &knn).await;
+    assert!(plan.contains("HnswIndexScan: index=vecs_v"), "{plan}");
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows, q, 5, |_| true)
+    );
+
+    // A REINDEX that finishes replaces the build.
+    run(&lake, "SET audiolake.index_build_threads = 0").await;
+    std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
+    write_part(&lake, &setup.data, "part-1.parquet", &rows[200..300]).await;
+    run(&lake, "REINDEX INDEX vecs_v").await;
+    let (rebuilt_rows, rebuilt_at) = listed().await;
+    assert_eq!(rebuilt_rows, 300);
+    assert_ne!(rebuilt_at, built_at);
+    let q = &rows[250].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows[..300], q, 5, |_| true)
+    );
+}
+
 #[tokio::test]
 async fn extension_settings_can_be_shown() {
     let setup = setup();

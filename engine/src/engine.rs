@@ -328,6 +328,9 @@ impl Engine {
 
     async fn run_parsed(&self, statement: Statement, persist: Persist) -> Result<DataFrame> {
         if let Statement::Statement(inner) = &statement {
+            if let Some(name) = ddl::reindexed(inner) {
+                return self.reindex(&name).await;
+            }
             match inner.as_ref() {
                 SqlStatement::CreateIndex(create) => return self.create_index(create).await,
                 SqlStatement::Drop {
@@ -447,6 +450,20 @@ impl Engine {
             ))));
         }
         self.indexes.build(&self.ctx.state(), template).await?;
+        Ok(self.ctx.read_empty()?)
+    }
+
+    /// `REINDEX INDEX name`: builds the index again from its table's rows; queries use the
+    /// previous build until the new one is kept.
+    async fn reindex(&self, name: &str) -> Result<DataFrame> {
+        let Some(entry) = self.indexes.get(name) else {
+            return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
+                "index \"{name}\" does not exist"
+            ))));
+        };
+        self.indexes
+            .build(&self.ctx.state(), entry.definition.clone())
+            .await?;
         Ok(self.ctx.read_empty()?)
     }
 

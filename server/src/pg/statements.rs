@@ -161,7 +161,8 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 } | Statement::CreateIndex(_)
                     | Statement::CreateSecret { .. }
                     | Statement::DropSecret { .. }
-            ) || sets_engine_setting(inner),
+            ) || sets_engine_setting(inner)
+                || reindexes(inner),
         ),
         // EXPLAIN ANALYZE runs its statement: the engine checks its locations the same way.
         DfStatement::Explain(explain) => {
@@ -236,6 +237,12 @@ const ENGINE_SETTINGS: [&str; 2] = ["audiolake.device", "audiolake.index_build_t
 fn sets_engine_setting(statement: &Statement) -> bool {
     matches!(statement, Statement::Set(Set::SingleAssignment { variable, .. })
         if ENGINE_SETTINGS.iter().any(|name| variable.to_string().eq_ignore_ascii_case(name)))
+}
+
+/// `REINDEX INDEX name`, which the engine's dialect reads as the `VACUUM` statement's `REINDEX`
+/// form; not a read, so a read-only user is refused it.
+fn reindexes(statement: &Statement) -> bool {
+    matches!(statement, Statement::Vacuum(vacuum) if vacuum.reindex)
 }
 
 /// Whether a read-only user may run `statement`, if it is a `SET`: settings of the session's
