@@ -625,7 +625,13 @@ async fn filtered_queries_return_k_rows_at_1_10_and_50_percent() {
         let recall = hits as f64 / returned as f64;
         assert!(recall >= 0.9, "{percent}%: recall {recall}");
 
-        // EXPLAIN ANALYZE says which way the scan went and why.
+        // EXPLAIN gives the rule (ef·m = 80: the exact scan at most sqrt(80 / 10,000) = 8.9 %
+        // of the rows), EXPLAIN ANALYZE which way the scan went and why.
+        let plan = explain(&lake, &knn(percent, queries[0])).await;
+        assert!(
+            plan.contains("search=when run: exact if at most 8.9% of 10000 rows pass, else graph"),
+            "{plan}"
+        );
         let plan = analyze(&lake, &knn(percent, queries[0])).await;
         let share = format!(
             "{:.1}% of {N} rows pass (counted)",

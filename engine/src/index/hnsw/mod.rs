@@ -290,6 +290,12 @@ impl Estimate {
     pub fn prefers_exact(&self) -> bool {
         self.exact_cost <= self.graph_cost
     }
+
+    /// The fraction of `rows` passing at or below which a search of `ef` on a graph of `m`
+    /// links chooses the exact scan: where `f·rows = ef·m/f`.
+    pub fn exact_at_most(rows: usize, ef: usize, m: usize) -> f64 {
+        ((ef * m) as f64 / rows.max(1) as f64).sqrt().min(1.0)
+    }
 }
 
 impl std::fmt::Display for Estimate {

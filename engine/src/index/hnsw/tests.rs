@@ -211,7 +211,6 @@ fn iterative_scans_return_k_rows_at_1_10_and_50_percent() {
     };
     let index = build(Metric::L2, &data, params);
     let options = |mode| SearchOptions {
-        ef_search: 10,
         iterative_scan: mode,
         ..SearchOptions::new(10)
     };

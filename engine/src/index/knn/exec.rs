@@ -32,7 +32,7 @@ use super::query_vector::evaluate_vector;
 use super::search::{key_in, nearest, scan, Found, KnnQuery};
 use super::session::run;
 use crate::index::registry::IndexDefinition;
-use crate::index::{SearchOptions, SearchPlan};
+use crate::index::{Estimate, SearchOptions, SearchPlan};
 
 /// Reads the k nearest qualifying rows of a table through its HNSW index.
 pub struct HnswScanExec {
@@ -100,8 +100,20 @@ impl DisplayAs for HnswScanExec {
         if let Some(p) = &self.table.predicate {
             write!(f, ", filter={p}")?;
         }
-        if let Some(chosen) = self.chosen.lock().as_deref() {
-            write!(f, ", search={chosen}")?;
+        match (self.chosen.lock().as_deref(), &self.table.predicate) {
+            (Some(chosen), _) => write!(f, ", search={chosen}")?,
+            // Before it runs (plain EXPLAIN) the rows that pass are not counted yet: the rule.
+            (None, Some(_)) => {
+                let ef = o.ef_search.max(self.table.k).min(d.rows.max(1));
+                let share = Estimate::exact_at_most(d.rows, ef, d.params.m);
+                write!(
+                    f,
+                    ", search=when run: exact if at most {:.1}% of {} rows pass, else graph",
+                    share * 100.0,
+                    d.rows
+                )?;
+            }
+            (None, None) => {}
         }
         Ok(())
     }
