@@ -628,7 +628,7 @@ impl HnswIndex {
                         estimate: None,
                     });
                 }
-                // Only a graph cut in parts (not built so) leaves rows unreachable.
+                // Short of k: rows kept out of the graph (cosine's zero vectors) are needed.
                 if ef >= n {
                     return Ok(self.exact(Some(&graph_query), k, &passes));
                 }
