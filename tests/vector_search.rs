@@ -568,6 +568,311 @@ async fn unchanged_tables_are_answered_from_the_index() {
     assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
 }
 
+/// A pseudo-random bucket 0..100 of an id, unrelated to its cluster (`id % 20`); the same
+/// expression in SQL is `BUCKET`.
+fn bucket(id: i64) -> i64 {
+    (id * 2_654_435_761) % 1_000_003 % 100
+}
+const BUCKET: &str = "(id * 2654435761) % 1000003 % 100";
+
+#[tokio::test]
+async fn filtered_queries_return_k_rows_at_1_10_and_50_percent() {
+    const N: i64 = 10_000;
+    let setup = setup();
+    let rows = vectors(0..N);
+    let lake = open(&setup).await;
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_l2 ON vecs USING hnsw (v vector_l2_ops) WITH (m = 8, ef_construction = 32)",
+    )
+    .await;
+    // A graph search then costs about ef·m = 80 distances over the rows that pass.
+    run(&lake, "SET hnsw.ef_search = 10").await;
+    let knn = |percent: i64, q: &[f32]| {
+        format!(
+            "SELECT id FROM vecs WHERE {BUCKET} < {percent} ORDER BY v <-> {} LIMIT 10",
+            literal(q)
+        )
+    };
+    let queries: Vec<&[f32]> = [5, 1234, 7777]
+        .iter()
+        .map(|i| rows[*i].1.as_slice())
+        .collect();
+    for percent in [1, 10, 50] {
+        let passing = (0..N).filter(|id| bucket(*id) < percent).count();
+        let (mut hits, mut returned) = (0, 0);
+        for q in &queries {
+            let got = ids(&lake, &knn(percent, q)).await;
+            let want = brute_force(l2, &rows, q, 10, |id| bucket(id) < percent);
+            assert!(got.iter().all(|id| bucket(*id) < percent), "{got:?}");
+            if percent == 1 {
+                assert_eq!(got, want, "scanned exactly");
+            }
+            returned += got.len();
+            hits += got.iter().filter(|id| want.contains(id)).count();
+        }
+        assert_eq!(
+            returned,
+            10 * queries.len(),
+            "{percent}%: 10 rows per query"
+        );
+        let recall = hits as f64 / returned as f64;
+        assert!(recall >= 0.9, "{percent}%: recall {recall}");
+
+        // EXPLAIN gives the rule (ef·m = 80: the exact scan at most sqrt(80 / 10,000) = 8.9 %
+        // of the rows), EXPLAIN ANALYZE which way the scan went and why.
+        let plan = explain(&lake, &knn(percent, queries[0])).await;
+        assert!(
+            plan.contains("search=when run: exact if at most 8.9% of 10000 rows pass, else graph"),
+            "{plan}"
+        );
+        let plan = analyze(&lake, &knn(percent, queries[0])).await;
+        let share = format!(
+            "{:.1}% of {N} rows pass (counted)",
+            passing as f64 * 100.0 / N as f64
+        );
+        assert!(plan.contains(&share), "{plan}");
+        let chosen = match percent {
+            1 => "search=exact because",
+            _ => "search=graph (ef 10, iterative_scan relaxed_order",
+        };
+        assert!(plan.contains(chosen), "{percent}%: {plan}");
+    }
+
+    // pgvector's `off`: one round of ef = 10 candidates, about one in ten of which passes.
+    run(&lake, "SET hnsw.iterative_scan = off").await;
+    let off: usize = {
+        let mut total = 0;
+        for q in &queries {
+            total += ids(&lake, &knn(10, q)).await.len();
+        }
+        total
+    };
+    assert!(off < 5 * queries.len(), "off returned {off} rows");
+    run(&lake, "SET hnsw.iterative_scan = strict_order").await;
+    for q in &queries {
+        assert_eq!(ids(&lake, &knn(10, q)).await.len(), 10);
+    }
+    assert!(analyze(&lake, &knn(10, queries[0]))
+        .await
+        .contains("iterative_scan=strict_order, max_scan_tuples=20000"));
+
+    // Settings are checked: an unknown mode when set, a bound out of range when used.
+    assert!(error(&lake, "SET hnsw.iterative_scan = sideways")
+        .await
+        .contains(
+            "hnsw.iterative_scan must be off, relaxed_order or strict_order, not \"sideways\""
+        ));
+    run(&lake, "SET hnsw.max_scan_tuples = 0").await;
+    assert!(error(&lake, &knn(10, queries[0]))
+        .await
+        .ends_with("hnsw.max_scan_tuples must be between 1 and 2147483647, not 0"));
+}
+
+/// `(files_done, files_total, finished, error)` of the last build of index `name` in
+/// `audiolake_progress`, once it shows there.
+async fn build_progress(lake: &AudioLake, name: &str) -> Option<(i64, i64, bool, Option<String>)> {
+    let batches = run(
+        lake,
+        &format!(
+            "SELECT files_done, files_total, finished, error FROM audiolake_progress \
+             WHERE job = 'build index {name}' ORDER BY started_at DESC LIMIT 1"
+        ),
+    )
+    .await;
+    let batch = batches.iter().find(|b| b.num_rows() > 0)?;
+    let error = batch.column(3).as_string::<i32>();
+    Some((
+        batch.column(0).as_primitive::<Int64Type>().value(0),
+        batch.column(1).as_primitive::<Int64Type>().value(0),
+        batch.column(2).as_boolean().value(0),
+        (!error.is_null(0)).then(|| error.value(0).to_string()),
+    ))
+}
+
+/// Polls `build_progress` until `done` holds; a build that never gets there fails the test
+/// after a minute rather than hanging it.
+async fn wait_for_build(
+    lake: &AudioLake,
+    name: &str,
+    done: impl Fn(&(i64, i64, bool, Option<String>)) -> bool,
+) -> (i64, i64, bool, Option<String>) {
+    for _ in 0..6000 {
+        if let Some(progress) = build_progress(lake, name).await {
+            if done(&progress) {
+                return progress;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the build of {name} never got there: {:?}",
+        build_progress(lake, name).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_create_index_stops_its_build_and_the_old_index_stays() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = Arc::new(open(&setup).await);
+    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(&lake, "CREATE INDEX vecs_fast ON vecs USING hnsw (v)").await;
+    assert_eq!(
+        build_progress(&lake, "vecs_fast").await,
+        Some((ROWS, ROWS, true, None))
+    );
+
+    // Any number of threads is taken when set; the build checks it.
+    run(&lake, "SET audiolake.index_build_threads = 5000").await;
+    let refused = error(
+        &lake,
+        "CREATE INDEX vecs_bad ON vecs USING hnsw (v) WITH (m = 4, ef_construction = 8)",
+    )
+    .await;
+    assert!(
+        refused.ends_with(
+            "audiolake.index_build_threads must be between 0 (every core) and 1024, not 5000"
+        ),
+        "{refused}"
+    );
+
+    // A slow build on one thread: its client goes away once it has inserted rows.
+    run(&lake, "SET audiolake.index_build_threads = 1").await;
+    let statement = {
+        let lake = Arc::clone(&lake);
+        tokio::spawn(async move {
+            lake.sql(
+                "CREATE INDEX vecs_slow ON vecs USING hnsw (v) \
+                 WITH (m = 100, ef_construction = 1000)",
+            )
+            .await
+            .map(|_| ())
+        })
+    };
+    wait_for_build(&lake, "vecs_slow", |(done, ..)| *done > 0).await;
+    statement.abort();
+    assert!(statement.await.unwrap_err().is_cancelled());
+
+    // The build's threads stop short of the end, and say why.
+    let (done, total, _, why) =
+        wait_for_build(&lake, "vecs_slow", |(.., finished, _)| *finished).await;
+    assert_eq!(why.as_deref(), Some("index build cancelled"));
+    assert_eq!(total, ROWS);
+    assert!(done < total, "{done} of {total} rows inserted");
+
+    // Nothing of it was published: the old index answers.
+    let listed = run(&lake, "SELECT name FROM audiolake_indexes").await;
+    assert_eq!(listed[0].column(0).as_string::<i32>().value(0), "vecs_fast");
+    assert_eq!(listed.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert!(!setup.store.join("indexes").join("vecs_slow").exists());
+    let q = &rows[17].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    assert!(explain(&lake, &knn)
+        .await
+        .contains("HnswIndexScan: index=vecs_fast"));
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows, q, 5, |_| true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_rebuilds_and_a_dropped_reindex_keeps_the_old_build() {
+    let setup = setup();
+    let rows = vectors(0..ROWS);
+    let lake = Arc::new(open(&setup).await);
+    write_part(&lake, &setup.data, "part-0.parquet", &rows[..200]).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(&lake, &create).await;
+    run(
+        &lake,
+        "CREATE INDEX vecs_v ON vecs USING hnsw (v) WITH (m = 100, ef_construction = 1000)",
+    )
+    .await;
+    let listed = || async {
+        let batches = run(&lake, "SELECT rows, built_at FROM audiolake_indexes").await;
+        let batch = &batches[0];
+        let built_at = cast(batch.column(1), &DataType::Utf8).unwrap();
+        (
+            batch.column(0).as_primitive::<Int64Type>().value(0),
+            built_at.as_string::<i32>().value(0).to_string(),
+        )
+    };
+    let (built_rows, built_at) = listed().await;
+    assert_eq!(built_rows, 200);
+
+    assert!(error(&lake, "REINDEX INDEX nope")
+        .await
+        .ends_with("index \"nope\" does not exist"));
+    assert!(error(&lake, "REINDEX TABLE vecs")
+        .await
+        .contains("REINDEX INDEX name, not REINDEX TABLE"));
+
+    // 2,800 rows more, and a slow rebuild on one thread whose client goes away.
+    write_part(&lake, &setup.data, "part-1.parquet", &rows[200..]).await;
+    run(&lake, "SET audiolake.index_build_threads = 1").await;
+    let statement = {
+        let lake = Arc::clone(&lake);
+        tokio::spawn(async move { lake.sql("REINDEX INDEX vecs_v").await.map(|_| ()) })
+    };
+    wait_for_build(&lake, "vecs_v", |(done, total, ..)| {
+        *total == ROWS && *done > 0
+    })
+    .await;
+    statement.abort();
+    assert!(statement.await.unwrap_err().is_cancelled());
+    let (done, _, _, why) = wait_for_build(&lake, "vecs_v", |(_, total, finished, _)| {
+        *total == ROWS && *finished
+    })
+    .await;
+    assert_eq!(why.as_deref(), Some("index build cancelled"));
+    assert!(done < ROWS, "{done} rows inserted");
+
+    // The old build is still the index's, and answers: the rows added since are compared
+    // exactly.
+    assert_eq!(listed().await, (200, built_at.clone()));
+    let q = &rows[2500].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    let plan = analyze(&lake, &knn).await;
+    assert!(plan.contains("HnswIndexScan: index=vecs_v"), "{plan}");
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows, q, 5, |_| true)
+    );
+
+    // A REINDEX that finishes replaces the build.
+    run(&lake, "SET audiolake.index_build_threads = 0").await;
+    std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
+    write_part(&lake, &setup.data, "part-1.parquet", &rows[200..300]).await;
+    run(&lake, "REINDEX INDEX vecs_v").await;
+    let (rebuilt_rows, rebuilt_at) = listed().await;
+    assert_eq!(rebuilt_rows, 300);
+    assert_ne!(rebuilt_at, built_at);
+    let q = &rows[250].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l2, &rows[..300], q, 5, |_| true)
+    );
+}
+
 #[tokio::test]
 async fn extension_settings_can_be_shown() {
     let setup = setup();
@@ -591,16 +896,19 @@ async fn extension_settings_can_be_shown() {
     .await;
     assert_eq!(
         show(listed),
-        "+-----------------------------------+-------+\n\
-         | name                              | value |\n\
-         +-----------------------------------+-------+\n\
-         | audiolake.decode_max_seconds      | 600   |\n\
-         | audiolake.device                  |       |\n\
-         | audiolake.musicnn_max_patches     | 16    |\n\
-         | hnsw.ef_search                    | 100   |\n\
-         | pg_trgm.similarity_threshold      | 0.5   |\n\
-         | pg_trgm.word_similarity_threshold | 0.6   |\n\
-         +-----------------------------------+-------+"
+        "+-----------------------------------+---------------+\n\
+         | name                              | value         |\n\
+         +-----------------------------------+---------------+\n\
+         | audiolake.decode_max_seconds      | 600           |\n\
+         | audiolake.device                  |               |\n\
+         | audiolake.index_build_threads     | 0             |\n\
+         | audiolake.musicnn_max_patches     | 16            |\n\
+         | hnsw.ef_search                    | 100           |\n\
+         | hnsw.iterative_scan               | relaxed_order |\n\
+         | hnsw.max_scan_tuples              | 20000         |\n\
+         | pg_trgm.similarity_threshold      | 0.5           |\n\
+         | pg_trgm.word_similarity_threshold | 0.6           |\n\
+         +-----------------------------------+---------------+"
     );
 }
 

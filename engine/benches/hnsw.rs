@@ -10,7 +10,7 @@
 //! 1000000 with `AUDIOLAKE_BENCH_FULL=1`). Inserts use every core (rayon; hnswlib's
 //! `num_threads=-1`); queries run one at a time on one thread in both.
 
-use audiolake_engine::index::{HnswIndex, IndexParams, Metric};
+use audiolake_engine::index::{HnswIndex, IndexParams, Metric, SearchOptions};
 use audiolake_udf::vector::l2_squared_f32;
 use std::io::Write;
 use std::path::Path;
@@ -145,7 +145,12 @@ fn measure_ours(base: &[f32], queries: &[f32], truth: &[Vec<u64>]) -> Report {
     let runs = EF_SEARCH
         .iter()
         .map(|&ef| {
-            let search = |q: &[f32]| index.search(q, K, ef, None).expect("search").neighbors;
+            let search = |q: &[f32]| {
+                index
+                    .search(q, K, &SearchOptions::new(ef), None)
+                    .expect("search")
+                    .neighbors
+            };
             let mut hits = 0;
             for (qi, q) in queries.chunks_exact(DIMS).enumerate() {
                 hits += search(q)

@@ -201,10 +201,12 @@ impl Engine {
             config.retention,
             Arc::clone(&problems),
         ));
+        let jobs = Arc::new(Jobs::default());
         let indexes = Arc::new(Indexes::new(
             Arc::clone(&store),
             &store_prefix,
             Arc::clone(&problems),
+            Arc::clone(&jobs),
         ));
         let functions = path_functions(
             Arc::clone(&runtime.object_store_registry),
@@ -244,7 +246,6 @@ impl Engine {
             Arc::new(SnapshotTable(IndexTable::new(Arc::clone(&indexes)))),
         )?;
         register_feature_tables(&ctx, &store_url, &features)?;
-        let jobs = Arc::new(Jobs::default());
         ctx.register_table(
             "audiolake_progress",
             Arc::new(SnapshotTable(ProgressTable::new(
@@ -366,6 +367,9 @@ impl Engine {
 
     async fn run_parsed(&self, statement: Statement, persist: Persist) -> Result<DataFrame> {
         if let Statement::Statement(inner) = &statement {
+            if let Some(name) = ddl::reindexed(inner) {
+                return self.reindex(&name).await;
+            }
             match inner.as_ref() {
                 SqlStatement::CreateIndex(create) => return self.create_index(create).await,
                 SqlStatement::Drop {
@@ -507,6 +511,20 @@ impl Engine {
             ))));
         }
         self.indexes.build(&self.ctx.state(), template).await?;
+        Ok(self.ctx.read_empty()?)
+    }
+
+    /// `REINDEX INDEX name`: builds the index again from its table's rows; queries use the
+    /// previous build until the new one is kept.
+    async fn reindex(&self, name: &str) -> Result<DataFrame> {
+        let Some(entry) = self.indexes.get(name) else {
+            return Err(EngineError::DataFusion(DataFusionError::Plan(format!(
+                "index \"{name}\" does not exist"
+            ))));
+        };
+        self.indexes
+            .build(&self.ctx.state(), entry.definition.clone())
+            .await?;
         Ok(self.ctx.read_empty()?)
     }
 

@@ -1,4 +1,5 @@
-//! Whole-table analysis jobs, and `audiolake_progress`, the system table that shows them.
+//! Whole-table analysis jobs and index builds, and `audiolake_progress`, the system table that
+//! shows them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,13 +39,15 @@ const FINISHED_KEPT: usize = 1000;
 
 struct Job {
     id: u64,
+    /// `analyze`, or `build index <name>`.
+    kind: String,
     table: String,
     groups: Vec<&'static str>,
     started: Instant,
     started_at: i64,
+    /// Files to analyse, or rows to insert into an index.
     files: u64,
-    /// The engine's file counter when the job started: the job's files are those counted since.
-    counter_start: u64,
+    counter: Counter,
     done: Option<u64>,
     finished: Option<f64>,
     /// When it finished, in the order of `Jobs::next_id`: the first finished are forgotten first.
@@ -59,22 +62,31 @@ pub struct Jobs {
     next_id: AtomicU64,
 }
 
+/// Where a running job's count of things done comes from.
+enum Counter {
+    /// The engine's file counter, which stood at this when the job started: the job's files
+    /// are those counted since.
+    Files(u64),
+    /// The job's own.
+    Own(Arc<AtomicU64>),
+}
+
 /// A job of [`Jobs`] while it runs. Dropped before [`RunningJob::finish`] (its task was
 /// stopped or its client went away), the job is recorded as stopped.
-pub struct RunningJob<'a> {
-    jobs: &'a Jobs,
+pub struct RunningJob {
+    jobs: Arc<Jobs>,
     id: u64,
     finished: bool,
 }
 
-impl RunningJob<'_> {
+impl RunningJob {
     pub fn finish(mut self, outcome: std::result::Result<(), String>) {
         self.finished = true;
         self.jobs.finish(self.id, outcome);
     }
 }
 
-impl Drop for RunningJob<'_> {
+impl Drop for RunningJob {
     fn drop(&mut self) {
         if !self.finished {
             self.jobs
@@ -84,29 +96,57 @@ impl Drop for RunningJob<'_> {
 }
 
 impl Jobs {
+    /// An analysis of `files` files of `table`, counted by `progress`.
     pub fn start(
-        &self,
+        self: &Arc<Self>,
         table: &str,
         groups: &[&'static str],
         files: u64,
         progress: &ScanProgress,
-    ) -> RunningJob<'_> {
+    ) -> RunningJob {
+        let counter = Counter::Files(progress.snapshot().0);
+        self.push("analyze".to_string(), table, groups, files, counter)
+    }
+
+    /// The build of index `name` over `rows` rows of `table`; the builder adds the rows it
+    /// has inserted to the counter returned.
+    pub fn start_index_build(
+        self: &Arc<Self>,
+        name: &str,
+        table: &str,
+        rows: u64,
+    ) -> (RunningJob, Arc<AtomicU64>) {
+        let inserted = Arc::new(AtomicU64::new(0));
+        let counter = Counter::Own(Arc::clone(&inserted));
+        let job = self.push(format!("build index {name}"), table, &[], rows, counter);
+        (job, inserted)
+    }
+
+    fn push(
+        self: &Arc<Self>,
+        kind: String,
+        table: &str,
+        groups: &[&'static str],
+        files: u64,
+        counter: Counter,
+    ) -> RunningJob {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.jobs.lock().push(Job {
             id,
+            kind,
             table: table.to_owned(),
             groups: groups.to_vec(),
             started: Instant::now(),
             started_at: now_micros(),
             files,
-            counter_start: progress.snapshot().0,
+            counter,
             done: None,
             finished: None,
             finished_order: None,
             error: None,
         });
         RunningJob {
-            jobs: self,
+            jobs: Arc::clone(self),
             id,
             finished: false,
         }
@@ -131,19 +171,19 @@ impl Jobs {
         }
     }
 
-    /// Files done by a job so far (every file once its scan has passed it).
+    /// Files (or rows) done by a job so far (every file once its scan has passed it).
     fn done(job: &Job, progress: &ScanProgress) -> u64 {
         job.done.unwrap_or_else(|| {
-            progress
-                .snapshot()
-                .0
-                .saturating_sub(job.counter_start)
-                .min(job.files)
+            match &job.counter {
+                Counter::Files(start) => progress.snapshot().0.saturating_sub(*start),
+                Counter::Own(done) => done.load(Ordering::Relaxed),
+            }
+            .min(job.files)
         })
     }
 }
 
-/// `audiolake_progress`: one row per analysis job of this engine.
+/// `audiolake_progress`: one row per analysis job and index build of this engine.
 pub struct ProgressTable {
     jobs: Arc<Jobs>,
     progress: Arc<ScanProgress>,
@@ -169,12 +209,13 @@ impl Snapshot for ProgressTable {
             Field::new("eta_s", DataType::Float64, true),
             Field::new("finished", DataType::Boolean, false),
             Field::new("error", DataType::Utf8, true),
+            Field::new("job", DataType::Utf8, false),
         ]))
     }
 
     fn snapshot(&self) -> Result<RecordBatch> {
         let jobs = self.jobs.jobs.lock();
-        let mut groups = Vec::new();
+        let (mut groups, mut kinds) = (Vec::new(), Vec::new());
         let mut rows = (
             Vec::new(),
             Vec::new(),
@@ -195,6 +236,7 @@ impl Snapshot for ProgressTable {
             let to_go = job.files - done;
             rows.0.push(job.table.clone());
             groups.push(job.groups.join(", "));
+            kinds.push(job.kind.clone());
             rows.1.push(job.started_at);
             rows.2.push(job.files as i64);
             rows.3.push(done as i64);
@@ -221,6 +263,7 @@ impl Snapshot for ProgressTable {
                 Arc::new(Float64Array::from(rows.6)),
                 Arc::new(BooleanArray::from(rows.7)),
                 Arc::new(StringArray::from(rows.8)),
+                Arc::new(StringArray::from(kinds)),
             ],
         )?)
     }
@@ -265,6 +308,48 @@ mod tests {
         assert!(error.is_null(2));
         assert_eq!(groups.value(1), "rhythm, tonal");
         drop(running);
+    }
+
+    #[test]
+    fn an_index_build_counts_its_own_rows() {
+        let jobs = Arc::new(Jobs::default());
+        let progress = Arc::new(ScanProgress::default());
+        let (build, inserted) = jobs.start_index_build("music_sound", "music", 100);
+        inserted.fetch_add(40, Ordering::Relaxed);
+        // Files counted by scans meanwhile are not the build's.
+        progress.add_total(7);
+        progress.file_done();
+        let table = ProgressTable::new(Arc::clone(&jobs), Arc::clone(&progress));
+        let row = |name: &str| {
+            let batch = table.snapshot().unwrap();
+            let column = batch.column_by_name(name).unwrap().clone();
+            column
+        };
+        assert_eq!(
+            row("job").as_string::<i32>().value(0),
+            "build index music_sound"
+        );
+        assert_eq!(row("table_name").as_string::<i32>().value(0), "music");
+        assert_eq!(row("groups").as_string::<i32>().value(0), "");
+        assert_eq!(
+            row("files_done")
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0),
+            40
+        );
+        build.finish(Err("index build cancelled".to_string()));
+        assert_eq!(
+            row("error").as_string::<i32>().value(0),
+            "index build cancelled"
+        );
+        assert!(row("finished").as_boolean().value(0));
+        assert_eq!(
+            row("files_done")
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                .value(0),
+            40,
+            "a stopped build keeps the rows it had inserted"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! statements over them, and vector indexes ([`index`]).
 
 pub mod audio;
+mod cancel;
 mod catalog;
 mod clock;
 #[cfg(feature = "distributed")]

@@ -239,6 +239,8 @@ fn read_only_users_read_but_cannot_write() {
          SET datafusion.execution.target_partitions = 100000;\n\
          SET datafusion.runtime.memory_limit = '1T';\n\
          SET audiolake.device = 'cpu';\n\
+         SET audiolake.index_build_threads = 1;\n\
+         REINDEX INDEX music_sound;\n\
          SELECT 1 AS x INTO made;\n\
          PREPARE make AS SELECT 1 AS x INTO made;\n\
          SELECT count(*) FROM music;\n\
@@ -251,14 +253,16 @@ fn read_only_users_read_but_cannot_write() {
     assert_eq!(
         err.matches("ERROR:  42501: permission denied: user bob is read-only")
             .count(),
-        8,
+        10,
         "{err}"
     );
-    assert_eq!(err.matches("ERROR:").count(), 8, "{err}");
+    assert_eq!(err.matches("ERROR:").count(), 10, "{err}");
     for refused in [
         "target_partitions = 100000",
         "memory_limit = '1T'",
         "audiolake.device = 'cpu'",
+        "audiolake.index_build_threads = 1",
+        "VACUUM REINDEX music_sound",
         "SELECT 1 AS x INTO made",
     ] {
         assert!(err.contains(refused), "{refused} not refused: {err}");
@@ -609,6 +613,8 @@ fn vector_search_through_psql() {
          SELECT id FROM pts ORDER BY v <+> '[0,1]' LIMIT 1;\n\
          SELECT count(*) FROM similar('pts', '[1,0]', 10000000000);\n\
          SELECT name, rows FROM audiolake_indexes;\n\
+         REINDEX INDEX pts_v;\n\
+         REINDEX INDEX nope;\n\
          SELECT similarity('Georgy Porgy', 'Georgy Porgy (remix)') = 0.625, 'Georgy Porgy' % 'Georgy Porgy (remix)';\n\
          CREATE INDEX bad ON pts USING hnsw (v) WITH (m = 300);\n\
          SET audiolake.device = 'tpu';\n\
@@ -632,5 +638,6 @@ fn vector_search_through_psql() {
         err.contains("ERROR:  22023: invalid setting: audiolake.device: unknown device \"tpu\""),
         "{err}"
     );
-    assert_eq!(err.matches("ERROR").count(), 2, "{err}");
+    assert!(err.contains("index \"nope\" does not exist"), "{err}");
+    assert_eq!(err.matches("ERROR").count(), 3, "{err}");
 }

@@ -1,7 +1,6 @@
 //! Reading one audio object on a blocking thread: its header, or a full decode through the
 //! feature groups, or to plain samples. Every failure, a panic included, comes back as a message.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use audiolake_udf::features::{analyze_with, AnalysisError, AnalysisOptions, AnalysisOutput};
@@ -11,6 +10,7 @@ use datafusion::physical_plan::metrics::Count;
 use object_store::{ObjectMeta, ObjectStore};
 
 use super::source::{ObjectSource, ReadRecord};
+use crate::cancel::CancelOnDrop;
 
 /// Reads the header and tags of `meta`. The record tells whether every read succeeded.
 pub async fn probe_object(
@@ -114,7 +114,7 @@ async fn blocking<T: Send + 'static>(
     let runtime = tokio::runtime::Handle::current();
     // Dropped with this future (the query ended or was cancelled): the read stops.
     let cancel = CancelOnDrop::default();
-    let cancelled = Arc::clone(&cancel.0);
+    let cancelled = cancel.flag();
     let task = tokio::task::spawn_blocking(move || {
         let extension = meta.location.extension().map(str::to_lowercase);
         let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
@@ -136,15 +136,5 @@ async fn blocking<T: Send + 'static>(
             panic_message(join.into_panic().as_ref())
         )),
         Err(join) => Err(format!("{what} was cancelled: {join}")),
-    }
-}
-
-/// Sets its flag when dropped.
-#[derive(Default)]
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }

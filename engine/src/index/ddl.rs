@@ -1,11 +1,14 @@
-//! `CREATE INDEX ... USING hnsw` and `DROP INDEX`, read from the parsed statement (DataFusion
-//! itself does not plan them and would drop their options).
+//! `CREATE INDEX ... USING hnsw`, `DROP INDEX` and `REINDEX INDEX`, read from the parsed
+//! statement (DataFusion itself does not plan them and would drop their options).
 
 use datafusion::arrow::datatypes::Schema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, CreateIndex, Expr as SqlExpr, IndexType, ObjectName, Value,
+    BinaryOperator, CreateIndex, Expr as SqlExpr, IndexType, ObjectName, Statement,
+    VacuumStatement, Value,
 };
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 
 use super::registry::{is_vector, key_column, IndexDefinition};
 use super::{IndexParams, Metric};
@@ -116,6 +119,48 @@ pub fn definition(create: &CreateIndex, schema: &Schema) -> Result<IndexDefiniti
     })
 }
 
+/// PostgreSQL's `REINDEX INDEX [CONCURRENTLY] name`, the `REINDEX` keyword already read.
+/// sqlparser has no statement for it, so it becomes the `VACUUM` statement's `REINDEX` form
+/// (Redshift's `VACUUM REINDEX name`), which [`reindexed`] reads back. `CONCURRENTLY` changes
+/// nothing: a rebuild never blocks queries, which use the previous build until it is done.
+pub fn parse_reindex(parser: &mut Parser<'_>) -> std::result::Result<Statement, ParserError> {
+    if !parser.parse_keyword(Keyword::INDEX) {
+        return Err(ParserError::ParserError(format!(
+            "audiolake rebuilds one index at a time: REINDEX INDEX name, not REINDEX {}",
+            parser.peek_token()
+        )));
+    }
+    let _concurrently = parser.parse_keyword(Keyword::CONCURRENTLY);
+    let name = parser.parse_object_name(false)?;
+    Ok(Statement::Vacuum(VacuumStatement {
+        full: false,
+        sort_only: false,
+        delete_only: false,
+        reindex: true,
+        recluster: false,
+        table_name: Some(name),
+        threshold: None,
+        boost: false,
+    }))
+}
+
+/// The index a `REINDEX INDEX name` (as [`parse_reindex`] makes it) rebuilds.
+pub fn reindexed(statement: &Statement) -> Option<String> {
+    match statement {
+        Statement::Vacuum(VacuumStatement {
+            reindex: true,
+            full: false,
+            sort_only: false,
+            delete_only: false,
+            recluster: false,
+            table_name: Some(name),
+            threshold: None,
+            boost: false,
+        }) => Some(object_name(name)),
+        _ => None,
+    }
+}
+
 /// `WITH (m = 16, ef_construction = 64)`; pgvector's defaults for what is not given.
 fn parameters(with: &[SqlExpr]) -> Result<IndexParams> {
     let mut params = IndexParams::default();
@@ -214,6 +259,34 @@ mod tests {
         assert_eq!((d.metric, d.params), (Metric::L2, IndexParams::default()));
         let d = create("CREATE INDEX ON music USING hnsw (embedding vector_l1_ops)").unwrap();
         assert_eq!(d.metric, Metric::L1);
+    }
+
+    #[test]
+    fn reads_reindex_index() {
+        let parse = |sql: &str| {
+            Parser::parse_sql(&AudiolakeDialect::default(), sql).map(|mut s| s.remove(0))
+        };
+        for sql in [
+            "REINDEX INDEX music_sound",
+            "reindex index concurrently music_sound",
+        ] {
+            let statement = parse(sql).unwrap();
+            assert_eq!(
+                reindexed(&statement).as_deref(),
+                Some("music_sound"),
+                "{sql}"
+            );
+        }
+        let quoted = parse("REINDEX INDEX \"Music Sound\"").unwrap();
+        assert_eq!(reindexed(&quoted).as_deref(), Some("Music Sound"));
+        assert_eq!(
+            parse("REINDEX TABLE music").unwrap_err().to_string(),
+            "sql parser error: audiolake rebuilds one index at a time: REINDEX INDEX name, not \
+             REINDEX TABLE"
+        );
+        assert!(parse("REINDEX INDEX").is_err());
+        let other = parse("SELECT 1").unwrap();
+        assert_eq!(reindexed(&other), None);
     }
 
     #[test]

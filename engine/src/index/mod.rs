@@ -12,7 +12,10 @@ pub(crate) mod similar;
 pub(crate) mod system_table;
 mod version;
 
-pub use hnsw::{BuildInfo, HnswIndex, IndexParams, Metric, Neighbor, SearchPlan, SearchResult};
+pub use hnsw::{
+    BuildInfo, Estimate, Filter, HnswIndex, IndexParams, IterativeScan, Metric, Neighbor,
+    SearchOptions, SearchPlan, SearchResult,
+};
 pub use registry::{parse_definition, IndexDefinition};
 
 /// What went wrong building, searching, saving or loading an index.

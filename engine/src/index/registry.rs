@@ -43,8 +43,11 @@ use tokio::sync::Mutex;
 
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
+use crate::cancel::CancelOnDrop;
 use crate::clock::now_micros;
+use crate::jobs::Jobs;
 use crate::problems::StoreProblems;
+use crate::sql::settings;
 
 /// Key columns, in order of preference.
 const KEY_COLUMNS: [&str; 2] = ["path", "id"];
@@ -144,6 +147,8 @@ pub struct Indexes {
     dir: Path,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
     problems: Arc<StoreProblems>,
+    /// Where builds show their progress (`audiolake_progress`).
+    jobs: Arc<Jobs>,
 }
 
 impl std::fmt::Debug for Indexes {
@@ -161,13 +166,20 @@ fn index_error(e: super::IndexError) -> DataFusionError {
 }
 
 impl Indexes {
-    /// `root` is the store's path; unreadable definitions are reported to `problems`.
-    pub fn new(store: Arc<dyn ObjectStore>, root: &Path, problems: Arc<StoreProblems>) -> Self {
+    /// `root` is the store's path; unreadable definitions are reported to `problems`, builds
+    /// to `jobs`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        root: &Path,
+        problems: Arc<StoreProblems>,
+        jobs: Arc<Jobs>,
+    ) -> Self {
         Self {
             store,
             dir: root.clone().join("indexes"),
             entries: RwLock::new(BTreeMap::new()),
             problems,
+            jobs,
         }
     }
 
@@ -350,6 +362,8 @@ impl Indexes {
 
     /// Builds the index `template` describes (its build fields are filled in) from the rows
     /// of its table, saves it and makes it current, replacing a previous build of that name.
+    /// The build shows in `audiolake_progress`, runs on `audiolake.index_build_threads`
+    /// threads, and stops when this future is dropped.
     pub async fn build(
         &self,
         state: &SessionState,
@@ -373,19 +387,40 @@ impl Indexes {
             )));
         }
         let (metric, params) = (template.metric, template.params);
+        let threads = settings::index_build_threads(state.config_options())?;
+        let (job, inserted) =
+            self.jobs
+                .start_index_build(&template.name, &template.table, vectors.len() as u64);
+        // Dropped with this future (the statement was cancelled, timed out or lost its
+        // client): the build stops within a few dozen inserts per thread, and nothing is
+        // published, so the previous build stays in use.
+        let cancel = CancelOnDrop::default();
+        let cancelled = cancel.flag();
         let index = tokio::task::spawn_blocking(move || {
-            HnswIndex::build(
-                metric,
-                params,
-                vectors
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (i as u64, v.as_slice())),
-            )
+            let rows = vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u64, v.as_slice()));
+            let stop = || cancelled.load(Ordering::Relaxed);
+            let build = || HnswIndex::build_cancellable(metric, params, rows, &stop, &inserted);
+            let built = match threads {
+                None => build(),
+                Some(threads) => match rayon::ThreadPoolBuilder::new().num_threads(threads).build()
+                {
+                    Ok(pool) => pool.install(build),
+                    Err(e) => Err(super::IndexError::Parameter(format!(
+                        "a pool of {threads} build threads: {e}"
+                    ))),
+                },
+            };
+            // Recorded here, when the build's threads are done.
+            job.finish(built.as_ref().map(|_| ()).map_err(ToString::to_string));
+            built
         })
         .await
         .map_err(|e| DataFusionError::External(e.into()))?
         .map_err(index_error)?;
+        drop(cancel);
         let bytes = index.to_bytes().map_err(index_error)?;
         let info = index.info();
         let definition = IndexDefinition {

@@ -157,10 +157,10 @@ impl TableProvider for SimilarTable {
             k: self.k,
             predicate: None,
         };
-        let ef_search = settings::ef_search(state.config_options())?;
-        let found = nearest(state, &knn, &query, self.k, ef_search, &Count::new()).await?;
+        let options = settings::search_options(state.config_options())?;
+        let found = nearest(state, &knn, &query, self.k, &options, &Count::new()).await?;
         let (keys, distances): (Vec<String>, Vec<f64>) =
-            found.into_iter().map(|f| (f.key, f.distance)).unzip();
+            found.rows.into_iter().map(|f| (f.key, f.distance)).unzip();
         let batch = RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![

@@ -1,6 +1,6 @@
 //! SQL that audiolake adds to DataFusion's: pgvector's distance functions and operators
 //! ([`vector`]), pg_trgm's functions and `%` ([`trgm`]), the settings `SET` knows
-//! ([`settings`]), and the PostgreSQL dialect that reads pgvector's `<+>`.
+//! ([`settings`]), and the PostgreSQL dialect that reads pgvector's `<+>` and `REINDEX INDEX`.
 //!
 //! Operators become function calls in [`OperatorPlanner`], where the operand types are known:
 //! `<->`, `<=>`, `<#>` and `<+>` on vectors, `%` and `<%` on text.
@@ -101,7 +101,8 @@ impl ExprPlanner for OperatorPlanner {
     }
 }
 
-/// PostgreSQL's dialect, plus pgvector's `<+>`, which sqlparser reads as `<` and `+`.
+/// PostgreSQL's dialect, plus pgvector's `<+>`, which sqlparser reads as `<` and `+`, and
+/// `REINDEX INDEX name`, which it does not read.
 #[derive(Debug, Default)]
 pub struct AudiolakeDialect(PostgreSqlDialect);
 
@@ -138,6 +139,17 @@ impl Dialect for AudiolakeDialect {
             return Some(Ok(self.prec_value(Precedence::PgOther)));
         }
         self.0.get_next_precedence(parser)
+    }
+
+    /// `REINDEX INDEX name` (see [`crate::index::ddl::parse_reindex`]).
+    fn parse_statement(
+        &self,
+        parser: &mut Parser<'_>,
+    ) -> Option<std::result::Result<datafusion::sql::sqlparser::ast::Statement, ParserError>> {
+        if !parser.parse_keyword(Keyword::REINDEX) {
+            return None;
+        }
+        Some(crate::index::ddl::parse_reindex(parser))
     }
 
     fn parse_infix(

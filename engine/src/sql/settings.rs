@@ -1,9 +1,12 @@
-//! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search` (pgvector),
+//! Settings that `SET` and `SHOW` know besides DataFusion's own: `hnsw.ef_search`,
+//! `hnsw.iterative_scan` and `hnsw.max_scan_tuples` (pgvector),
 //! `pg_trgm.similarity_threshold` and `pg_trgm.word_similarity_threshold` (pg_trgm),
 //! `audiolake.device` (where the pretrained networks run), `audiolake.decode_max_seconds`
-//! (the most audio one `decode(path)` returns) and `audiolake.musicnn_max_patches` (the
-//! patches the networks run on per track). Each is per session except `audiolake.device`,
-//! which the engine applies to the whole process.
+//! (the most audio one `decode(path)` returns), `audiolake.musicnn_max_patches` (the
+//! patches the networks run on per track) and `audiolake.index_build_threads` (the threads an
+//! index build runs on). Each is per session except `audiolake.device`, which the engine
+//! applies to the whole process (and, through the server, `audiolake.index_build_threads`,
+//! since index statements run in the engine's own session there).
 
 use std::any::Any;
 
@@ -14,11 +17,18 @@ use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::prelude::SessionConfig;
 
+use crate::index::{IterativeScan, SearchOptions};
+
 extensions_options! {
-    /// pgvector's HNSW search setting.
+    /// pgvector's HNSW search settings.
     pub struct HnswSettings {
         /// Candidates kept while searching an HNSW index (1 to 1000); at least k are used.
         pub ef_search: usize, default = DEFAULT_EF_SEARCH
+        /// What a filtered index scan does when too few of its candidates pass: `off`,
+        /// `relaxed_order` (the default) or `strict_order`.
+        pub iterative_scan: IterativeScan, default = IterativeScan::default()
+        /// Rows an iterative index scan measures at most (1 to 2147483647).
+        pub max_scan_tuples: usize, default = DEFAULT_MAX_SCAN_TUPLES
     }
 }
 
@@ -26,6 +36,18 @@ extensions_options! {
 pub const DEFAULT_EF_SEARCH: usize = 40;
 /// pgvector's largest `hnsw.ef_search`; the index refuses more too.
 pub const EF_SEARCH_MAX: usize = 1000;
+/// pgvector's default `hnsw.max_scan_tuples`.
+pub const DEFAULT_MAX_SCAN_TUPLES: usize = 20_000;
+/// pgvector's largest `hnsw.max_scan_tuples` (a PostgreSQL int).
+pub const MAX_SCAN_TUPLES_MAX: usize = i32::MAX as usize;
+
+// Checked when set: an unknown mode is an error at `SET`, not at the next query.
+datafusion::common::config_field!(
+    IterativeScan,
+    value => value
+        .parse::<IterativeScan>()
+        .map_err(|e| DataFusionError::Configuration(e.to_string()))?
+);
 
 impl ConfigExtension for HnswSettings {
     const PREFIX: &'static str = "hnsw";
@@ -56,6 +78,29 @@ extensions_options! {
         /// The networks of the musicnn group run on at most this many 3 s patches per track,
         /// spread evenly over it; 0: every patch.
         pub musicnn_max_patches: usize, default = musicnn::DEFAULT_MAX_PATCHES
+        /// Threads an index build inserts rows on (like PostgreSQL's
+        /// `max_parallel_maintenance_workers`); 0: every core.
+        pub index_build_threads: usize, default = 0
+    }
+}
+
+/// The most threads `audiolake.index_build_threads` may ask for.
+pub const INDEX_BUILD_THREADS_MAX: usize = 1024;
+
+/// `audiolake.index_build_threads`: `None` for every core, else the threads asked for (at
+/// most [`INDEX_BUILD_THREADS_MAX`]).
+pub fn index_build_threads(options: &ConfigOptions) -> Result<Option<usize>> {
+    let threads = options
+        .extensions
+        .get::<AudiolakeSettings>()
+        .map_or(0, |s| s.index_build_threads);
+    match threads {
+        0 => Ok(None),
+        1..=INDEX_BUILD_THREADS_MAX => Ok(Some(threads)),
+        _ => Err(DataFusionError::Configuration(format!(
+            "audiolake.index_build_threads must be between 0 (every core) and \
+             {INDEX_BUILD_THREADS_MAX}, not {threads}"
+        ))),
     }
 }
 
@@ -156,8 +201,29 @@ pub fn with_settings(config: SessionConfig) -> SessionConfig {
         .with_option_extension(Named(AudiolakeSettings::default()))
 }
 
+/// The session's index search settings, checked against pgvector's ranges.
+pub fn search_options(options: &ConfigOptions) -> Result<SearchOptions> {
+    let max_scan_tuples = options
+        .extensions
+        .get::<HnswSettings>()
+        .map_or(DEFAULT_MAX_SCAN_TUPLES, |s| s.max_scan_tuples);
+    if !(1..=MAX_SCAN_TUPLES_MAX).contains(&max_scan_tuples) {
+        return Err(DataFusionError::Configuration(format!(
+            "hnsw.max_scan_tuples must be between 1 and {MAX_SCAN_TUPLES_MAX}, not {max_scan_tuples}"
+        )));
+    }
+    Ok(SearchOptions {
+        ef_search: ef_search(options)?,
+        iterative_scan: options
+            .extensions
+            .get::<HnswSettings>()
+            .map_or_else(IterativeScan::default, |s| s.iterative_scan),
+        max_scan_tuples,
+    })
+}
+
 /// `hnsw.ef_search`, checked against pgvector's range.
-pub fn ef_search(options: &ConfigOptions) -> Result<usize> {
+fn ef_search(options: &ConfigOptions) -> Result<usize> {
     let ef = options
         .extensions
         .get::<HnswSettings>()

@@ -177,6 +177,7 @@ impl Session {
                     ..
                 } => "DROP INDEX",
                 Statement::Set(_) => "SET",
+                Statement::Vacuum(_) => "REINDEX",
                 Statement::CreateSecret { .. } => "CREATE SECRET",
                 Statement::DropSecret { .. } => "DROP SECRET",
                 _ => "DROP TABLE",

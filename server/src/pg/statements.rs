@@ -161,7 +161,8 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 } | Statement::CreateIndex(_)
                     | Statement::CreateSecret { .. }
                     | Statement::DropSecret { .. }
-            ) || sets_device(inner),
+            ) || sets_engine_setting(inner)
+                || reindexes(inner),
         ),
         // EXPLAIN ANALYZE runs its statement: the engine checks its locations the same way.
         DfStatement::Explain(explain) => {
@@ -226,17 +227,28 @@ fn show_extension_setting(engine: &Engine, statement: &DfStatement) -> Option<Df
     engine.parse(&query).ok()?.pop_front()
 }
 
-/// `SET audiolake.device`, which the engine applies (and whose errors must reach the client:
-/// datafusion-postgres ignores failed `SET`s).
-fn sets_device(statement: &Statement) -> bool {
+/// Settings of the engine's own session, not a connection's: `audiolake.device` (applied to
+/// the process) and `audiolake.index_build_threads` (read by the index statements, which run in
+/// the engine's session).
+const ENGINE_SETTINGS: [&str; 2] = ["audiolake.device", "audiolake.index_build_threads"];
+
+/// A `SET` of one of [`ENGINE_SETTINGS`], which the engine applies (and whose errors must reach
+/// the client: datafusion-postgres ignores failed `SET`s).
+fn sets_engine_setting(statement: &Statement) -> bool {
     matches!(statement, Statement::Set(Set::SingleAssignment { variable, .. })
-        if variable.to_string().eq_ignore_ascii_case("audiolake.device"))
+        if ENGINE_SETTINGS.iter().any(|name| variable.to_string().eq_ignore_ascii_case(name)))
+}
+
+/// `REINDEX INDEX name`, which the engine's dialect reads as the `VACUUM` statement's `REINDEX`
+/// form; not a read, so a read-only user is refused it.
+fn reindexes(statement: &Statement) -> bool {
+    matches!(statement, Statement::Vacuum(vacuum) if vacuum.reindex)
 }
 
 /// Whether a read-only user may run `statement`, if it is a `SET`: settings of the session's
-/// own behaviour, not of the server's resources or the process. Refused are `audiolake.device`
-/// (every session's), `datafusion.runtime.*` (memory pool, spill directory and limits) and a
-/// `datafusion.execution.target_partitions` above the server's.
+/// own behaviour, not of the server's resources or the process. Refused are the
+/// [`ENGINE_SETTINGS`] (every session's), `datafusion.runtime.*` (memory pool, spill directory
+/// and limits) and a `datafusion.execution.target_partitions` above the server's.
 fn read_only_may_set(engine: &Engine, statement: &Statement) -> bool {
     let Statement::Set(set) = statement else {
         return true;
@@ -260,7 +272,7 @@ fn read_only_may_set(engine: &Engine, statement: &Statement) -> bool {
     assignments.into_iter().all(|(name, value)| {
         let name = name.to_ascii_lowercase();
         match name.as_str() {
-            "audiolake.device" => false,
+            name if ENGINE_SETTINGS.contains(&name) => false,
             "datafusion.execution.target_partitions" => {
                 let asked = value.map(|v| v.to_string().trim_matches('\'').to_owned());
                 matches!(asked.and_then(|v| v.parse::<usize>().ok()), Some(n) if (1..=partitions).contains(&n))

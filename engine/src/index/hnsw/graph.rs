@@ -8,12 +8,13 @@
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use audiolake_udf::vector;
 use parking_lot::Mutex;
 
 use super::visited::{with_visited, Visited};
+use super::IterativeScan;
 
 /// Levels above this are not drawn (at m = 2 a billion nodes reach about 30).
 pub(super) const MAX_LEVEL: usize = 32;
@@ -153,8 +154,9 @@ impl Graph {
         }
     }
 
-    /// Builds the graph of `vectors` on every core of rayon's pool. `cancelled` is asked
-    /// between claims of [`CLAIM`] inserts per thread.
+    /// Builds the graph of `vectors` on every thread of the current rayon pool. `cancelled`
+    /// is asked between claims of [`CLAIM`] inserts per thread; the nodes inserted so far are
+    /// added to `inserted` as the claims end.
     pub(super) fn build(
         kernel: Kernel,
         dims: usize,
@@ -162,6 +164,7 @@ impl Graph {
         ef_construction: usize,
         vectors: Vec<f32>,
         cancelled: &(dyn Fn() -> bool + Sync),
+        inserted: &AtomicU64,
     ) -> Result<Graph, Cancelled> {
         let n = vectors.len().checked_div(dims).unwrap_or(0);
         let mult = 1.0 / (m as f64).ln();
@@ -203,11 +206,15 @@ impl Graph {
             if start >= n {
                 return;
             }
-            for node in start..(start + CLAIM).min(n) {
+            let end = (start + CLAIM).min(n);
+            for node in start..end {
                 builder.insert(node as u32);
                 builder.ready[node].store(true, Ordering::Release);
             }
+            inserted.fetch_add((end - start) as u64, Ordering::Relaxed);
         };
+        // Node 0 needs no insert: it is the entry point.
+        inserted.fetch_add(u64::from(n > 0), Ordering::Relaxed);
         if n > 1 {
             rayon::scope(|s| {
                 for _ in 0..rayon::current_num_threads() {
@@ -331,66 +338,88 @@ impl Graph {
         accept: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<Scored> {
         with_visited(self.len(), |visited: &mut Visited| {
-            let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef * 2);
-            // The farthest kept result is on top.
-            let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
-            let takes = |node: u32| accept.is_none_or(|a| a(node));
-            for e in entries {
-                if visited.insert(e.node) {
-                    candidates.push(Reverse(*e));
-                    if takes(e.node) {
-                        results.push(*e);
-                        if results.len() > ef {
-                            results.pop();
-                        }
-                    }
-                }
-            }
-            let mut links = Vec::with_capacity(self.cap(level));
-            while let Some(Reverse(nearest)) = candidates.pop() {
-                let bound = results.peek().map_or(f32::INFINITY, |r| r.dist);
-                if results.len() >= ef && nearest.dist > bound {
-                    break;
-                }
-                self.read_links(nearest.node, level, ready.is_some(), &mut links);
-                for &next in &links {
-                    if ready.is_some_and(|r| !r[next as usize].load(Ordering::Acquire))
-                        || !visited.insert(next)
-                    {
-                        continue;
-                    }
-                    let d = dist(next);
-                    let bound = results.peek().map_or(f32::INFINITY, |r| r.dist);
-                    if results.len() < ef || d < bound {
-                        let found = Scored {
-                            dist: d,
-                            node: next,
-                        };
-                        candidates.push(Reverse(found));
-                        if takes(next) {
-                            results.push(found);
-                            if results.len() > ef {
-                                results.pop();
-                            }
-                        }
-                    }
-                }
-            }
-            results.into_sorted_vec()
+            self.walk_layer(&dist, entries, ef, level, ready, accept, visited, None)
         })
     }
 
-    /// The `ef` nodes nearest to `query` that `accept` takes (all when `None`), nearest first.
-    pub(super) fn search(
+    /// [`search_layer`](Self::search_layer) with the caller's visited set. With `leftovers`,
+    /// every node seen but not returned is kept there and the entries are taken even when
+    /// already visited: a later walk resumes from them (an iterative scan).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_layer(
         &self,
-        query: &[f32],
+        dist: &impl Fn(u32) -> f32,
+        entries: &[Scored],
         ef: usize,
+        level: usize,
+        ready: Option<&[AtomicBool]>,
         accept: Option<&dyn Fn(u32) -> bool>,
+        visited: &mut Visited,
+        mut leftovers: Option<&mut Leftovers>,
     ) -> Vec<Scored> {
-        if self.len() == 0 {
-            return Vec::new();
+        let mut candidates: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef * 2);
+        // The farthest kept result is on top.
+        let mut results: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+        let takes = |node: u32| accept.is_none_or(|a| a(node));
+        let keep =
+            |results: &mut BinaryHeap<Scored>, found: Scored, left: &mut Option<&mut Leftovers>| {
+                results.push(found);
+                if results.len() > ef {
+                    let out = results.pop().expect("more than ef results");
+                    if let Some(left) = left {
+                        left.discarded.push(Reverse(out));
+                    }
+                }
+            };
+        for e in entries {
+            let fresh = visited.insert(e.node);
+            if let Some(left) = leftovers.as_deref_mut() {
+                left.visited += usize::from(fresh);
+            } else if !fresh {
+                continue;
+            }
+            candidates.push(Reverse(*e));
+            if takes(e.node) {
+                keep(&mut results, *e, &mut leftovers);
+            }
         }
-        let dist = |node: u32| self.kernel.eval(query, self.vector(node));
+        let mut links = Vec::with_capacity(self.cap(level));
+        while let Some(Reverse(nearest)) = candidates.pop() {
+            let bound = results.peek().map_or(f32::INFINITY, |r| r.dist);
+            if results.len() >= ef && nearest.dist > bound {
+                break;
+            }
+            self.read_links(nearest.node, level, ready.is_some(), &mut links);
+            for &next in &links {
+                if ready.is_some_and(|r| !r[next as usize].load(Ordering::Acquire))
+                    || !visited.insert(next)
+                {
+                    continue;
+                }
+                let d = dist(next);
+                let found = Scored {
+                    dist: d,
+                    node: next,
+                };
+                if let Some(left) = leftovers.as_deref_mut() {
+                    left.visited += 1;
+                }
+                let bound = results.peek().map_or(f32::INFINITY, |r| r.dist);
+                if results.len() < ef || d < bound {
+                    candidates.push(Reverse(found));
+                    if takes(next) {
+                        keep(&mut results, found, &mut leftovers);
+                    }
+                } else if let Some(left) = leftovers.as_deref_mut() {
+                    left.discarded.push(Reverse(found));
+                }
+            }
+        }
+        results.into_sorted_vec()
+    }
+
+    /// Level 0's entry for a search by `dist`: a greedy walk down from the top.
+    fn descend(&self, dist: &impl Fn(u32) -> f32) -> Scored {
         let top = self.top();
         let mut from = Scored {
             dist: dist(top.entry),
@@ -399,8 +428,115 @@ impl Graph {
         for lc in (1..=top.max_level).rev() {
             from = self.greedy(dist, from, lc, None);
         }
-        self.search_layer(dist, &[from], ef, 0, None, accept)
+        from
     }
+
+    /// The `ef` nodes nearest to `query`, nearest first.
+    pub(super) fn search(&self, query: &[f32], ef: usize) -> Vec<Scored> {
+        if self.len() == 0 {
+            return Vec::new();
+        }
+        let dist = |node: u32| self.kernel.eval(query, self.vector(node));
+        let from = self.descend(&dist);
+        self.search_layer(dist, &[from], ef, 0, None, None)
+    }
+
+    /// Up to `k` nodes near `query` that `accept` takes, as pgvector's HNSW index scan hands
+    /// rows to a filter: a search of `ef` nodes, then, unless `mode` is
+    /// [`IterativeScan::Off`], further rounds of `ef` resumed from the nearest nodes seen but
+    /// not yet handed on, until `k` are taken, every reachable node is seen, or `max_visited`
+    /// nodes are (then the nodes already seen are handed on, nearest first, and no more).
+    /// Under [`IterativeScan::StrictOrder`] a node nearer than one handed on before is dropped.
+    /// Nodes come in the order handed on.
+    pub(super) fn scan(
+        &self,
+        query: &[f32],
+        ef: usize,
+        k: usize,
+        accept: &dyn Fn(u32) -> bool,
+        mode: IterativeScan,
+        max_visited: usize,
+    ) -> (Vec<Scored>, ScanStats) {
+        let mut stats = ScanStats::default();
+        if self.len() == 0 || k == 0 {
+            return (Vec::new(), stats);
+        }
+        let dist = |node: u32| self.kernel.eval(query, self.vector(node));
+        let from = self.descend(&dist);
+        let mut taken: Vec<Scored> = Vec::with_capacity(k.min(self.len()));
+        let mut previous = f32::NEG_INFINITY;
+        let mut hand_on = |s: Scored, taken: &mut Vec<Scored>| {
+            if mode == IterativeScan::StrictOrder {
+                if s.dist < previous {
+                    return;
+                }
+                previous = s.dist;
+            }
+            if taken.len() < k && accept(s.node) {
+                taken.push(s);
+            }
+        };
+        with_visited(self.len(), |visited: &mut Visited| {
+            let mut left = Leftovers::default();
+            let mut entries = vec![from];
+            loop {
+                let found =
+                    self.walk_layer(&dist, &entries, ef, 0, None, None, visited, Some(&mut left));
+                stats.rounds += 1;
+                for s in found {
+                    hand_on(s, &mut taken);
+                }
+                if taken.len() >= k || mode == IterativeScan::Off {
+                    break;
+                }
+                if left.visited >= max_visited {
+                    stats.bound_reached = true;
+                    while taken.len() < k {
+                        let Some(Reverse(s)) = left.discarded.pop() else {
+                            break;
+                        };
+                        hand_on(s, &mut taken);
+                    }
+                    break;
+                }
+                entries.clear();
+                while entries.len() < ef {
+                    let Some(Reverse(s)) = left.discarded.pop() else {
+                        break;
+                    };
+                    entries.push(s);
+                }
+                if entries.is_empty() {
+                    stats.exhausted = true;
+                    break;
+                }
+            }
+            stats.visited = left.visited;
+        });
+        (taken, stats)
+    }
+}
+
+/// What a walk of level 0 leaves for the next round of an iterative scan.
+#[derive(Default)]
+struct Leftovers {
+    /// Nodes seen but not returned, nearest on top.
+    discarded: BinaryHeap<Reverse<Scored>>,
+    /// Nodes whose distance was measured.
+    visited: usize,
+}
+
+/// How a [`Graph::scan`] went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ScanStats {
+    /// Rounds of `ef` (1 without iterative scans).
+    pub rounds: usize,
+    /// Nodes whose distance was measured.
+    pub visited: usize,
+    /// It stopped at `max_visited`.
+    pub bound_reached: bool,
+    /// Every node reachable from the entry was seen and handed on.
+    pub exhausted: bool,
 }
 
 /// For the dot product, each node's extra coordinate `sqrt(M² - |x|²)`, M the largest norm:

@@ -12,14 +12,15 @@ mod tests;
 mod visited;
 
 use super::IndexError;
-use crate::sql::settings::EF_SEARCH_MAX;
+use crate::sql::settings::{DEFAULT_MAX_SCAN_TUPLES, EF_SEARCH_MAX, MAX_SCAN_TUPLES_MAX};
 use audiolake_udf::vector::{self, DimensionMismatch};
-use graph::{Graph, Kernel, Scored};
+use graph::{Graph, Kernel, ScanStats, Scored};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{self, AtomicU64};
 use std::time::Instant;
 
 const M_MIN: usize = 2;
@@ -162,21 +163,210 @@ pub struct Neighbor {
     pub distance: f64,
 }
 
+/// pgvector 0.8's `hnsw.iterative_scan`: what a filtered graph search does once its first
+/// `ef` candidates hold fewer than k rows that pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IterativeScan {
+    /// Stop: fewer than k rows may come back.
+    Off,
+    /// Search on from where the last round stopped until k rows pass; a row found later may be
+    /// nearer than one found before (the rows are re-sorted above the scan).
+    #[default]
+    RelaxedOrder,
+    /// As `RelaxedOrder`, but a row nearer than one already handed on is dropped.
+    StrictOrder,
+}
+
+impl IterativeScan {
+    pub fn name(self) -> &'static str {
+        match self {
+            IterativeScan::Off => "off",
+            IterativeScan::RelaxedOrder => "relaxed_order",
+            IterativeScan::StrictOrder => "strict_order",
+        }
+    }
+}
+
+impl std::fmt::Display for IterativeScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IterativeScan {
+    type Err = IndexError;
+
+    /// pgvector's names, case-insensitively.
+    fn from_str(s: &str) -> Result<Self, IndexError> {
+        [
+            IterativeScan::Off,
+            IterativeScan::RelaxedOrder,
+            IterativeScan::StrictOrder,
+        ]
+        .into_iter()
+        .find(|mode| mode.name().eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| {
+            IndexError::Parameter(format!(
+                "hnsw.iterative_scan must be off, relaxed_order or strict_order, not \"{s}\""
+            ))
+        })
+    }
+}
+
+/// How [`HnswIndex::search`] searches: pgvector's `hnsw.ef_search`, `hnsw.iterative_scan` and
+/// `hnsw.max_scan_tuples`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchOptions {
+    /// Candidates kept per round, 1 to 1000; at least k are.
+    pub ef_search: usize,
+    pub iterative_scan: IterativeScan,
+    /// An iterative scan measures about this many rows at most (checked when a round ends,
+    /// so the first round is never cut short), 1 to 2^31 - 1.
+    pub max_scan_tuples: usize,
+}
+
+impl SearchOptions {
+    /// `ef_search` with pgvector's other defaults, iterative scans relaxed (audiolake's
+    /// default, see [`IterativeScan`]).
+    pub fn new(ef_search: usize) -> SearchOptions {
+        SearchOptions {
+            ef_search,
+            iterative_scan: IterativeScan::default(),
+            max_scan_tuples: DEFAULT_MAX_SCAN_TUPLES,
+        }
+    }
+
+    fn validate(&self) -> Result<(), IndexError> {
+        if !(1..=EF_SEARCH_MAX).contains(&self.ef_search) {
+            return Err(IndexError::Parameter(format!(
+                "ef_search must be between 1 and {EF_SEARCH_MAX}, not {}",
+                self.ef_search
+            )));
+        }
+        if !(1..=MAX_SCAN_TUPLES_MAX).contains(&self.max_scan_tuples) {
+            return Err(IndexError::Parameter(format!(
+                "max_scan_tuples must be between 1 and {MAX_SCAN_TUPLES_MAX}, not {}",
+                self.max_scan_tuples
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which rows a search may return.
+#[derive(Clone, Copy)]
+pub struct Filter<'a> {
+    pub accepts: &'a dyn Fn(u64) -> bool,
+    /// How many indexed rows it accepts, when the caller has counted them; otherwise a sample
+    /// estimates it.
+    pub passing: Option<usize>,
+}
+
+impl<'a> Filter<'a> {
+    /// A filter whose rows are not counted.
+    pub fn new(accepts: &'a dyn Fn(u64) -> bool) -> Filter<'a> {
+        Filter {
+            accepts,
+            passing: None,
+        }
+    }
+}
+
+/// Why a filtered search chose the exact scan or the graph: the fraction `f` of the `rows`
+/// that pass, and each way's cost in distances measured: `f·rows` for the exact scan, about
+/// `ef·m/f` for the graph (a graph search measures about `ef·m` rows and a fraction `f` of
+/// them pass). The cheaper one is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub passing_fraction: f64,
+    /// Counted on every row rather than estimated on a sample.
+    pub counted: bool,
+    pub rows: usize,
+    pub exact_cost: f64,
+    pub graph_cost: f64,
+}
+
+impl Estimate {
+    pub fn prefers_exact(&self) -> bool {
+        self.exact_cost <= self.graph_cost
+    }
+
+    /// The fraction of `rows` passing at or below which a search of `ef` on a graph of `m`
+    /// links chooses the exact scan: where `f·rows = ef·m/f`.
+    pub fn exact_at_most(rows: usize, ef: usize, m: usize) -> f64 {
+        ((ef * m) as f64 / rows.max(1) as f64).sqrt().min(1.0)
+    }
+}
+
+impl std::fmt::Display for Estimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.counted { "counted" } else { "sampled" };
+        let (op, word) = match self.prefers_exact() {
+            true => ("<=", "exact"),
+            false => (">", "graph"),
+        };
+        write!(
+            f,
+            "{:.1}% of {} rows pass ({how}): {word} is cheaper, exact ~{:.0} {op} graph ~{:.0} distances",
+            self.passing_fraction * 100.0,
+            self.rows,
+            self.exact_cost,
+            self.graph_cost
+        )
+    }
+}
+
 /// How a search found its rows, for EXPLAIN and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchPlan {
-    /// A graph search, with the `ef` it finally used (widened past `ef_search` when too few
-    /// rows passed the filter).
+    /// A graph search without a filter, with the `ef` it finally used.
     Graph { ef: usize },
-    /// Every live row compared with the query.
+    /// A filtered graph search (see [`IterativeScan`]).
+    Filtered {
+        ef: usize,
+        mode: IterativeScan,
+        /// Rounds of `ef` candidates.
+        rounds: usize,
+        /// Rows whose distance was measured.
+        visited: usize,
+        /// It stopped at `max_scan_tuples`.
+        bound_reached: bool,
+    },
+    /// Every live row that passes compared with the query.
     Exact,
 }
 
-/// The nearest rows, nearest first, and how they were found.
+impl std::fmt::Display for SearchPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SearchPlan::Graph { ef } => write!(f, "graph (ef {ef})"),
+            SearchPlan::Filtered {
+                ef,
+                mode,
+                rounds,
+                visited,
+                bound_reached,
+            } => {
+                write!(
+                    f,
+                    "graph (ef {ef}, iterative_scan {mode}: {rounds} round(s), {visited} rows measured"
+                )?;
+                if *bound_reached {
+                    write!(f, ", stopped at max_scan_tuples")?;
+                }
+                write!(f, ")")
+            }
+            SearchPlan::Exact => write!(f, "exact"),
+        }
+    }
+}
+
+/// The nearest rows, nearest first, how they were found and, for a filtered search, why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchResult {
     pub neighbors: Vec<Neighbor>,
     pub plan: SearchPlan,
+    pub estimate: Option<Estimate>,
 }
 
 /// NaN sorts last, and among equal distances the smaller id first.
@@ -259,16 +449,19 @@ impl HnswIndex {
         params: IndexParams,
         rows: impl IntoIterator<Item = (u64, &'a [f32])>,
     ) -> Result<HnswIndex, IndexError> {
-        HnswIndex::build_cancellable(metric, params, rows, &|| false)
+        HnswIndex::build_cancellable(metric, params, rows, &|| false, &AtomicU64::new(0))
     }
 
-    /// [`build`](Self::build), stopping with [`IndexError::Cancelled`] soon after `cancelled`
-    /// returns true (it is asked every few dozen inserts per thread).
+    /// [`build`](Self::build) on the threads of the current rayon pool (run it inside
+    /// `ThreadPool::install` to use fewer), stopping with [`IndexError::Cancelled`] soon after
+    /// `cancelled` returns true (it is asked every few dozen inserts per thread). The rows
+    /// inserted so far are added to `inserted` as the build goes.
     pub fn build_cancellable<'a>(
         metric: Metric,
         params: IndexParams,
         rows: impl IntoIterator<Item = (u64, &'a [f32])>,
         cancelled: &(dyn Fn() -> bool + Sync),
+        inserted: &AtomicU64,
     ) -> Result<HnswIndex, IndexError> {
         params.validate()?;
         let started = Instant::now();
@@ -321,6 +514,8 @@ impl HnswIndex {
             ids.push(*id);
         }
         drop(rows);
+        // Rows kept out of the graph are done already.
+        inserted.fetch_add(unindexed.len() as u64, atomic::Ordering::Relaxed);
         let graph = Graph::build(
             metric.kernel(),
             dims,
@@ -328,6 +523,7 @@ impl HnswIndex {
             params.ef_construction,
             vectors,
             cancelled,
+            inserted,
         )
         .map_err(|_| IndexError::Cancelled)?;
         Ok(HnswIndex {
@@ -387,28 +583,26 @@ impl HnswIndex {
     }
 
     /// The `k` live rows nearest to `query` that pass `filter`, nearest first, with the metric's
-    /// exact distances: exactly `min(k, rows passing)` of them.
+    /// exact distances.
     ///
-    /// Without a filter or dead rows this is a graph search with `ef = max(ef_search, k)`.
-    /// Otherwise the fraction `f` of rows that pass is estimated on a sample; an exact scan
-    /// costs about `f·n` distances and a filtered graph search about `ef·m / f`, so the scan is
-    /// chosen when `f²·n ≤ ef·m` (below about 2.5% of a million rows at ef 40, m 16). A graph
-    /// search that returns fewer than `k` rows is repeated with `ef` four times larger, and
-    /// once `ef` reaches the row count the exact scan answers.
+    /// Without a filter or dead rows this is a graph search with `ef = max(ef_search, k)`,
+    /// which returns `min(k, rows)` rows. Otherwise the rows that pass are counted (or
+    /// estimated on a sample) and the cheaper of an exact scan and a graph search is chosen
+    /// (see [`Estimate`]). The graph search hands rows on as pgvector's index scan does
+    /// (see [`IterativeScan`]); when it has seen every row of the graph and still holds fewer
+    /// than k, the exact scan answers. So every mode but `off` returns `min(k, rows passing)`
+    /// rows unless `max_scan_tuples` stopped it.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
-        ef_search: usize,
-        filter: Option<&dyn Fn(u64) -> bool>,
+        options: &SearchOptions,
+        filter: Option<Filter<'_>>,
     ) -> Result<SearchResult, IndexError> {
-        if !(1..=EF_SEARCH_MAX).contains(&ef_search) {
-            return Err(IndexError::Parameter(format!(
-                "ef_search must be between 1 and {EF_SEARCH_MAX}, not {ef_search}"
-            )));
-        }
+        options.validate()?;
         self.check_query(query)?;
-        let passes = |id: u64| !self.dead.contains(&id) && filter.is_none_or(|f| f(id));
+        let accepts = filter.map(|f| f.accepts);
+        let passes = |id: u64| !self.dead.contains(&id) && accepts.is_none_or(|f| f(id));
         let Some(graph_query) = self.graph_query(query) else {
             // A zero query under cosine: every distance is NaN.
             return Ok(self.exact(None, k, &passes));
@@ -419,34 +613,65 @@ impl HnswIndex {
             return Ok(SearchResult {
                 neighbors: Vec::new(),
                 plan: SearchPlan::Exact,
+                estimate: None,
             });
         }
         let n = self.ids.len();
-        let filtered = filter.is_some() || !self.dead.is_empty();
-        if filtered {
-            let f = self.estimate_pass_fraction(&passes);
-            let ef = ef_search.max(k) as f64;
-            if f * f * n as f64 <= ef * self.info.params.m as f64 {
-                return Ok(self.exact(Some(&graph_query), k, &passes));
+        let mut ef = options.ef_search.max(k).min(n.max(1));
+        if filter.is_none() && self.dead.is_empty() {
+            loop {
+                let found = self.graph.search(&graph_query, ef);
+                if found.len() >= k {
+                    return Ok(SearchResult {
+                        neighbors: self.neighbors(&found[..k]),
+                        plan: SearchPlan::Graph { ef },
+                        estimate: None,
+                    });
+                }
+                // Short of k: rows kept out of the graph (cosine's zero vectors) are needed.
+                if ef >= n {
+                    return Ok(self.exact(Some(&graph_query), k, &passes));
+                }
+                ef = (ef * 4).min(n);
             }
+        }
+        let estimate = self.estimate(filter.and_then(|f| f.passing), ef, &passes);
+        if estimate.prefers_exact() {
+            return Ok(SearchResult {
+                estimate: Some(estimate),
+                ..self.exact(Some(&graph_query), k, &passes)
+            });
         }
         let accept = |node: u32| passes(self.ids[node as usize]);
-        let mut ef = ef_search.max(k).min(n.max(1));
-        loop {
-            let found = self
-                .graph
-                .search(&graph_query, ef, filtered.then_some(&accept as _));
-            if found.len() >= k {
-                return Ok(SearchResult {
-                    neighbors: self.neighbors(&found[..k]),
-                    plan: SearchPlan::Graph { ef },
-                });
-            }
-            if ef >= n {
-                return Ok(self.exact(Some(&graph_query), k, &passes));
-            }
-            ef = (ef * 4).min(n);
+        let mode = options.iterative_scan;
+        let (found, stats) =
+            self.graph
+                .scan(&graph_query, ef, k, &accept, mode, options.max_scan_tuples);
+        let ScanStats {
+            rounds,
+            visited,
+            bound_reached,
+            exhausted,
+        } = stats;
+        if found.len() < k && exhausted {
+            // Every row of the graph was seen: the exact scan costs no more and also brings the
+            // rows kept out of the graph.
+            return Ok(SearchResult {
+                estimate: Some(estimate),
+                ..self.exact(Some(&graph_query), k, &passes)
+            });
         }
+        Ok(SearchResult {
+            neighbors: self.neighbors(&found),
+            plan: SearchPlan::Filtered {
+                ef,
+                mode,
+                rounds,
+                visited,
+                bound_reached,
+            },
+            estimate: Some(estimate),
+        })
     }
 
     /// The exact answer to [`search`](Self::search): every live row that passes `filter` is
@@ -498,21 +723,37 @@ impl HnswIndex {
         out
     }
 
-    /// Fraction of the graph's rows that pass, counted on all rows when there are few, else on
-    /// [`FILTER_SAMPLE`] of them.
-    fn estimate_pass_fraction(&self, passes: &dyn Fn(u64) -> bool) -> f64 {
+    /// The exact scan's and the graph's costs for a search of `ef` when `passing` rows pass
+    /// (counted by the caller), or else the fraction counted on every row when there are few,
+    /// on [`FILTER_SAMPLE`] of them otherwise.
+    fn estimate(
+        &self,
+        passing: Option<usize>,
+        ef: usize,
+        passes: &dyn Fn(u64) -> bool,
+    ) -> Estimate {
+        let rows = self.info.rows;
         let n = self.ids.len();
-        if n == 0 {
-            return 0.0;
-        }
-        let passed = if n <= FILTER_SAMPLE {
-            self.ids.iter().filter(|id| passes(**id)).count()
-        } else {
-            sample_positions(n, FILTER_SAMPLE)
-                .filter(|i| passes(self.ids[*i]))
-                .count()
+        let (fraction, counted) = match passing {
+            Some(p) => (p.min(rows) as f64 / rows.max(1) as f64, true),
+            None if n <= FILTER_SAMPLE => {
+                let passed = self.ids.iter().filter(|id| passes(**id)).count();
+                (passed as f64 / n.max(1) as f64, true)
+            }
+            None => {
+                let passed = sample_positions(n, FILTER_SAMPLE)
+                    .filter(|i| passes(self.ids[*i]))
+                    .count();
+                (passed as f64 / FILTER_SAMPLE as f64, false)
+            }
         };
-        passed as f64 / n.min(FILTER_SAMPLE) as f64
+        Estimate {
+            passing_fraction: fraction,
+            counted,
+            rows,
+            exact_cost: fraction * rows as f64,
+            graph_cost: (ef * self.info.params.m) as f64 / fraction,
+        }
     }
 
     /// Scans every row; `graph_query` is `None` when every distance is NaN (zero query under
@@ -560,6 +801,7 @@ impl HnswIndex {
         SearchResult {
             neighbors,
             plan: SearchPlan::Exact,
+            estimate: None,
         }
     }
 

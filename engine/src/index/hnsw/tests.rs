@@ -76,7 +76,7 @@ fn high_ef_equals_brute_force_for_every_metric() {
         let index = build(metric, &data, IndexParams::default());
         let (mut hits, mut total) = (0, 0);
         for q in &queries {
-            let got = index.search(q, 10, 400, None).unwrap();
+            let got = index.search(q, 10, &SearchOptions::new(400), None).unwrap();
             assert!(matches!(got.plan, SearchPlan::Graph { .. }));
             let want = brute_force(metric, &data, q, 10, |_| true);
             assert_eq!(got.neighbors.len(), 10);
@@ -118,9 +118,11 @@ fn filtered_search_returns_k_whenever_k_qualify() {
 
     // Most rows pass: a graph search.
     let most = |id: u64| !id.is_multiple_of(5);
-    let got = index.search(q, 10, 40, Some(&most)).unwrap();
+    let got = index
+        .search(q, 10, &SearchOptions::new(40), Some(Filter::new(&most)))
+        .unwrap();
     assert!(
-        matches!(got.plan, SearchPlan::Graph { .. }),
+        matches!(got.plan, SearchPlan::Filtered { .. }),
         "{:?}",
         got.plan
     );
@@ -129,7 +131,9 @@ fn filtered_search_returns_k_whenever_k_qualify() {
 
     // Five rows pass, far from the query's cluster or not: all five come back, exactly.
     let five = |id: u64| [3, 700, 1501, 2222, 2999].contains(&id);
-    let got = index.search(q, 10, 40, Some(&five)).unwrap();
+    let got = index
+        .search(q, 10, &SearchOptions::new(40), Some(Filter::new(&five)))
+        .unwrap();
     assert_eq!(got.plan, SearchPlan::Exact);
     assert_eq!(
         ids(&got.neighbors),
@@ -138,7 +142,9 @@ fn filtered_search_returns_k_whenever_k_qualify() {
     assert_eq!(got.neighbors.len(), 5);
 
     // k of them when k < 5.
-    let got = index.search(q, 3, 40, Some(&five)).unwrap();
+    let got = index
+        .search(q, 3, &SearchOptions::new(40), Some(Filter::new(&five)))
+        .unwrap();
     assert_eq!(
         ids(&got.neighbors),
         ids(&brute_force(Metric::L2, &data, q, 3, five))
@@ -147,21 +153,35 @@ fn filtered_search_returns_k_whenever_k_qualify() {
     // Nothing passes: nothing comes back.
     let none = |_: u64| false;
     assert!(index
-        .search(q, 10, 40, Some(&none))
+        .search(q, 10, &SearchOptions::new(40), Some(Filter::new(&none)))
         .unwrap()
         .neighbors
         .is_empty());
 
     // k larger than the table: every row.
     let small = build(Metric::L2, &data[..7], IndexParams::default());
-    assert_eq!(small.search(q, 10, 40, None).unwrap().neighbors.len(), 7);
+    assert_eq!(
+        small
+            .search(q, 10, &SearchOptions::new(40), None)
+            .unwrap()
+            .neighbors
+            .len(),
+        7
+    );
     // A crafted k (similar(..., 10000000000), LIMIT) allocates for the rows, not for k.
     let huge = 10_000_000_000;
-    assert_eq!(small.search(q, huge, 40, None).unwrap().neighbors.len(), 7);
+    assert_eq!(
+        small
+            .search(q, huge, &SearchOptions::new(40), None)
+            .unwrap()
+            .neighbors
+            .len(),
+        7
+    );
     let even = |id: u64| id.is_multiple_of(2);
     assert_eq!(
         small
-            .search(q, huge, 40, Some(&even))
+            .search(q, huge, &SearchOptions::new(40), Some(Filter::new(&even)))
             .unwrap()
             .neighbors
             .len(),
@@ -170,16 +190,176 @@ fn filtered_search_returns_k_whenever_k_qualify() {
     assert_eq!(small.exact_search(q, usize::MAX, None).unwrap().len(), 7);
 }
 
+/// A filter that passes `percent` % of ids, unrelated to the clusters (which follow `id % 30`).
+fn hashed_filter(percent: u64) -> impl Fn(u64) -> bool {
+    move |id: u64| {
+        let mut z = id.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (z ^ (z >> 29)) % 100 < percent
+    }
+}
+
+#[test]
+fn iterative_scans_return_k_rows_at_1_10_and_50_percent() {
+    let n = 10_000;
+    // Queries from the rows' clusters (same centres), not rows themselves.
+    let mut data = clustered(n + 20, 16, 30, 61);
+    let queries = data.split_off(n);
+    let params = IndexParams {
+        m: 8,
+        ef_construction: 32,
+    };
+    let index = build(Metric::L2, &data, params);
+    let options = |mode| SearchOptions {
+        iterative_scan: mode,
+        ..SearchOptions::new(10)
+    };
+    for percent in [1, 10, 50] {
+        let keep = hashed_filter(percent);
+        let passing = (0..n as u64).filter(|id| keep(*id)).count();
+        let counted = Filter {
+            accepts: &keep,
+            passing: Some(passing),
+        };
+        for mode in [IterativeScan::RelaxedOrder, IterativeScan::StrictOrder] {
+            let (mut hits, mut returned) = (0, 0);
+            for q in &queries {
+                let got = index.search(q, 10, &options(mode), Some(counted)).unwrap();
+                let estimate = got.estimate.expect("a filtered search says why");
+                assert!(estimate.counted);
+                assert_eq!(estimate.passing_fraction, passing as f64 / n as f64);
+                // ef·m = 80 distances for the graph: 1% (f²·n = 1) is scanned exactly, 10%
+                // (100) and 50% (2,500) through the graph.
+                match percent {
+                    1 => assert_eq!(got.plan, SearchPlan::Exact, "{estimate}"),
+                    _ => assert!(
+                        matches!(got.plan, SearchPlan::Filtered { mode: m, bound_reached: false, .. } if m == mode),
+                        "{percent}%: {:?}",
+                        got.plan
+                    ),
+                }
+                assert!(got.neighbors.iter().all(|nb| keep(nb.id)));
+                let want: HashSet<u64> = ids(&brute_force(Metric::L2, &data, q, 10, &keep))
+                    .into_iter()
+                    .collect();
+                returned += got.neighbors.len();
+                hits += got
+                    .neighbors
+                    .iter()
+                    .filter(|nb| want.contains(&nb.id))
+                    .count();
+            }
+            assert_eq!(
+                returned,
+                10 * queries.len(),
+                "{percent}% {mode}: k rows each"
+            );
+            let recall = hits as f64 / returned as f64;
+            let floor = if percent == 1 { 1.0 } else { 0.9 };
+            assert!(recall >= floor, "{percent}% {mode}: recall {recall}");
+        }
+    }
+
+    // Without iterative scans the first ef = 10 candidates hold about one row in ten that
+    // passes at 10%: short of k, as pgvector's `off`.
+    let keep = hashed_filter(10);
+    let off = queries
+        .iter()
+        .map(|q| {
+            let got = index
+                .search(
+                    q,
+                    10,
+                    &options(IterativeScan::Off),
+                    Some(Filter::new(&keep)),
+                )
+                .unwrap();
+            assert!(matches!(got.plan, SearchPlan::Filtered { rounds: 1, .. }));
+            got.neighbors.len()
+        })
+        .sum::<usize>();
+    assert!(off < 5 * queries.len(), "off returned {off} rows");
+}
+
+#[test]
+fn max_scan_tuples_stops_an_iterative_scan() {
+    let mut data = clustered(10_001, 16, 30, 71);
+    let q = &data.split_off(10_000)[0];
+    let index = build(
+        Metric::L2,
+        &data,
+        IndexParams {
+            m: 8,
+            ef_construction: 32,
+        },
+    );
+    // Counted: at 10% of 10,000 rows the graph (ef·m / f = 800) just beats the exact scan.
+    let keep = hashed_filter(10);
+    let filter = Filter {
+        accepts: &keep,
+        passing: Some((0..10_000).filter(|id| keep(*id)).count()),
+    };
+    let search = |max_scan_tuples| {
+        let options = SearchOptions {
+            max_scan_tuples,
+            ..SearchOptions::new(10)
+        };
+        index.search(q, 10, &options, Some(filter)).unwrap()
+    };
+    let free = search(20_000);
+    let SearchPlan::Filtered {
+        rounds, visited, ..
+    } = free.plan
+    else {
+        panic!("{:?}", free.plan)
+    };
+    assert_eq!(free.neighbors.len(), 10);
+    assert!(rounds > 1, "{rounds} rounds");
+    // Bounded at one row: the first round runs whole, then only the rows it saw are handed
+    // on, fewer than k of which pass.
+    let bounded = search(1);
+    let SearchPlan::Filtered {
+        rounds: 1,
+        visited: first_round,
+        bound_reached: true,
+        ..
+    } = bounded.plan
+    else {
+        panic!("{:?}", bounded.plan)
+    };
+    assert!(first_round < visited);
+    assert!(bounded.neighbors.len() < 10, "{}", bounded.neighbors.len());
+    assert!(bounded.neighbors.iter().all(|nb| keep(nb.id)));
+
+    // Crafted settings are refused before anything is allocated.
+    let zero = SearchOptions {
+        max_scan_tuples: 0,
+        ..SearchOptions::new(10)
+    };
+    assert_eq!(
+        index.search(q, 10, &zero, None).unwrap_err().to_string(),
+        "invalid index parameter: max_scan_tuples must be between 1 and 2147483647, not 0"
+    );
+    assert_eq!(
+        "Strict_Order".parse::<IterativeScan>().unwrap(),
+        IterativeScan::StrictOrder
+    );
+    assert_eq!(
+        "sideways".parse::<IterativeScan>().unwrap_err().to_string(),
+        "invalid index parameter: hnsw.iterative_scan must be off, relaxed_order or strict_order, not \"sideways\""
+    );
+}
+
 #[test]
 fn dead_rows_are_skipped_and_counted() {
     let data = clustered(N, DIMS, 30, 13);
     let mut index = build(Metric::Cosine, &data, IndexParams::default());
     let q = &data[42];
-    let before = index.search(q, 5, 100, None).unwrap();
+    let before = index.search(q, 5, &SearchOptions::new(100), None).unwrap();
     assert_eq!(before.neighbors[0].id, 42);
     index.mark_dead([42, 1_000_000]);
     assert_eq!(index.dead_fraction(), 1.0 / N as f64);
-    let after = index.search(q, 5, 100, None).unwrap();
+    let after = index.search(q, 5, &SearchOptions::new(100), None).unwrap();
     assert_eq!(after.neighbors.len(), 5);
     assert!(after.neighbors.iter().all(|n| n.id != 42));
     // Dead rows hide from the exact path too.
@@ -192,12 +372,17 @@ fn zero_vectors_under_cosine_come_last_with_nan() {
     let mut data = clustered(50, 4, 5, 17);
     data[10] = vec![0.0; 4];
     let index = build(Metric::Cosine, &data, IndexParams::default());
-    let all = index.search(&data[0], 60, 40, None).unwrap().neighbors;
+    let all = index
+        .search(&data[0], 60, &SearchOptions::new(40), None)
+        .unwrap()
+        .neighbors;
     assert_eq!(all.len(), 50);
     assert_eq!(all[49].id, 10);
     assert!(all[49].distance.is_nan());
     // A zero query: every distance is NaN, rows still come back.
-    let zero = index.search(&[0.0; 4], 3, 40, None).unwrap();
+    let zero = index
+        .search(&[0.0; 4], 3, &SearchOptions::new(40), None)
+        .unwrap();
     assert_eq!(ids(&zero.neighbors), [0, 1, 2]);
     assert!(zero.neighbors.iter().all(|n| n.distance.is_nan()));
 }
@@ -228,12 +413,24 @@ fn save_and_load_give_the_same_answers() {
         assert_eq!(loaded.to_bytes().unwrap(), index.to_bytes().unwrap());
         let odd = |id: u64| id % 2 == 1;
         for q in &queries {
-            let want = index.search(q, 10, 40, None).unwrap();
-            assert_eq!(loaded.search(q, 10, 40, None).unwrap(), want);
-            assert_eq!(from_bytes.search(q, 10, 40, None).unwrap(), want);
+            let want = index.search(q, 10, &SearchOptions::new(40), None).unwrap();
             assert_eq!(
-                loaded.search(q, 10, 40, Some(&odd)).unwrap(),
-                index.search(q, 10, 40, Some(&odd)).unwrap()
+                loaded.search(q, 10, &SearchOptions::new(40), None).unwrap(),
+                want
+            );
+            assert_eq!(
+                from_bytes
+                    .search(q, 10, &SearchOptions::new(40), None)
+                    .unwrap(),
+                want
+            );
+            assert_eq!(
+                loaded
+                    .search(q, 10, &SearchOptions::new(40), Some(Filter::new(&odd)))
+                    .unwrap(),
+                index
+                    .search(q, 10, &SearchOptions::new(40), Some(Filter::new(&odd)))
+                    .unwrap()
             );
         }
     }
@@ -330,21 +527,25 @@ fn parameters_and_rows_are_checked() {
     ));
     let index = HnswIndex::build(Metric::L2, IndexParams::default(), rows()).unwrap();
     assert!(matches!(
-        index.search(&[1.0], 3, 40, None),
+        index.search(&[1.0], 3, &SearchOptions::new(40), None),
         Err(IndexError::QueryDimensions {
             expected: 4,
             got: 1
         })
     ));
-    assert!(index.search(&data[0], 3, 0, None).is_err());
-    assert!(index.search(&data[0], 3, 1001, None).is_err());
+    assert!(index
+        .search(&data[0], 3, &SearchOptions::new(0), None)
+        .is_err());
+    assert!(index
+        .search(&data[0], 3, &SearchOptions::new(1001), None)
+        .is_err());
 }
 
 #[test]
 fn empty_index_answers_nothing_and_round_trips() {
     let index = HnswIndex::build(Metric::L2, IndexParams::default(), std::iter::empty()).unwrap();
     assert!(index
-        .search(&[1.0, 2.0], 5, 40, None)
+        .search(&[1.0, 2.0], 5, &SearchOptions::new(40), None)
         .unwrap()
         .neighbors
         .is_empty());
@@ -383,7 +584,10 @@ fn recall(
         let want: HashSet<u64> = ids(&brute_force(index.info().metric, data, q, 10, live))
             .into_iter()
             .collect();
-        let got = index.search(q, 10, ef, None).unwrap().neighbors;
+        let got = index
+            .search(q, 10, &SearchOptions::new(ef), None)
+            .unwrap()
+            .neighbors;
         assert_eq!(got.len(), 10);
         hits += got.iter().filter(|n| want.contains(&n.id)).count();
     }
@@ -458,7 +662,10 @@ fn l1_distances_are_the_taxicab_sums() {
     let q = [1.0, 1.0, 1.0];
     // |1|+|1|+|1|, |0|+|3|+|2|, |3|+|3|+|3|, |2|+|0.5|+|1|
     let want = [(0, 3.0), (3, 3.5), (1, 5.0), (2, 9.0)];
-    let got = index.search(&q, 4, 40, None).unwrap().neighbors;
+    let got = index
+        .search(&q, 4, &SearchOptions::new(40), None)
+        .unwrap()
+        .neighbors;
     let exact = index.exact_search(&q, 4, None).unwrap();
     for found in [got, exact] {
         let pairs: Vec<(u64, f64)> = found.iter().map(|n| (n.id, n.distance)).collect();
@@ -476,8 +683,8 @@ fn dead_rows_never_come_back() {
     let dead = |id: u64| id.is_multiple_of(3);
     index.mark_dead((0..N as u64).filter(|id| dead(*id)));
     for q in &queries {
-        let got = index.search(q, 10, 40, None).unwrap();
-        assert!(matches!(got.plan, SearchPlan::Graph { .. }));
+        let got = index.search(q, 10, &SearchOptions::new(40), None).unwrap();
+        assert!(matches!(got.plan, SearchPlan::Filtered { .. }));
         assert_eq!(got.neighbors.len(), 10);
         assert!(got.neighbors.iter().all(|n| !dead(n.id)));
     }
@@ -488,8 +695,9 @@ fn dead_rows_never_come_back() {
 #[test]
 fn a_cancelled_build_stops_with_an_error() {
     let data = clustered(N, DIMS, 30, 61);
-    let asked = std::sync::atomic::AtomicUsize::new(0);
-    let cancelled = || asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 3;
+    let asked = atomic::AtomicUsize::new(0);
+    let inserted = AtomicU64::new(0);
+    let cancelled = || asked.fetch_add(1, atomic::Ordering::Relaxed) >= 3;
     let err = HnswIndex::build_cancellable(
         Metric::L2,
         IndexParams::default(),
@@ -497,12 +705,46 @@ fn a_cancelled_build_stops_with_an_error() {
             .enumerate()
             .map(|(i, v)| (i as u64, v.as_slice())),
         &cancelled,
+        &inserted,
     )
     .unwrap_err();
     assert_eq!(err.to_string(), "index build cancelled");
-    // It stopped after a few claims of inserts, not at the end.
+    // It stopped after a few claims of inserts, not at the end, and counted them.
     let asked = asked.into_inner();
     assert!(asked < N / 64, "asked {asked} times");
+    let inserted = inserted.into_inner() as usize;
+    assert!(inserted > 1 && inserted < N, "{inserted} rows inserted");
+}
+
+#[test]
+fn a_build_runs_on_the_threads_of_its_pool_and_counts_its_rows() {
+    let data = clustered(1000, 8, 10, 67);
+    let threads = parking_lot::Mutex::new(HashSet::new());
+    let note_thread = || {
+        threads.lock().insert(std::thread::current().id());
+        false
+    };
+    let inserted = AtomicU64::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let index = pool
+        .install(|| {
+            HnswIndex::build_cancellable(
+                Metric::Cosine,
+                IndexParams::default(),
+                data.iter()
+                    .enumerate()
+                    .map(|(i, v)| (i as u64, v.as_slice())),
+                &note_thread,
+                &inserted,
+            )
+        })
+        .unwrap();
+    assert_eq!(threads.lock().len(), 1);
+    assert_eq!(inserted.into_inner(), 1000);
+    assert_eq!(index.info().rows, 1000);
 }
 
 /// `bytes` with its checksum recomputed, as a crafted file would have.

@@ -26,20 +26,24 @@ use datafusion::physical_plan::{
 };
 use datafusion::prelude::ident;
 use futures::{stream, TryStreamExt};
+use parking_lot::Mutex;
 
 use super::query_vector::evaluate_vector;
 use super::search::{key_in, nearest, scan, Found, KnnQuery};
 use super::session::run;
 use crate::index::registry::IndexDefinition;
+use crate::index::{Estimate, SearchOptions, SearchPlan};
 
 /// Reads the k nearest qualifying rows of a table through its HNSW index.
 pub struct HnswScanExec {
     table: KnnQuery,
     state: SessionState,
     projection: Option<Vec<usize>>,
-    ef_search: usize,
+    options: SearchOptions,
     /// `table_reads`: how many times the scan read the table (0 when the index answered).
     metrics: ExecutionPlanMetricsSet,
+    /// How the last run searched and why, for `EXPLAIN ANALYZE`.
+    chosen: Arc<Mutex<Option<String>>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
@@ -49,15 +53,16 @@ impl HnswScanExec {
         table: KnnQuery,
         state: SessionState,
         projection: Option<Vec<usize>>,
-        ef_search: usize,
+        options: SearchOptions,
         schema: SchemaRef,
     ) -> Self {
         Self {
             table,
             state,
             projection,
-            ef_search,
+            options,
             metrics: ExecutionPlanMetricsSet::new(),
+            chosen: Arc::default(),
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(Arc::clone(&schema)),
                 Partitioning::UnknownPartitioning(1),
@@ -78,18 +83,37 @@ impl fmt::Debug for HnswScanExec {
 impl DisplayAs for HnswScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.table.entry.definition;
+        let o = &self.options;
         write!(
             f,
-            "HnswIndexScan: index={}, table={}, column={}, {}, k={}, ef_search={}",
+            "HnswIndexScan: index={}, table={}, column={}, {}, k={}, ef_search={}, \
+             iterative_scan={}, max_scan_tuples={}",
             d.name,
             d.table,
             d.column,
             d.metric.opclass(),
             self.table.k,
-            self.ef_search
+            o.ef_search,
+            o.iterative_scan,
+            o.max_scan_tuples
         )?;
         if let Some(p) = &self.table.predicate {
             write!(f, ", filter={p}")?;
+        }
+        match (self.chosen.lock().as_deref(), &self.table.predicate) {
+            (Some(chosen), _) => write!(f, ", search={chosen}")?,
+            // Before it runs (plain EXPLAIN) the rows that pass are not counted yet: the rule.
+            (None, Some(_)) => {
+                let ef = o.ef_search.max(self.table.k).min(d.rows.max(1));
+                let share = Estimate::exact_at_most(d.rows, ef, d.params.m);
+                write!(
+                    f,
+                    ", search=when run: exact if at most {:.1}% of {} rows pass, else graph",
+                    share * 100.0,
+                    d.rows
+                )?;
+            }
+            (None, None) => {}
         }
         Ok(())
     }
@@ -143,10 +167,11 @@ impl ExecutionPlan for HnswScanExec {
             )));
         }
         let (table, state) = (self.table.clone(), self.state.clone());
-        let (projection, ef) = (self.projection.clone(), self.ef_search);
+        let (projection, options) = (self.projection.clone(), self.options);
         let reads = MetricBuilder::new(&self.metrics).counter("table_reads", partition);
+        let chosen = Arc::clone(&self.chosen);
         let rows = async move {
-            let batches = knn_rows(&table, &state, projection, ef, &reads).await?;
+            let batches = knn_rows(&table, &state, projection, &options, &reads, &chosen).await?;
             Ok::<_, DataFusionError>(stream::iter(batches.into_iter().map(Ok)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -160,26 +185,39 @@ async fn knn_rows(
     table: &KnnQuery,
     state: &SessionState,
     projection: Option<Vec<usize>>,
-    ef_search: usize,
+    options: &SearchOptions,
     reads: &Count,
+    chosen: &Mutex<Option<String>>,
 ) -> Result<Vec<RecordBatch>> {
     let query = evaluate_vector(state, &table.query).await?;
-    let nearest = match query {
-        Some(q) => nearest(state, table, &q, table.k, ef_search, reads).await?,
-        None => Vec::new(),
+    let (nearest, cut_short) = match query {
+        Some(q) => {
+            let found = nearest(state, table, &q, table.k, options, reads).await?;
+            *chosen.lock() = Some(match found.estimate {
+                Some(estimate) => format!("{} because {estimate}", found.plan),
+                None => found.plan.to_string(),
+            });
+            // A filtered graph search short of k stopped before it saw every qualifying row
+            // (`hnsw.iterative_scan = off`, or `hnsw.max_scan_tuples`): as pgvector's, its
+            // rows are the answer. Every other search short of k saw them all.
+            let cut_short = matches!(found.plan, SearchPlan::Filtered { .. });
+            (found.rows, cut_short)
+        }
+        None => (Vec::new(), false),
     };
     let schema = match &projection {
         Some(p) => Arc::new(table.inner.schema().project(p)?),
         None => table.inner.schema(),
     };
-    if nearest.len() >= table.k {
+    let found_all = nearest.len() >= table.k || cut_short;
+    if found_all {
         if let Some(batch) = from_index(&nearest, &schema, &table.entry.definition)? {
             return Ok(vec![batch]);
         }
     }
     let mut plan = scan(table)?;
     // Short of k, rows without a vector may still qualify: let every qualifying row through.
-    if nearest.len() >= table.k {
+    if found_all {
         let keys: Vec<String> = nearest.into_iter().map(|found| found.key).collect();
         plan = plan.filter(key_in(&table.entry.definition.key, &keys))?;
     } else if let Some(p) = &table.predicate {

@@ -11,7 +11,8 @@
 //! searches the graph with that filter. The k rows come from the index itself when the query
 //! needs only the key and a float4 vector the index holds exactly, and from the table
 //! otherwise; when fewer than k are found every qualifying row is let through, so the result
-//! is never short. The metric `table_reads` (`EXPLAIN ANALYZE`) counts the table reads.
+//! is never short, unless a filtered graph search was cut short on purpose
+//! (`hnsw.iterative_scan = off`, `hnsw.max_scan_tuples`), as pgvector's would be. The metric `table_reads` (`EXPLAIN ANALYZE`) counts the table reads.
 //!
 //! [`rule`] finds the query shape and swaps the table for a [`table::KnnTable`], whose scan is
 //! [`exec::HnswScanExec`]; [`search`] answers one [`KnnQuery`] from the index and the table;

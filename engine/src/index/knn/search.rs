@@ -20,7 +20,7 @@ use super::query_vector::float4_list;
 use super::session::run;
 use crate::index::registry::{fingerprint, Entry, Indexes, Loaded};
 use crate::index::version::table_version;
-use crate::index::Neighbor;
+use crate::index::{Estimate, Filter, Neighbor, SearchOptions, SearchPlan};
 
 /// One kNN query on an indexed table: what a search needs.
 #[derive(Clone)]
@@ -58,8 +58,11 @@ pub(super) fn scan(table: &KnnQuery) -> Result<LogicalPlanBuilder> {
     )
 }
 
-/// `key IN (keys)`.
+/// `key IN (keys)`; false for no keys.
 pub(super) fn key_in(key: &str, keys: &[String]) -> Expr {
+    if keys.is_empty() {
+        return lit(false);
+    }
     ident(key).in_list(keys.iter().map(|k| lit(k.as_str())).collect(), false)
 }
 
@@ -141,8 +144,17 @@ pub struct Found {
     pub vector: Option<Vec<f32>>,
 }
 
+/// What [`nearest`] found and how.
+pub struct Nearest {
+    /// Nearest first.
+    pub rows: Vec<Found>,
+    /// How the index searched, and why when the rows were filtered.
+    pub plan: SearchPlan,
+    pub estimate: Option<Estimate>,
+}
+
 /// The k nearest qualifying rows with a vector, nearest first; fewer than k only when fewer
-/// qualify.
+/// qualify, or when `hnsw.iterative_scan` is `off` or `hnsw.max_scan_tuples` stopped the scan.
 ///
 /// When the table's version is the build's and there is no predicate, the table is not read:
 /// every indexed row exists as it was. Otherwise its key column (and the predicate) is read to
@@ -152,9 +164,9 @@ pub async fn nearest(
     table: &KnnQuery,
     query: &[f32],
     k: usize,
-    ef_search: usize,
+    options: &SearchOptions,
     reads: &Count,
-) -> Result<Vec<Found>> {
+) -> Result<Nearest> {
     let definition = &table.entry.definition;
     let key = definition.key.as_str();
     let version = table_version(state, table.inner.as_ref()).await?;
@@ -197,10 +209,13 @@ pub async fn nearest(
             .as_ref()
             .is_none_or(|p| p.get(id as usize).copied().unwrap_or(false))
     };
-    let filter: Option<&dyn Fn(u64) -> bool> = passing.as_ref().map(|_| &passes as _);
+    let filter = passing.as_ref().map(|p| Filter {
+        accepts: &passes,
+        passing: Some(p.iter().filter(|pass| **pass).count()),
+    });
     let found = loaded
         .index
-        .search(query, k, ef_search, filter)
+        .search(query, k, options, filter)
         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
     let mut candidates: Vec<Found> = found
         .neighbors
@@ -245,5 +260,9 @@ pub async fn nearest(
         });
         candidates.truncate(k);
     }
-    Ok(candidates)
+    Ok(Nearest {
+        rows: candidates,
+        plan: found.plan,
+        estimate: found.estimate,
+    })
 }

@@ -51,12 +51,12 @@ impl TableProvider for KnnTable {
             Some(p) => Arc::new(self.0.inner.schema().project(p)?),
             None => self.0.inner.schema(),
         };
-        let ef_search = settings::ef_search(state.config_options())?;
+        let options = settings::search_options(state.config_options())?;
         Ok(Arc::new(HnswScanExec::new(
             self.0.clone(),
             state,
             projection.cloned(),
-            ef_search,
+            options,
             schema,
         )))
     }
