@@ -6,13 +6,13 @@
 //! `moto_server` on the PATH it prints why and passes.
 #![cfg(feature = "distributed")]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use audiolake::cluster::{ExecutorOptions, DEFAULT_EXECUTOR_TIMEOUT};
 use audiolake::datafusion::arrow::array::RecordBatch;
 use audiolake::AudioLake;
-use audiolake_testkit::moto::{upload, Moto};
+use audiolake_testkit::moto::{free_port, upload, Moto};
 use audiolake_testkit::paths::music;
 use audiolake_testkit::query::{count, floats, query, strings};
 
@@ -20,14 +20,6 @@ const BUCKET: &str = "audiolake-cluster";
 /// Tones written for the test, besides the two files of tests/music.
 const TONES: usize = 6;
 const FILES: usize = TONES + 2;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn upload_music(moto: &Moto) {
     let client = moto.client(BUCKET);
@@ -166,32 +158,19 @@ async fn run(moto: &Moto) {
     // `analyze` over the cluster: a new group is computed by the executors for every readable
     // file; a group already stored is computed for none.
     let readable = (FILES - 1) as u64;
-    let report = client
-        .analyze_table_groups("music", &["tonal"])
-        .await
-        .unwrap();
-    assert_eq!(
-        (
+    for (group, analyzed, from_store) in [("tonal", readable, 0), ("rhythm", 0, readable)] {
+        let report = client
+            .analyze_table_groups("music", &[group])
+            .await
+            .unwrap();
+        let counts = (
             report.files,
             report.analyzed,
             report.from_store,
-            report.unreadable
-        ),
-        (FILES as u64, readable, 0, 1)
-    );
-    let report = client
-        .analyze_table_groups("music", &["rhythm"])
-        .await
-        .unwrap();
-    assert_eq!(
-        (
-            report.files,
-            report.analyzed,
-            report.from_store,
-            report.unreadable
-        ),
-        (FILES as u64, 0, readable, 1)
-    );
+            report.unreadable,
+        );
+        assert_eq!(counts, (FILES as u64, analyzed, from_store, 1), "{group}");
+    }
 
     // Path functions run where their rows are.
     let bpm = query(

@@ -193,7 +193,8 @@ impl Drop for Moto {
     }
 }
 
-fn free_port() -> u16 {
+/// A local port nothing listens on now.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
