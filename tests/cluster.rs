@@ -172,6 +172,22 @@ async fn run(moto: &Moto) {
         assert_eq!(counts, (FILES as u64, analyzed, from_store, 1), "{group}");
     }
 
+    // A query on tables of this process only (system and memory tables) runs here; one that
+    // mixes them with an AUDIO table too, reading the files here.
+    assert_eq!(
+        count(&query(&client, "SELECT count(*) FROM audiolake_indexes").await),
+        0
+    );
+    let done: Vec<u64> = executors.iter().map(|e| files_done(e)).collect();
+    query(&client, "CREATE TABLE one_row AS VALUES (1)").await;
+    let mixed = "SELECT count(bpm) * max(column1) FROM music CROSS JOIN one_row";
+    assert_eq!(count(&query(&client, mixed).await), (FILES - 1) as i64);
+    assert_eq!(
+        executors.iter().map(|e| files_done(e)).collect::<Vec<_>>(),
+        done
+    );
+    assert_eq!(files_done(&client), FILES as u64);
+
     // Path functions run where their rows are.
     let bpm = query(
         &client,

@@ -234,6 +234,34 @@ impl Engine {
             )),
         );
         let ctx = SessionContext::new_with_state(state);
+        #[cfg(feature = "distributed")]
+        let codecs = crate::cluster::Codecs::new(
+            Arc::clone(&progress),
+            Arc::clone(&features),
+            Arc::clone(&registry),
+        );
+        // Before anything is registered: Ballista's upgrade builds the session anew.
+        let ctx = match &config.cluster {
+            None => ctx,
+            #[cfg(feature = "distributed")]
+            Some(cluster) => {
+                crate::cluster::check_shared_store(&store_url)?;
+                SessionContext::new_with_state(crate::cluster::connect(
+                    ctx.state(),
+                    &codecs,
+                    cluster,
+                )?)
+            }
+            #[cfg(not(feature = "distributed"))]
+            Some(_) => {
+                return Err(EngineError::Setting(
+                    "this build of audiolake cannot use a cluster: build it with the \
+                     `distributed` feature"
+                        .to_string(),
+                ))
+            }
+        };
+
         for function in functions {
             ctx.register_udf(function);
         }
@@ -258,33 +286,6 @@ impl Engine {
             "audiolake_store_problems",
             Arc::new(SnapshotTable(ProblemsTable(Arc::clone(&problems)))),
         )?;
-
-        #[cfg(feature = "distributed")]
-        let codecs = crate::cluster::Codecs::new(
-            Arc::clone(&progress),
-            Arc::clone(&features),
-            Arc::clone(&registry),
-        );
-        let ctx = match &config.cluster {
-            None => ctx,
-            #[cfg(feature = "distributed")]
-            Some(cluster) => {
-                crate::cluster::check_shared_store(&store_url)?;
-                SessionContext::new_with_state(crate::cluster::connect(
-                    ctx.state(),
-                    &codecs,
-                    cluster,
-                )?)
-            }
-            #[cfg(not(feature = "distributed"))]
-            Some(_) => {
-                return Err(EngineError::Setting(
-                    "this build of audiolake cannot use a cluster: build it with the \
-                     `distributed` feature"
-                        .to_string(),
-                ))
-            }
-        };
 
         let catalog = Catalog::new(store, &store_prefix);
         let mut engine = Self {

@@ -13,6 +13,7 @@
 //! (environment, instance role, `CREATE SECRET`), through its own guarded registry.
 
 mod codec;
+mod planner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use url::Url;
@@ -113,20 +113,20 @@ pub(crate) fn check_shared_store(store: &Url) -> Result<()> {
     Ok(())
 }
 
-/// `state`, whose queries now run on the cluster at `cluster`: planned here, executed there.
+/// `state`, whose queries that read files now run on the cluster at `cluster`: planned here,
+/// executed there (see [`planner`]). Ballista's upgrade builds the session anew (its function
+/// list, a new default catalog): call it before registering functions and tables.
 pub(crate) fn connect(state: SessionState, codecs: &Codecs, cluster: &str) -> Result<SessionState> {
     let url = scheduler_url(cluster)?;
     let config = codecs.configure(state.config().clone());
-    // Ballista's upgrade replaces the scalar functions with its own list: ours come back after.
-    let functions: Vec<_> = state.scalar_functions().values().cloned().collect();
     let state = SessionStateBuilder::new_from_existing(state)
         .with_config(config)
         .build();
-    let mut state = state.upgrade_for_ballista(url)?;
-    for function in functions {
-        state.register_udf(function)?;
-    }
-    Ok(state)
+    let state = state.upgrade_for_ballista(url)?;
+    let remote = Arc::clone(state.query_planner());
+    Ok(SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(Arc::new(planner::ClusterPlanner { remote }))
+        .build())
 }
 
 /// How long a scheduler waits by default for an executor's heartbeat before it gives the
