@@ -25,7 +25,7 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_expr::PhysicalExpr;
@@ -173,6 +173,7 @@ fn group_of(url: &str, n: usize) -> usize {
 
 /// What a serialised plan carries of an AUDIO scan besides DataFusion's `FileScanConfig` (file
 /// groups, projection, statistics): see [`AudioSource::spec`] and [`AudioSource::from_spec`].
+#[cfg(feature = "distributed")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanSpec {
     /// The table's location, a URL.
@@ -207,6 +208,7 @@ impl AudioSource {
         Work::of(&self.projection.file_indices)
     }
 
+    #[cfg(feature = "distributed")]
     pub fn spec(&self) -> ScanSpec {
         ScanSpec {
             location: self.location.clone(),
@@ -217,14 +219,16 @@ impl AudioSource {
     /// The source of a scan planned in another process, as one task of it runs here: `files`
     /// are the files its plan gives it, read through this process's `features`. (Its
     /// projection comes with the `FileScanConfig`.)
+    #[cfg(feature = "distributed")]
     pub fn from_spec(
         spec: ScanSpec,
         files: usize,
         features: Arc<FeatureStore>,
         progress: Arc<ScanProgress>,
     ) -> Result<Self> {
-        let url = Url::parse(&spec.location)
-            .map_err(|e| DataFusionError::Plan(format!("bad AUDIO scan location: {e}")))?;
+        let url = Url::parse(&spec.location).map_err(|e| {
+            datafusion::error::DataFusionError::Plan(format!("bad AUDIO scan location: {e}"))
+        })?;
         let shared = ScanShared::new(
             store_url(&url),
             features,

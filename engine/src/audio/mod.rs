@@ -10,6 +10,7 @@ pub(crate) mod read_through;
 pub(crate) mod source;
 mod table;
 
+#[cfg(feature = "distributed")]
 pub(crate) use file_source::{AudioSource, ScanSpec};
 pub use late::LateAnalysis;
 pub use table::{AudioTable, AudioTableFactory, LocalFolder, TableSpec, DEFAULT_EXTENSIONS};
