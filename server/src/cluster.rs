@@ -38,7 +38,8 @@ pub struct ExecutorArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:50051")]
     bind: SocketAddr,
 
-    /// The host name the client and other executors reach it by (default: the bind address).
+    /// The host name the client and other executors reach it by (default: the address the
+    /// scheduler sees it connect from).
     #[arg(long, value_name = "HOST")]
     external_host: Option<String>,
 

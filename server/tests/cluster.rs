@@ -252,8 +252,25 @@ fn an_executor_killed_during_analyze() {
         ),
     }
 
-    // The rerun, on the executor left, decodes only what was not published.
-    let report = success(analyze_rhythm(&moto, dir, &url).output().unwrap());
+    // The rerun, on the executor left, decodes only what was not published. Until the
+    // scheduler has dropped the killed executor (its timeout) a job may still be sent there and
+    // fail the same way: then it is run again, a few times at most.
+    let mut attempts = 0;
+    let report = loop {
+        attempts += 1;
+        let out = analyze_rhythm(&moto, dir, &url).output().unwrap();
+        if out.status.success() || attempts == 4 {
+            break success(out);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("error: cannot analyse table music: ")),
+            "{stderr}"
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    };
     let counts: Vec<usize> = report
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
@@ -264,9 +281,10 @@ fn an_executor_killed_during_analyze() {
     };
     assert_eq!((total, unreadable), (files, 1), "{report}");
     assert_eq!(analysed + stored, files - 1, "{report}");
-    assert!(
-        stored > 0,
-        "nothing of the first run was kept: {report}\n{stdout}{stderr}"
-    );
+    // A job that finished published everything; one that failed kept what its finished tasks
+    // published (nothing, when it failed before any task finished).
+    if first.status.success() {
+        assert_eq!(analysed, 0, "{report}\n{stdout}");
+    }
     assert!(cluster.tasks(1) > 0, "{}", cluster.executor_log(1));
 }

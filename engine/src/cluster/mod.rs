@@ -159,13 +159,12 @@ pub async fn run_scheduler(
             .with_config(config)
             .build())
     });
-    let config = SchedulerConfig::default()
+    let mut config = SchedulerConfig::default()
         .with_hostname(address.ip().to_string())
         .with_port(address.port())
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
         .with_override_config_producer(config_producer.clone())
         .with_override_session_builder(session_builder.clone());
-    let mut config = config;
     config.executor_timeout_seconds = timeout;
     config.no_executors_grace_period_seconds = timeout;
     config.expire_dead_executor_interval_seconds = (timeout / 4).max(1);
@@ -192,7 +191,8 @@ pub struct ExecutorOptions {
     pub scheduler: String,
     /// Where its Arrow Flight service (shuffle data) listens.
     pub bind: SocketAddr,
-    /// The host name other executors and the client reach it by; defaults to the bind address.
+    /// The host name other executors and the client reach it by; `None`: the address the
+    /// scheduler sees it connect from (Ballista's default).
     pub external_host: Option<String>,
     /// Tasks it runs at once; 0: one per core.
     pub concurrent_tasks: usize,
