@@ -82,7 +82,8 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum UserCommand {
     /// Add a user to the users file, or change its password and role. The password is read
-    /// from standard input (a prompt on a terminal); the file keeps only a salted hash.
+    /// from standard input (a prompt on a terminal); the file keeps only SCRAM's stored and
+    /// server keys, and lines written by older versions are converted.
     Add {
         /// The user name.
         name: String,
@@ -106,7 +107,7 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5433")]
     listen: SocketAddr,
 
-    /// Users and their salted password hashes (written by `audiolake user add`).
+    /// Users and their SCRAM verifiers (written by `audiolake user add`).
     #[arg(long, value_name = "FILE", env = "AUDIOLAKE_USERS")]
     users: Option<PathBuf>,
 

@@ -81,10 +81,38 @@ fn passwords_are_checked_with_scram() {
         assert!(!refused.status.success());
         let err = stderr(&refused);
         assert!(
-            err.contains("FATAL:  Password authentication failed for user"),
+            err.contains(&format!(
+                "FATAL:  password authentication failed for user \"{}\"",
+                user.0
+            )),
             "{err}"
         );
     }
+    // The file holds verifiers, not anything a client could answer with.
+    let users = std::fs::read_to_string(&server.users).unwrap();
+    let alice = users.lines().find(|l| l.starts_with("alice:")).unwrap();
+    let (_, keys) = alice.rsplit_once('$').unwrap();
+    assert_eq!(keys.split(':').count(), 2, "StoredKey:ServerKey in {alice}");
+}
+
+#[test]
+fn a_users_file_with_salted_passwords_is_refused_until_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    // As older versions wrote it: the salted password of "secret" (salt 16 x 0x01).
+    std::fs::write(
+        &users,
+        "ana:read-write:SCRAM-SHA-256$4096:AQEBAQEBAQEBAQEBAQEBAQ==$\
+         SfJm5Wy58MxhkzmN8IoyXofaZbb+VHesG2Mb+6UAqVM=\n",
+    )
+    .unwrap();
+    let err = serve_fails(&["--users", users.to_str().unwrap()]);
+    assert!(
+        err.contains("line 1 of the users file")
+            && err.contains("holds a salted password")
+            && err.contains("audiolake user add NAME --users"),
+        "{err}"
+    );
 }
 
 /// psql 16, which has `\\bind` (Debian bookworm's psql is 15): the one PyPI's `pgserver`
@@ -516,7 +544,10 @@ fn tls_with_passwords_and_no_plaintext() {
         ],
     );
     let secure = Command::new("psql")
-        .arg(server.conninfo(ALICE, "require"))
+        .arg(format!(
+            "{} channel_binding=require",
+            server.conninfo(ALICE, "require")
+        ))
         .args([
             "-X",
             "-A",
@@ -531,6 +562,20 @@ fn tls_with_passwords_and_no_plaintext() {
     let text = stdout(&secure);
     assert!(text.starts_with("5\n"), "{text}{}", stderr(&secure));
     assert!(text.contains("SSL connection (protocol: TLSv1.3"), "{text}");
+    // Channel binding (SCRAM-SHA-256-PLUS) still checks the password.
+    let wrong = Command::new("psql")
+        .arg(format!(
+            "{} channel_binding=require",
+            server.conninfo((ALICE.0, "wrong"), "require")
+        ))
+        .args(["-X", "-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&wrong).contains("password authentication failed for user \"alice\""),
+        "{}",
+        stderr(&wrong)
+    );
     let plain = server.psql(ALICE, &["-c", "SELECT 1"]);
     assert!(!plain.status.success());
     assert!(

@@ -1,10 +1,13 @@
-//! Users and passwords: a file of salted SCRAM-SHA-256 hashes, one user per line, written by
-//! `audiolake user add` and checked by pgwire's SCRAM handler.
+//! Users and passwords: a file of SCRAM-SHA-256 verifiers, one user per line, written by
+//! `audiolake user add` and checked by [`super::scram`].
 //!
-//! A line is `NAME:ROLE:SCRAM-SHA-256$ITERATIONS:SALT$SALTED_PASSWORD` (base64), where ROLE is
-//! `read-write` or `read-only`. The salted password is what SCRAM needs to verify a client
-//! proof; it is not the password, but whoever holds it can log in, so the file is written with
-//! mode 0600 and must be kept like a key.
+//! A line is `NAME:ROLE:SCRAM-SHA-256$ITERATIONS:SALT$STORED_KEY:SERVER_KEY` (base64, RFC 5802,
+//! the format of PostgreSQL's `pg_authid`), where ROLE is `read-write` or `read-only`. The keys
+//! verify a client's proof but cannot produce one, so the file does not let its reader log in;
+//! it is still written with mode 0600, since it allows guessing passwords offline.
+//!
+//! Files of older versions held the salted password itself, from which one can log in. The
+//! server refuses them; `audiolake user add` converts every line of such a file.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,14 +19,16 @@ use parking_lot::RwLock;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::{gen_salted_password, SCRAM_ITERATIONS};
-use datafusion_postgres::pgwire::api::auth::{AuthSource, LoginInfo, Password};
-use datafusion_postgres::pgwire::error::PgWireResult;
+use ring::{digest, hmac};
 
 const SCHEME: &str = "SCRAM-SHA-256";
+
+/// Iteration counts accepted in the file: at least RFC 7677's minimum, and bounded so that a
+/// crafted file cannot make clients hash for hours.
+const ITERATIONS: std::ops::RangeInclusive<u32> = 4096..=10_000_000;
 
 /// What a user may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +48,66 @@ impl Role {
     }
 }
 
+/// What SCRAM needs to check a password without knowing it (RFC 5802).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    /// H(HMAC(SaltedPassword, "Client Key")).
+    pub stored_key: [u8; 32],
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: [u8; 32],
+}
+
+impl Verifier {
+    /// The verifier of `password` with a fresh random salt.
+    pub fn new(password: &str) -> Self {
+        let salt: [u8; 16] = rand::random();
+        let iterations = SCRAM_ITERATIONS as u32;
+        let salted = gen_salted_password(password, &salt, iterations as usize);
+        Self::from_salted_password(iterations, salt.to_vec(), &salted)
+    }
+
+    pub(super) fn from_salted_password(
+        iterations: u32,
+        salt: Vec<u8>,
+        salted_password: &[u8],
+    ) -> Self {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, salted_password);
+        let client_key = hmac::sign(&key, b"Client Key");
+        let mut verifier = Self {
+            iterations,
+            salt,
+            stored_key: [0; 32],
+            server_key: [0; 32],
+        };
+        verifier
+            .stored_key
+            .copy_from_slice(digest::digest(&digest::SHA256, client_key.as_ref()).as_ref());
+        verifier
+            .server_key
+            .copy_from_slice(hmac::sign(&key, b"Server Key").as_ref());
+        verifier
+    }
+}
+
+impl fmt::Display for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{SCHEME}${}:{}${}:{}",
+            self.iterations,
+            BASE64.encode(&self.salt),
+            BASE64.encode(self.stored_key),
+            BASE64.encode(self.server_key)
+        )
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     role: Role,
-    salt: Vec<u8>,
-    salted_password: Vec<u8>,
+    verifier: Verifier,
 }
 
 impl fmt::Debug for Entry {
@@ -66,6 +126,9 @@ type Loaded = (Option<SystemTime>, Arc<HashMap<String, Entry>>);
 pub struct Users {
     path: PathBuf,
     loaded: RwLock<Loaded>,
+    /// Key of the made-up salts of unknown users: random per server process, so a name's salt
+    /// stays the same from one try to the next and does not tell that the user is unknown.
+    mock_key: hmac::Key,
 }
 
 impl Users {
@@ -82,6 +145,7 @@ impl Users {
         Ok(Self {
             path: path.to_owned(),
             loaded: RwLock::new((modified(path), Arc::new(entries))),
+            mock_key: hmac::Key::new(hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
         })
     }
 
@@ -111,22 +175,21 @@ impl Users {
     pub fn role(&self, user: &str) -> Option<Role> {
         self.entries().get(user).map(|e| e.role)
     }
-}
 
-#[async_trait]
-impl AuthSource for Users {
-    // The trait declares `&LoginInfo` with its lifetime elided; naming it breaks the match.
-    #[allow(elided_lifetimes_in_paths)]
-    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
-        let user = login.user().unwrap_or_default();
-        Ok(match self.entries().get(user) {
-            Some(entry) => Password::new(Some(entry.salt.clone()), entry.salted_password.clone()),
-            // An unknown user fails like a wrong password, so names cannot be probed.
-            None => Password::new(
-                Some(rand::random::<[u8; 16]>().to_vec()),
-                rand::random::<[u8; 32]>().to_vec(),
-            ),
-        })
+    /// The verifier of `user`. An unknown user gets one that no proof matches, with a salt
+    /// derived from the name, so that the exchange looks the same as for a known user.
+    pub fn verifier(&self, user: &str) -> (Verifier, bool) {
+        if let Some(entry) = self.entries().get(user) {
+            return (entry.verifier.clone(), true);
+        }
+        let salt = hmac::sign(&self.mock_key, user.as_bytes()).as_ref()[..16].to_vec();
+        let verifier = Verifier {
+            iterations: SCRAM_ITERATIONS as u32,
+            salt,
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        };
+        (verifier, false)
     }
 }
 
@@ -143,23 +206,36 @@ fn read_file(path: &Path) -> Result<HashMap<String, Entry>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, entry) = parse_line(line).with_context(|| {
+        let (name, entry, legacy) = parse_line(line).with_context(|| {
             format!(
                 "line {} of the users file {} is not valid",
                 number + 1,
                 path.display()
             )
         })?;
+        if legacy {
+            bail!(
+                "line {} of the users file {} holds a salted password (written by an older \
+                 audiolake), with which anyone who reads the file can log in as {name}; convert \
+                 the file to stored keys with `audiolake user add NAME --users {}` (adding or \
+                 re-adding any one user rewrites every line)",
+                number + 1,
+                path.display(),
+                path.display()
+            );
+        }
         entries.insert(name, entry);
     }
     Ok(entries)
 }
 
-fn parse_line(line: &str) -> Result<(String, Entry)> {
+/// A line's user name and entry, and whether the entry came from the older format (the salted
+/// password), converted.
+fn parse_line(line: &str) -> Result<(String, Entry, bool)> {
     let mut fields = line.splitn(3, ':');
     let (Some(name), Some(role), Some(secret)) = (fields.next(), fields.next(), fields.next())
     else {
-        bail!("expected NAME:ROLE:{SCHEME}$ITERATIONS:SALT$HASH");
+        bail!("expected NAME:ROLE:{SCHEME}$ITERATIONS:SALT$STORED_KEY:SERVER_KEY");
     };
     let role = match role {
         "read-write" => Role::ReadWrite,
@@ -171,22 +247,52 @@ fn parse_line(line: &str) -> Result<(String, Entry)> {
         .and_then(|s| s.strip_prefix('$'))
         .with_context(|| format!("the password is not a {SCHEME} hash"))?;
     let (iterations, salts) = rest.split_once(':').context("missing iteration count")?;
-    if iterations.parse::<usize>().ok() != Some(SCRAM_ITERATIONS) {
-        bail!("{iterations} iterations; this server uses {SCRAM_ITERATIONS}");
+    let iterations = iterations
+        .parse::<u32>()
+        .ok()
+        .filter(|i| ITERATIONS.contains(i))
+        .with_context(|| {
+            format!(
+                "the iteration count {iterations} is not between {} and {}",
+                ITERATIONS.start(),
+                ITERATIONS.end()
+            )
+        })?;
+    let (salt, keys) = salts.split_once('$').context("missing salt or keys")?;
+    let salt = BASE64.decode(salt).context("the salt is not base64")?;
+    if salt.is_empty() || salt.len() > 64 {
+        bail!("the salt has {} bytes (1 to 64 expected)", salt.len());
     }
-    let (salt, hash) = salts.split_once('$').context("missing salt or hash")?;
-    Ok((
-        name.to_owned(),
-        Entry {
-            role,
-            salt: BASE64.decode(salt).context("salt is not base64")?,
-            salted_password: BASE64.decode(hash).context("hash is not base64")?,
-        },
-    ))
+    let key = |text: &str, what: &str| -> Result<[u8; 32]> {
+        let bytes = BASE64
+            .decode(text)
+            .with_context(|| format!("the {what} is not base64"))?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| anyhow::anyhow!("the {what} has {} bytes, not 32", bytes.len()))
+    };
+    let (verifier, legacy) = match keys.split_once(':') {
+        Some((stored, server)) => (
+            Verifier {
+                iterations,
+                salt,
+                stored_key: key(stored, "stored key")?,
+                server_key: key(server, "server key")?,
+            },
+            false,
+        ),
+        None => {
+            let salted = key(keys, "salted password")?;
+            (
+                Verifier::from_salted_password(iterations, salt, &salted),
+                true,
+            )
+        }
+    };
+    Ok((name.to_owned(), Entry { role, verifier }, legacy))
 }
 
 /// Adds `name` to the users file at `path` (creating it with mode 0600), or replaces its
-/// password and role.
+/// password and role; lines in the older format are rewritten as stored keys.
 pub fn add_user(path: &Path, name: &str, password: &str, role: Role) -> Result<()> {
     if name.is_empty() || name.contains([':', '\n']) || name.trim() != name {
         bail!("a user name must be non-empty, without ':', line breaks or surrounding spaces");
@@ -199,23 +305,29 @@ pub fn add_user(path: &Path, name: &str, password: &str, role: Role) -> Result<(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let salt: [u8; 16] = rand::random();
-    let hash = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-    let line = format!(
-        "{name}:{}:{SCHEME}${SCRAM_ITERATIONS}:{}${}",
-        role.as_str(),
-        BASE64.encode(salt),
-        BASE64.encode(hash)
-    );
+    let line = |name: &str, role: Role, verifier: &Verifier| {
+        format!("{name}:{}:{verifier}\n", role.as_str())
+    };
     let mut text = String::new();
-    for old in existing.lines() {
-        if old.split(':').next() != Some(name) {
+    for (number, old) in existing.lines().enumerate() {
+        let trimmed = old.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
             text.push_str(old);
             text.push('\n');
+            continue;
+        }
+        let (old_name, entry, _) = parse_line(trimmed).with_context(|| {
+            format!(
+                "line {} of the users file {} is not valid; fix or remove it first",
+                number + 1,
+                path.display()
+            )
+        })?;
+        if old_name != name {
+            text.push_str(&line(&old_name, entry.role, &entry.verifier));
         }
     }
-    text.push_str(&line);
-    text.push('\n');
+    text.push_str(&line(name, role, &Verifier::new(password)));
 
     // Write beside the file and rename, so a reader never sees half a file.
     let temp = path.with_extension("tmp");
@@ -247,23 +359,102 @@ mod tests {
         assert_eq!(users.role("ana"), Some(Role::ReadOnly));
         assert_eq!(users.role("bo"), Some(Role::ReadOnly));
         assert_eq!(users.role("cy"), None);
-        let entries = users.entries();
-        let ana = &entries["ana"];
-        assert_eq!(
-            ana.salted_password,
-            gen_salted_password("changed", &ana.salt, SCRAM_ITERATIONS)
-        );
+        let (ana, known) = users.verifier("ana");
+        assert!(known);
+        let salted = gen_salted_password("changed", &ana.salt, SCRAM_ITERATIONS);
+        assert!(ana == Verifier::from_salted_password(4096, ana.salt.clone(), &salted));
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(
-            !text.contains("changed"),
-            "the password itself is not stored"
+            !text.contains("changed") && !text.contains(&BASE64.encode(&salted)),
+            "neither the password nor the salted password is stored: {text}"
         );
+        let ana_line = text.lines().find(|l| l.starts_with("ana:")).unwrap();
+        assert_eq!(ana_line, format!("ana:read-only:{ana}"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn unknown_users_get_a_stable_salt_and_no_matching_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        add_user(&path, "ana", "secret", Role::ReadWrite).unwrap();
+        let users = Users::open(&path).unwrap();
+        let (first, known) = users.verifier("mallory");
+        let (again, _) = users.verifier("mallory");
+        let (other, _) = users.verifier("eve");
+        assert!(!known);
+        assert_eq!(first.salt, again.salt);
+        assert_ne!(first.salt, other.salt);
+        assert_eq!(first.salt.len(), 16);
+        assert_ne!(first.stored_key, again.stored_key);
+    }
+
+    #[test]
+    fn files_with_salted_passwords_are_refused_then_converted_by_user_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let salt = [7u8; 16];
+        let salted = gen_salted_password("old secret", &salt, SCRAM_ITERATIONS);
+        let legacy = format!(
+            "# kept\nana:read-write:SCRAM-SHA-256$4096:{}${}\n",
+            BASE64.encode(salt),
+            BASE64.encode(&salted)
+        );
+        std::fs::write(&path, &legacy).unwrap();
+        let err = format!("{:#}", Users::open(&path).unwrap_err());
+        assert!(
+            err.contains("line 2 of the users file")
+                && err.contains("holds a salted password")
+                && err.contains("audiolake user add NAME --users"),
+            "{err}"
+        );
+        add_user(&path, "bo", "new", Role::ReadOnly).unwrap();
+        let users = Users::open(&path).unwrap();
+        let (ana, known) = users.verifier("ana");
+        assert!(known, "ana is kept");
+        assert!(ana == Verifier::from_salted_password(4096, salt.to_vec(), &salted));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# kept\n"), "{text}");
+        assert!(!text.contains(&BASE64.encode(&salted)), "{text}");
+    }
+
+    #[test]
+    fn crafted_lines_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let key = BASE64.encode([1u8; 32]);
+        for (secret, expected) in [
+            (
+                format!("SCRAM-SHA-256$4095:AA==${key}:{key}"),
+                "iteration count 4095",
+            ),
+            (
+                format!("SCRAM-SHA-256$99999999999:AA==${key}:{key}"),
+                "iteration count",
+            ),
+            (
+                format!("SCRAM-SHA-256$4096:${key}:{key}"),
+                "the salt has 0 bytes",
+            ),
+            (
+                format!("SCRAM-SHA-256$4096:AA==$AA==:{key}"),
+                "stored key has 1 bytes",
+            ),
+            (
+                format!("SCRAM-SHA-256$4096:AA==${key}:!"),
+                "server key is not base64",
+            ),
+            ("md5abc".to_owned(), "not a SCRAM-SHA-256 hash"),
+        ] {
+            std::fs::write(&path, format!("ana:read-write:{secret}\n")).unwrap();
+            let err = format!("{:#}", Users::open(&path).unwrap_err());
+            assert!(err.contains(expected), "{secret}: {err}");
         }
     }
 

@@ -7,11 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
-use datafusion_postgres::pgwire::api::auth::sasl::scram::ScramAuth;
-use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
-use datafusion_postgres::pgwire::api::auth::{
-    AuthSource, DefaultServerParameterProvider, StartupHandler,
-};
+use datafusion_postgres::pgwire::api::auth::StartupHandler;
 use datafusion_postgres::pgwire::api::cancel::CancelHandler;
 use datafusion_postgres::pgwire::api::{
     ClientInfo, ConnectionManager, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
@@ -25,6 +21,7 @@ use futures::Sink;
 use super::activity::Activity;
 use super::compat;
 use super::errors;
+use super::scram::ScramStartup;
 use super::server::Server;
 use super::session::Session;
 
@@ -40,11 +37,11 @@ impl Connection {
     pub(super) fn new(server: Arc<Server>, refused: bool) -> Self {
         let activity = Arc::new(Activity::new());
         let auth = match &server.users {
-            Some(users) => Auth::Scram(
-                SASLAuthStartupHandler::new(Arc::new(DefaultServerParameterProvider::default()))
-                    .with_scram(ScramAuth::new(Arc::clone(users) as Arc<dyn AuthSource>))
-                    .with_connection_manager(Arc::clone(&server.connections)),
-            ),
+            Some(users) => Auth::Scram(Box::new(ScramStartup::new(
+                Arc::clone(users),
+                Arc::clone(&server.connections),
+                server.end_point.clone(),
+            ))),
             None => Auth::None(NoAuth(Arc::clone(&server.connections))),
         };
         let session = Arc::new(Session::new(Arc::clone(&server), Arc::clone(&activity)));
@@ -107,7 +104,7 @@ impl ErrorHandler for LogErrors {
 }
 
 enum Auth {
-    Scram(SASLAuthStartupHandler<DefaultServerParameterProvider>),
+    Scram(Box<ScramStartup>),
     None(NoAuth),
 }
 

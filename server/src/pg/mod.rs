@@ -1,5 +1,5 @@
 //! The PostgreSQL front door (`audiolake serve`): pgwire through datafusion-postgres, one
-//! DataFusion session per connection over the shared engine, SCRAM-SHA-256 passwords, TLS,
+//! DataFusion session per connection over the shared engine, SCRAM passwords, TLS,
 //! connection limits, idle timeouts and Prometheus metrics.
 //!
 //! This file is the accept loop; [`connection`] holds one connection's handlers, [`session`] its
@@ -16,6 +16,7 @@ mod errors;
 mod metrics;
 mod plan_writes;
 mod running;
+mod scram;
 mod server;
 mod session;
 mod statements;
@@ -77,7 +78,7 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
         (None, true) => None,
     };
     let tls = match &options.tls {
-        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        Some((cert, key)) => Some(tls::load(cert, key)?),
         None => None,
     };
     setup_pg_catalog(lake.engine().session(), "datafusion", EmptyContextProvider)
@@ -117,6 +118,7 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
         connections: Arc::new(ConnectionManager::new()),
         max_connections: options.max_connections,
         tls: tls.is_some(),
+        end_point: tls.as_ref().and_then(|tls| tls.end_point.clone()),
         cancels: Mutex::new(HashMap::new()),
     });
     let slots = Arc::new(Semaphore::new(options.max_connections));
@@ -139,7 +141,7 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
         let _ = socket.set_nodelay(true);
         let permit = Arc::clone(&slots).try_acquire_owned().ok();
         let server = Arc::clone(&server);
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|tls| tls.acceptor.clone());
         let idle_timeout = options.idle_timeout;
         let authentication_timeout = options.authentication_timeout;
         tokio::spawn(async move {

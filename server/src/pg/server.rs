@@ -26,6 +26,8 @@ pub struct Server {
     pub(super) connections: Arc<ConnectionManager>,
     pub(super) max_connections: usize,
     pub(super) tls: bool,
+    /// The TLS certificate's channel binding data (SCRAM-SHA-256-PLUS).
+    pub(super) end_point: Option<Arc<[u8]>>,
     /// Cancel signals of the connections, by backend key (process id and secret).
     pub(super) cancels: Mutex<HashMap<(i32, Bytes), Weak<Notify>>>,
 }
