@@ -474,6 +474,7 @@ async fn main() -> ExitCode {
     )
     .init();
     let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Sql(args) => run_sql(args).await,
         Command::Analyze(args) => run_analyze(args).await,
@@ -489,13 +490,20 @@ async fn main() -> ExitCode {
         #[cfg(feature = "distributed")]
         Command::Executor(args) => cluster::run_executor(args).await,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code: u8 = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            1
         }
+    };
+    if serving {
+        // Statements still running when the server stops hold blocking work (decoding,
+        // inference) that the runtime would wait for on its way down; nothing they produce is
+        // published any more, so the process leaves now.
+        std::process::exit(code.into());
     }
+    ExitCode::from(code)
 }
 
 #[cfg(test)]

@@ -327,6 +327,37 @@ fn read_only_users_read_but_cannot_write() {
     assert_eq!(stdout(&out), "");
 }
 
+/// SIGTERM does not wait for the statements running: their connections close, and the server
+/// exits once buffered results are published.
+#[test]
+fn sigterm_stops_the_server_with_statements_running() {
+    if !have("psql") {
+        return;
+    }
+    let mut server = PgServer::start(AUDIOLAKE, &[]);
+    let sleeping = Command::new("psql")
+        .arg(server.conninfo(ALICE, "disable"))
+        .args(["-X", "-c", "SELECT pg_sleep(600)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Time to connect and start sleeping; a client that had not connected would fail with
+    // another message below.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("the server still runs a minute after SIGTERM");
+    assert!(status.success(), "{status}");
+    let client = sleeping.wait_with_output().unwrap();
+    assert!(!client.status.success());
+    assert!(
+        stderr(&client).contains("server closed the connection unexpectedly"),
+        "{}",
+        stderr(&client)
+    );
+}
+
 #[test]
 fn tables_created_over_the_wire_survive_a_restart_and_locations_are_guarded() {
     if !have("psql") {

@@ -62,7 +62,8 @@ pub struct ServeOptions {
     pub watch: Option<Duration>,
 }
 
-/// Runs the server until SIGINT or SIGTERM, then publishes buffered analysis results.
+/// Runs the server until SIGINT or SIGTERM, then publishes buffered analysis results; a second
+/// signal while they are published stops the process at once.
 pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
     let users = match (&options.users, options.dev_no_auth) {
         (Some(_), true) => bail!("--users and --dev-no-auth exclude each other"),
@@ -186,11 +187,19 @@ pub async fn serve(lake: AudioLake, options: ServeOptions) -> Result<()> {
             drop(permit);
         });
     }
-    eprintln!("audiolake: shutting down; publishing buffered analysis results");
-    lake.flush()
-        .await
-        .context("cannot publish buffered results")?;
-    Ok(())
+    eprintln!(
+        "audiolake: shutting down; publishing buffered analysis results (signal again to stop at once)"
+    );
+    tokio::select! {
+        flushed = lake.flush() => flushed.context("cannot publish buffered results"),
+        () = shutdown_signal() => {
+            eprintln!(
+                "audiolake: stopped at once; results not yet published are lost and will be \
+                 computed again when asked for"
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 async fn shutdown_signal() {
