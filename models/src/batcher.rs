@@ -2,6 +2,7 @@
 //! forward passes of up to `batch_size` patches, so short tracks share passes.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,7 +15,17 @@ struct Job {
     patches: Vec<f32>,
     len: usize,
     padded: bool,
+    /// Set by the caller when nobody waits for the result any more.
+    stop: Option<Arc<AtomicBool>>,
     reply: SyncSender<Result<TrackTags>>,
+}
+
+impl Job {
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 /// A job with the rows computed so far.
@@ -67,12 +78,27 @@ impl Batcher {
     /// Equal, up to float rounding, to [`Musicnn::analyze`]. It blocks: from async code, call
     /// it on a blocking thread.
     pub fn analyze(&self, frames: &[[f32; N_MELS]]) -> Result<TrackTags> {
+        self.submit(frames, None)
+    }
+
+    /// [`Self::analyze`], giving up with [`Error::Cancelled`] before the track's next pass
+    /// once `stop` is set: the passes go to the other tracks.
+    pub fn analyze_until(
+        &self,
+        frames: &[[f32; N_MELS]],
+        stop: Arc<AtomicBool>,
+    ) -> Result<TrackTags> {
+        self.submit(frames, Some(stop))
+    }
+
+    fn submit(&self, frames: &[[f32; N_MELS]], stop: Option<Arc<AtomicBool>>) -> Result<TrackTags> {
         let patches = self.model.patches(frames);
         let (reply, result) = mpsc::sync_channel(1);
         let job = Job {
             len: patches.len(),
             padded: patches.padded(),
             patches: patches.data().to_vec(),
+            stop,
             reply,
         };
         self.jobs
@@ -106,6 +132,16 @@ fn run(model: &Musicnn, jobs: &Receiver<Job>, batch_size: usize) {
             }
         }
         queue.extend(jobs.try_iter().map(pending));
+        queue.retain(|p| {
+            let stopped = p.job.stopped();
+            if stopped {
+                let _ = p.job.reply.send(Err(Error::Cancelled));
+            }
+            !stopped
+        });
+        if queue.is_empty() {
+            continue;
+        }
 
         // (queue index, patches taken) in pass order.
         let mut parts = Vec::new();

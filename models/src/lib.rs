@@ -65,6 +65,9 @@ pub enum Error {
     /// The batcher's worker thread is gone (it panicked).
     #[error("the musicnn batcher has stopped")]
     BatcherStopped,
+    /// The caller's stop flag was set before the track's last pass.
+    #[error("the musicnn analysis was cancelled")]
+    Cancelled,
 }
 
 /// Result of this crate.

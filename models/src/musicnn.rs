@@ -5,6 +5,7 @@
 //! back-end already reordered for `cat([max, mean])` pooling.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
@@ -296,6 +297,11 @@ impl Musicnn {
     /// [`DEFAULT_BATCH_SIZE`] patches: a pass's activations grow with its patches, and a track's
     /// length is the file's to choose.
     pub fn analyze(&self, frames: &[[f32; N_MELS]]) -> Result<TrackTags> {
+        self.analyze_until(frames, &AtomicBool::new(false))
+    }
+
+    /// [`Self::analyze`], giving up with [`Error::Cancelled`] before any pass once `stop` is set.
+    pub fn analyze_until(&self, frames: &[[f32; N_MELS]], stop: &AtomicBool) -> Result<TrackTags> {
         let patches = self.patches(frames);
         let mut out = Output {
             taggram: Vec::with_capacity(patches.len()),
@@ -303,6 +309,9 @@ impl Musicnn {
         };
         let per_pass = DEFAULT_BATCH_SIZE * self.patch_frames * N_MELS;
         for pass in patches.data().chunks(per_pass) {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             let part = self.forward(pass)?;
             out.taggram.extend(part.taggram);
             out.penultimate.extend(part.penultimate);

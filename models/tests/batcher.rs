@@ -1,9 +1,13 @@
 //! The batcher gives each track what a pass over that track alone gives, and a long track
-//! analysed alone, in bounded passes, what one pass over all its patches gives.
+//! analysed alone, in bounded passes, what one pass over all its patches gives; a track whose
+//! caller stopped it gets no more passes.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use audiolake_models::{Batcher, Device, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS};
+use audiolake_models::{
+    Batcher, Device, Error, Kind, Musicnn, TrackTags, DEFAULT_BATCH_SIZE, N_MELS,
+};
 
 /// A deterministic test signal: a few partials whose pitch depends on `seed`, plus clicks.
 fn signal(seed: usize, seconds: f32) -> Vec<f32> {
@@ -70,6 +74,25 @@ fn batched_results_equal_single_track_results() {
     // Sequential calls through the same batcher too.
     assert_close(&batcher.analyze(&tracks[3]).unwrap(), &single[3]);
     assert_eq!(batcher.model().labels()[0], "rock");
+}
+
+#[test]
+fn a_stopped_track_gives_up_and_the_others_are_answered() {
+    let model = Arc::new(Musicnn::load_bundled(Kind::Mtt, &Device::Cpu).unwrap());
+    let frames = model.logmel(&signal(1, 7.0));
+    let stopped = Arc::new(AtomicBool::new(true));
+    assert!(matches!(
+        model.analyze_until(&frames, &stopped),
+        Err(Error::Cancelled)
+    ));
+    let batcher = Batcher::new(Arc::clone(&model), 1);
+    assert!(matches!(
+        batcher.analyze_until(&frames, Arc::clone(&stopped)),
+        Err(Error::Cancelled)
+    ));
+    let running = Arc::new(AtomicBool::new(false));
+    let tags = batcher.analyze_until(&frames, running).unwrap();
+    assert_close(&tags, &model.analyze(&frames).unwrap());
 }
 
 #[test]

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use audiolake_udf::features::{analyze_with, AnalysisError, AnalysisOptions, AnalysisOutput};
+use audiolake_udf::features::{
+    analyze_with, musicnn, AnalysisError, AnalysisOptions, AnalysisOutput,
+};
 use audiolake_udf::probe::{panic_message, probe, AudioHeader};
 use audiolake_udf::samples::decode_mono;
 use datafusion::physical_plan::metrics::Count;
@@ -116,6 +118,8 @@ async fn blocking<T: Send + 'static>(
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.flag();
     let task = tokio::task::spawn_blocking(move || {
+        // The networks' passes after the decode stop on the same flag.
+        let _networks = musicnn::stop_networks_when(Arc::clone(&cancelled));
         let extension = meta.location.extension().map(str::to_lowercase);
         let mut source = ObjectSource::new(store, meta.location, meta.size, runtime, bytes_read);
         source = source.cancelled_by(cancelled);

@@ -2,10 +2,12 @@
 //! musicnn networks (MagnaTagATune and Million Song Dataset models), fed by the shared 16 kHz
 //! STFT. One network of each kind is shared by every thread through a batcher, so the patches of
 //! files analysed at once share forward passes while other files decode. Threads of background
-//! work may run the networks on a pool of their own instead ([`run_networks_on`]).
+//! work may run the networks on a pool of their own instead ([`run_networks_on`]). A thread's
+//! tracks stop between passes once the flag given to [`stop_networks_when`] is set.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use arrow_schema::{DataType, Field, Fields};
@@ -93,6 +95,25 @@ static NETWORKS: RwLock<Option<Arc<Networks>>> = RwLock::new(None);
 thread_local! {
     /// The pool this thread's tracks run the networks on, outside the shared batchers.
     static OWN_POOL: RefCell<Option<Arc<rayon::ThreadPool>>> = const { RefCell::new(None) };
+    /// The flag that stops this thread's current track (its query went away).
+    static STOP: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Until the returned guard is dropped, the networks stop the calling thread's tracks before
+/// their next pass once `flag` is set; the track's columns are then NULL, for a caller that no
+/// longer reads them.
+pub fn stop_networks_when(flag: Arc<AtomicBool>) -> StopGuard {
+    STOP.with(|stop| *stop.borrow_mut() = Some(flag));
+    StopGuard(())
+}
+
+/// Clears the flag of [`stop_networks_when`] when dropped (the thread goes back to a pool).
+pub struct StopGuard(());
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        STOP.with(|stop| *stop.borrow_mut() = None);
+    }
 }
 
 /// From now on, tracks analysed on the calling thread run the networks on `pool`, each track
@@ -345,10 +366,13 @@ impl Extractor for MusicnnGroup {
         };
         let patches = (frames.len() / patch_frames).max(1);
         let own_pool = OWN_POOL.with(|own| own.borrow().clone());
+        let stop = STOP.with(|stop| stop.borrow().clone()).unwrap_or_default();
         let run = |b: &Batcher| -> Option<TrackTags> {
             match &own_pool {
-                Some(pool) => pool.install(|| b.model().analyze(&frames)).ok(),
-                None => b.analyze(&frames).ok(),
+                Some(pool) => pool
+                    .install(|| b.model().analyze_until(&frames, &stop))
+                    .ok(),
+                None => b.analyze_until(&frames, Arc::clone(&stop)).ok(),
             }
         };
         let (Some(mtt), Some(msd)) = (run(&networks.mtt), run(&networks.msd)) else {
@@ -382,6 +406,24 @@ impl Extractor for MusicnnGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_thread_runs_no_pass_and_gets_nulls() {
+        let patch_frames = networks().unwrap().mtt.model().patch_frames();
+        let group = || {
+            let mut group = MusicnnGroup::new(0);
+            for t in 0..patch_frames * 2 {
+                let mel = std::array::from_fn(|m| ((t * 7 + m * 3) % 23) as f32 * 0.1);
+                group.keep(mel, patch_frames);
+            }
+            Box::new(group)
+        };
+        let stopping = stop_networks_when(Arc::new(AtomicBool::new(true)));
+        assert!(group().finish().iter().all(|v| matches!(v, Value::Null)));
+        drop(stopping);
+        let values = group().finish();
+        assert!(matches!(values[4], Value::Float32List(ref e) if e.len() == 200));
+    }
 
     #[test]
     fn a_long_file_keeps_an_evenly_spread_bounded_sample_of_patches() {
