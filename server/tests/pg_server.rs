@@ -512,11 +512,12 @@ fn a_silent_connection_gives_its_slot_back() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(
-        silent.read(&mut buf).unwrap(),
-        0,
-        "the server did not close it"
-    );
+    match silent.read(&mut buf) {
+        // Closed, in order or by a reset.
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the server did not close it: {other:?}"),
+    }
     let ok = server.psql(ALICE, &["-c", "SELECT 2"]);
     assert_eq!(stdout(&ok).trim(), "2", "{}", stderr(&ok));
     // A logged-in connection outlives the timeout.
