@@ -108,6 +108,11 @@ impl Moto {
         String::from_utf8_lossy(&log[start..]).into_owned()
     }
 
+    /// The server's process id (to pause it with SIGSTOP, as a stalled store).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:<port>`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

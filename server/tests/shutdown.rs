@@ -1,0 +1,211 @@
+//! Stopping `audiolake serve` with SIGTERM, on a store in a real S3 API server (moto): results
+//! analysed but not yet published are published before the server exits, and a second signal
+//! while publishing stalls (moto paused) exits at once. Without psql or moto_server it prints
+//! why and passes.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use audiolake_testkit::moto::Moto;
+use audiolake_testkit::pgserver::{have, stderr};
+use datafusion::object_store::ObjectStore;
+use futures::TryStreamExt;
+
+const BUCKET: &str = "audiolake-shutdown";
+
+/// `audiolake serve` on `s3://BUCKET/<store>` over the folder `music`; killed when dropped.
+struct Serving {
+    child: Child,
+    port: u16,
+}
+
+impl Serving {
+    fn start(moto: &Moto, store: &str, music: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_audiolake"))
+            .args(["serve", "--dev-no-auth", "--listen", "127.0.0.1:0"])
+            .args(["--store", &format!("s3://{BUCKET}/{store}")])
+            .arg("--music")
+            .arg(music)
+            .envs(moto.env())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .split_whitespace()
+            .find_map(|w| w.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        Self { child, port }
+    }
+
+    /// Runs `statements` through psql, one message each.
+    fn psql(&self, statements: &[&str]) -> std::process::Output {
+        let mut psql = Command::new("psql");
+        psql.arg(format!(
+            "host=127.0.0.1 port={} user=audiolake dbname=audiolake sslmode=disable",
+            self.port
+        ))
+        .args(["-X", "-A", "-t"]);
+        for statement in statements {
+            psql.args(["-c", statement]);
+        }
+        psql.output().unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        signal(self.child.id(), name);
+    }
+
+    /// The exit status within `within`, or `None` while it still runs.
+    fn exited(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Four short tones and an hour of clicks (8 kHz mono, 58 MB): a query given two seconds
+/// finishes the short ones, whose results stay buffered, and is stopped while it analyses
+/// the long one (about ten seconds here, a few in a release build).
+fn music(dir: &Path) {
+    for i in 0..4 {
+        audiolake_testkit_audio::tone::write_wav(
+            &dir.join(format!("short_{i}.wav")),
+            2,
+            330.0 + 40.0 * f64::from(i),
+        );
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut long = hound::WavWriter::create(dir.join("long.wav"), spec).unwrap();
+    for i in 0..8000 * 3600 {
+        long.write_sample(if i % 400 == 0 { 8000i16 } else { 0 })
+            .unwrap();
+    }
+    long.finalize().unwrap();
+}
+
+/// Leaves results buffered in the server: a query that times out after the short files.
+fn buffer_results(server: &Serving) {
+    let out = server.psql(&[
+        "SET statement_timeout = '2s'",
+        "SELECT count(bpm), count(mfcc), count(key), count(loudness_lufs) FROM music",
+    ]);
+    assert!(
+        stderr(&out).contains("canceling statement due to statement timeout"),
+        "the query was meant to time out while analysing the long file: {}",
+        stderr(&out)
+    );
+}
+
+/// The feature parts published in `store`.
+fn stored_parts(moto: &Moto, store: &str) -> usize {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let prefix = datafusion::object_store::path::Path::from(format!("{store}/features"));
+        moto.client(BUCKET)
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len()
+    })
+}
+
+#[test]
+fn sigterm_publishes_buffered_results_and_a_second_signal_exits_at_once() {
+    if !have("psql") {
+        return;
+    }
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    music(dir.path());
+
+    // Publishing stalls (the store does not answer): the server waits for it...
+    let mut server = Serving::start(&moto, "stalled", dir.path());
+    buffer_results(&server);
+    assert_eq!(
+        stored_parts(&moto, "stalled"),
+        0,
+        "published before the signal"
+    );
+    signal(moto.pid(), "STOP");
+    server.signal("TERM");
+    let waited = server.exited(Duration::from_secs(3));
+    // ...until a second signal.
+    server.signal("TERM");
+    let status = server.exited(Duration::from_secs(30));
+    signal(moto.pid(), "CONT");
+    assert_eq!(
+        waited, None,
+        "the server did not wait for its buffered results"
+    );
+    let status = status.expect("the second signal did not stop the server");
+    assert_eq!(status.code(), Some(1));
+    let err = server.stderr();
+    assert!(
+        err.contains("shutting down; publishing buffered analysis results")
+            && err.contains("stopped at once; results not yet published are lost"),
+        "{err}"
+    );
+
+    // With the store answering, one signal publishes them, then the server exits.
+    let mut server = Serving::start(&moto, "answering", dir.path());
+    buffer_results(&server);
+    server.signal("TERM");
+    let status = server
+        .exited(Duration::from_secs(60))
+        .expect("the server still runs a minute after SIGTERM");
+    assert!(status.success(), "{status}: {}", server.stderr());
+    assert!(
+        stored_parts(&moto, "answering") > 0,
+        "nothing was published"
+    );
+}
