@@ -235,6 +235,7 @@ fn errors_carry_sqlstates_and_the_session_goes_on() {
                   SELECT no_such_column FROM music;\n\
                   SELEC 1;\n\
                   SELECT 1/0;\n\
+                  SELECT no_such_function(1);\n\
                   SELECT 'still here';\n";
     let out = server.psql_script(ALICE, script, &[]);
     let err = stderr(&out);
@@ -243,6 +244,7 @@ fn errors_carry_sqlstates_and_the_session_goes_on() {
         "ERROR:  42703:",
         "ERROR:  42601:",
         "ERROR:  22012:",
+        "ERROR:  42883:",
     ] {
         assert!(err.contains(code), "no {code} in {err}");
     }

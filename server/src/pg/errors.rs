@@ -1,9 +1,15 @@
 //! Errors as PostgreSQL reports them: a SQLSTATE that clients and drivers can act on, and the
 //! engine's message.
 
+use std::ops::ControlFlow;
+
 use audiolake::EngineError;
 use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{visit_expressions, Expr, ObjectNamePart};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError};
 
@@ -54,6 +60,73 @@ pub fn with_sqlstate(error: PgWireError) -> PgWireError {
     }
 }
 
+/// [`with_sqlstate`] for an error of planning `sql` in `state`: a planning error that names
+/// a table or function the session does not have gets 42P01 or 42883, judged on the catalog
+/// and the functions. (DataFusion reports both as plain planning errors, told apart only by
+/// their text; `sql` is parsed again here, on the error path only.)
+pub fn with_sqlstate_in(state: &SessionState, sql: &str, error: PgWireError) -> PgWireError {
+    let PgWireError::ApiError(source) = &error else {
+        return error;
+    };
+    let planning = source
+        .downcast_ref::<DataFusionError>()
+        .is_some_and(|e| matches!(e.find_root(), DataFusionError::Plan(_)));
+    let code = planning
+        .then(|| DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {}).ok())
+        .flatten()
+        .and_then(|statements| statements.iter().find_map(|s| missing_object(state, s)));
+    match code {
+        Some(code) => self::error(code, source.to_string()),
+        None => with_sqlstate(error),
+    }
+}
+
+/// 42P01 when `statement` reads a table the catalog does not have, 42883 when it calls a
+/// function the session does not have, else `None`.
+fn missing_object(state: &SessionState, statement: &DfStatement) -> Option<&'static str> {
+    let tables = state.resolve_table_references(statement).ok()?;
+    let missing_table = tables.iter().any(|table| {
+        // A table function in FROM is listed among the relations too.
+        let function =
+            table.schema().is_none() && state.table_functions().contains_key(table.table());
+        !function
+            && !state
+                .schema_for_ref(table.clone())
+                .is_ok_and(|schema| schema.table_exist(table.table()))
+    });
+    if missing_table {
+        return Some(UNDEFINED_TABLE);
+    }
+    let DfStatement::Statement(inner) = statement else {
+        return None;
+    };
+    let known = |name: &str| {
+        state.scalar_functions().contains_key(name)
+            || state.aggregate_functions().contains_key(name)
+            || state.window_functions().contains_key(name)
+            || state.table_functions().contains_key(name)
+    };
+    let unknown = visit_expressions(inner.as_ref(), |expr| match expr {
+        Expr::Function(function) => match function.name.0.as_slice() {
+            [ObjectNamePart::Identifier(ident)] => {
+                let name = match ident.quote_style {
+                    Some(_) => ident.value.clone(),
+                    None => ident.value.to_lowercase(),
+                };
+                if known(&name) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            }
+            // pg_catalog.f and the like: resolved elsewhere, so not judged here.
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    });
+    unknown.is_break().then_some(UNDEFINED_FUNCTION)
+}
+
 pub fn from_engine(e: EngineError) -> PgWireError {
     error(engine_code(&e), e.to_string())
 }
@@ -87,13 +160,7 @@ fn datafusion_code(e: &DataFusionError) -> &'static str {
         DataFusionError::NotImplemented(_) => FEATURE_NOT_SUPPORTED,
         DataFusionError::ResourcesExhausted(_) => "53200",
         DataFusionError::SchemaError(..) => "42703",
-        DataFusionError::Plan(message) if message.contains("not found") => {
-            if message.starts_with("table") || message.contains("table '") {
-                "42P01"
-            } else {
-                "42883"
-            }
-        }
+        // A missing table or function: see `from_planning`, which has the statement.
         DataFusionError::Plan(_) => "42000",
         DataFusionError::Configuration(_) => "22023",
         DataFusionError::ArrowError(e, _) => match e.as_ref() {
@@ -122,6 +189,43 @@ fn datafusion_code(e: &DataFusionError) -> &'static str {
 mod tests {
     use super::*;
     use datafusion::object_store::Error as StoreError;
+    use datafusion::prelude::SessionContext;
+
+    #[tokio::test]
+    async fn missing_tables_and_functions_are_found_in_the_catalog_not_the_message() {
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_information_schema(true),
+        );
+        ctx.sql("CREATE TABLE t AS VALUES (1)").await.unwrap();
+        let state = ctx.state();
+        let code = |sql: &str| {
+            // The message says nothing: only the catalog can tell.
+            let e = DataFusionError::Plan("something went wrong".into());
+            match with_sqlstate_in(&state, sql, PgWireError::ApiError(Box::new(e))) {
+                PgWireError::UserError(info) => info.code,
+                other => panic!("{other}"),
+            }
+        };
+        assert_eq!(code("SELECT * FROM nope"), UNDEFINED_TABLE);
+        assert_eq!(
+            code("SELECT * FROM t JOIN public.nope ON true"),
+            UNDEFINED_TABLE
+        );
+        assert_eq!(
+            code("WITH nope AS (SELECT 1) SELECT * FROM nope, t"),
+            "42000"
+        );
+        assert_eq!(
+            code("SELECT no_such_fn(column1) FROM t"),
+            UNDEFINED_FUNCTION
+        );
+        assert_eq!(code("SELECT \"Abs\"(column1) FROM t"), UNDEFINED_FUNCTION);
+        assert_eq!(code("SELECT ABS(column1), count(*) FROM t"), "42000");
+        assert_eq!(code("SELECT * FROM generate_series(1, 3)"), "42000");
+        assert_eq!(code("SELECT * FROM information_schema.tables"), "42000");
+        assert_eq!(code("SELECT 1; SELECT * FROM nope"), UNDEFINED_TABLE);
+        assert_eq!(code("not sql at all"), "42000");
+    }
 
     #[test]
     fn store_errors_take_their_kind_s_sqlstate() {

@@ -71,6 +71,7 @@ impl Session {
         let inner = Arc::new(DfSessionService::new(Arc::clone(&ctx)));
         let parser = Arc::new(SessionParser {
             server: Arc::clone(&server),
+            ctx: Arc::clone(&ctx),
             inner: inner.query_parser(),
         });
         Self {
@@ -355,7 +356,7 @@ impl Session {
                 .map(|responses| responses.into_iter().map(compat::client_response).collect()),
             None => result,
         };
-        result.map_err(with_sqlstate)
+        result.map_err(|e| errors::with_sqlstate_in(&self.ctx.state(), text, e))
     }
 
     /// Runs statements one by one, as PostgreSQL does: the results of those before a failing
@@ -569,6 +570,8 @@ impl ExtendedQueryHandler for Session {
 /// read-only users checked before anything is planned.
 pub struct SessionParser {
     server: Arc<Server>,
+    /// The connection's session (for the SQLSTATEs of planning errors).
+    ctx: Arc<SessionContext>,
     inner: Arc<datafusion_postgres::Parser>,
 }
 
@@ -662,7 +665,7 @@ impl SessionParser {
             Some(sql) => self.inner.parse_sql(client, &sql, types).await,
             None => result,
         };
-        match result.map_err(with_sqlstate)? {
+        match result.map_err(|e| errors::with_sqlstate_in(&self.ctx.state(), sql, e))? {
             Some((sql, Some((statement, plan)))) => {
                 let plan = compat::infer_parameter_types(plan)
                     .map_err(|e| with_sqlstate(PgWireError::ApiError(Box::new(e))))?;
