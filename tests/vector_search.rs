@@ -164,6 +164,16 @@ async fn run(lake: &AudioLake, sql: &str) -> Vec<RecordBatch> {
     lake.sql(sql).await.unwrap().collect().await.unwrap()
 }
 
+/// The Parquet table `vecs` over the setup's folder, holding `rows` in its first part.
+async fn vecs_table(lake: &AudioLake, setup: &Setup, rows: &[(i64, Vec<f32>)]) {
+    write_part(lake, &setup.data, "part-0.parquet", rows).await;
+    let create = format!(
+        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+        setup.data.display()
+    );
+    run(lake, &create).await;
+}
+
 async fn ids(lake: &AudioLake, sql: &str) -> Vec<i64> {
     let batches = run(lake, sql).await;
     batches
@@ -268,16 +278,7 @@ async fn hnsw_index_answers_knn_queries_in_sql() {
     let setup = setup();
     let rows = vectors(0..ROWS);
     let lake = open(&setup).await;
-    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
-    lake.sql(&format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    ))
-    .await
-    .unwrap()
-    .collect()
-    .await
-    .unwrap();
+    vecs_table(&lake, &setup, &rows).await;
     assert!(
         error(&lake, "CREATE INDEX ON vecs USING hnsw (v) WITH (m = 300)")
             .await
@@ -449,12 +450,7 @@ async fn l1_indexes_and_builds_that_cannot_be_read() {
     let setup = setup();
     let rows = vectors(0..ROWS);
     let lake = open(&setup).await;
-    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
-    let table = format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    );
-    run(&lake, &table).await;
+    vecs_table(&lake, &setup, &rows).await;
     run(
         &lake,
         "CREATE INDEX vecs_l1 ON vecs USING hnsw (v vector_l1_ops)",
@@ -494,12 +490,7 @@ async fn unchanged_tables_are_answered_from_the_index() {
     let setup = setup();
     let rows = vectors(0..ROWS);
     let lake = open(&setup).await;
-    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
-    let create = format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    );
-    run(&lake, &create).await;
+    vecs_table(&lake, &setup, &rows).await;
     run(
         &lake,
         "CREATE INDEX vecs_l2 ON vecs USING hnsw (v vector_l2_ops)",
@@ -581,12 +572,7 @@ async fn filtered_queries_return_k_rows_at_1_10_and_50_percent() {
     let setup = setup();
     let rows = vectors(0..N);
     let lake = open(&setup).await;
-    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
-    let create = format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    );
-    run(&lake, &create).await;
+    vecs_table(&lake, &setup, &rows).await;
     run(
         &lake,
         "CREATE INDEX vecs_l2 ON vecs USING hnsw (v vector_l2_ops) WITH (m = 8, ef_construction = 32)",
@@ -722,12 +708,7 @@ async fn a_dropped_create_index_stops_its_build_and_the_old_index_stays() {
     let setup = setup();
     let rows = vectors(0..ROWS);
     let lake = Arc::new(open(&setup).await);
-    write_part(&lake, &setup.data, "part-0.parquet", &rows).await;
-    let create = format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    );
-    run(&lake, &create).await;
+    vecs_table(&lake, &setup, &rows).await;
     run(&lake, "CREATE INDEX vecs_fast ON vecs USING hnsw (v)").await;
     assert_eq!(
         build_progress(&lake, "vecs_fast").await,
@@ -794,12 +775,7 @@ async fn reindex_rebuilds_and_a_dropped_reindex_keeps_the_old_build() {
     let setup = setup();
     let rows = vectors(0..ROWS);
     let lake = Arc::new(open(&setup).await);
-    write_part(&lake, &setup.data, "part-0.parquet", &rows[..200]).await;
-    let create = format!(
-        "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
-        setup.data.display()
-    );
-    run(&lake, &create).await;
+    vecs_table(&lake, &setup, &rows[..200]).await;
     run(
         &lake,
         "CREATE INDEX vecs_v ON vecs USING hnsw (v) WITH (m = 100, ef_construction = 1000)",
