@@ -1,7 +1,8 @@
-//! Stopping `audiolake serve` with SIGTERM, on a store in a real S3 API server (moto): results
+//! Stopping `audiolake serve` with SIGTERM. On a store in a real S3 API server (moto): results
 //! analysed but not yet published are published before the server exits, and a second signal
-//! while publishing stalls (moto paused) exits at once. Without psql or moto_server it prints
-//! why and passes.
+//! while publishing stalls (moto paused) exits at once. An index build under way stops with
+//! the process and the previous build stays the index's. Without psql or moto_server a test
+//! prints why and passes.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -15,20 +16,25 @@ use futures::TryStreamExt;
 
 const BUCKET: &str = "audiolake-shutdown";
 
-/// `audiolake serve` on `s3://BUCKET/<store>` over the folder `music`; killed when dropped.
+/// `audiolake serve --dev-no-auth` with `args`; killed when dropped.
 struct Serving {
     child: Child,
     port: u16,
 }
 
 impl Serving {
-    fn start(moto: &Moto, store: &str, music: &Path) -> Self {
+    /// On `s3://BUCKET/<store>` over the folder `music`.
+    fn on_moto(moto: &Moto, store: &str, music: &Path) -> Self {
+        let store = format!("s3://{BUCKET}/{store}");
+        let music = music.to_str().unwrap();
+        Self::start(&["--store", &store, "--music", music], &moto.env())
+    }
+
+    fn start(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_audiolake"))
             .args(["serve", "--dev-no-auth", "--listen", "127.0.0.1:0"])
-            .args(["--store", &format!("s3://{BUCKET}/{store}")])
-            .arg("--music")
-            .arg(music)
-            .envs(moto.env())
+            .args(args)
+            .envs(env.iter().cloned())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -48,12 +54,15 @@ impl Serving {
 
     /// Runs `statements` through psql, one message each.
     fn psql(&self, statements: &[&str]) -> std::process::Output {
+        Self::psql_on(self.port, statements)
+    }
+
+    fn psql_on(port: u16, statements: &[&str]) -> std::process::Output {
         let mut psql = Command::new("psql");
         psql.arg(format!(
-            "host=127.0.0.1 port={} user=audiolake dbname=audiolake sslmode=disable",
-            self.port
+            "host=127.0.0.1 port={port} user=audiolake dbname=audiolake sslmode=disable"
         ))
-        .args(["-X", "-A", "-t"]);
+        .args(["-X", "-A", "-t", "-q"]);
         for statement in statements {
             psql.args(["-c", statement]);
         }
@@ -169,7 +178,7 @@ fn sigterm_publishes_buffered_results_and_a_second_signal_exits_at_once() {
     music(dir.path());
 
     // Publishing stalls (the store does not answer): the server waits for it...
-    let mut server = Serving::start(&moto, "stalled", dir.path());
+    let mut server = Serving::on_moto(&moto, "stalled", dir.path());
     buffer_results(&server);
     assert_eq!(
         stored_parts(&moto, "stalled"),
@@ -197,7 +206,7 @@ fn sigterm_publishes_buffered_results_and_a_second_signal_exits_at_once() {
     );
 
     // With the store answering, one signal publishes them, then the server exits.
-    let mut server = Serving::start(&moto, "answering", dir.path());
+    let mut server = Serving::on_moto(&moto, "answering", dir.path());
     buffer_results(&server);
     server.signal("TERM");
     let status = server
@@ -208,4 +217,92 @@ fn sigterm_publishes_buffered_results_and_a_second_signal_exits_at_once() {
         stored_parts(&moto, "answering") > 0,
         "nothing was published"
     );
+}
+
+/// `COPY` of rows `ids` with random 16-dimensional vectors to `file`.
+fn random_vectors(ids: std::ops::RangeInclusive<u32>, file: &Path) -> String {
+    let v = vec!["CAST(random() AS REAL)"; 16].join(", ");
+    format!(
+        "COPY (SELECT value AS id, make_array({v}) AS v FROM generate_series({}, {})) \
+         TO '{}' STORED AS PARQUET",
+        ids.start(),
+        ids.end(),
+        file.display()
+    )
+}
+
+#[test]
+fn sigterm_stops_an_index_build_and_the_previous_build_stays() {
+    if !have("psql") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(dir.path()).unwrap();
+    let data = root.join("vectors");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = root.join("store");
+    let args = [
+        "--store",
+        store.to_str().unwrap(),
+        "--allow",
+        data.to_str().unwrap(),
+    ];
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success() && stderr(&out).is_empty(),
+            "{}",
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let built = "SELECT rows FROM audiolake_indexes WHERE name = 'vecs_v'";
+
+    let mut server = Serving::start(&args, &[]);
+    ok(server.psql(&[
+        &random_vectors(1..=200, &data.join("part-0.parquet")),
+        &format!(
+            "CREATE EXTERNAL TABLE vecs STORED AS PARQUET LOCATION '{}/'",
+            data.display()
+        ),
+        "CREATE INDEX vecs_v ON vecs USING hnsw (v) WITH (m = 100, ef_construction = 1000)",
+        &random_vectors(201..=3000, &data.join("part-1.parquet")),
+    ]));
+    assert_eq!(ok(server.psql(&[built])), "200\n");
+
+    // A slow rebuild on one thread, under way when the signal comes.
+    let port = server.port;
+    let rebuild = std::thread::spawn(move || {
+        Serving::psql_on(
+            port,
+            &[
+                "SET audiolake.index_build_threads = 1",
+                "REINDEX INDEX vecs_v",
+            ],
+        )
+    });
+    let progress = "SELECT files_done FROM audiolake_progress \
+                    WHERE job = 'build index vecs_v' AND NOT finished";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(ok(server.psql(&[progress])).trim().parse::<u32>(), Ok(n) if n > 0) {
+        assert!(Instant::now() < deadline, "the rebuild never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("TERM");
+    let status = server
+        .exited(Duration::from_secs(60))
+        .expect("the server still runs a minute after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(!rebuild.join().unwrap().status.success());
+
+    // Restarted, the index is the build from before, and answers.
+    let server = Serving::start(&args, &[]);
+    assert_eq!(ok(server.psql(&[built])), "200\n");
+    let explain = ok(server.psql(&[
+        "EXPLAIN SELECT id FROM vecs ORDER BY v <-> (SELECT v FROM vecs WHERE id = 2500) LIMIT 5",
+    ]));
+    assert!(explain.contains("HnswIndexScan: index=vecs_v"), "{explain}");
+    let nearest = ok(server.psql(&[
+        "SELECT id FROM vecs ORDER BY v <-> (SELECT v FROM vecs WHERE id = 2500) LIMIT 1",
+    ]));
+    assert_eq!(nearest, "2500\n");
 }
