@@ -178,18 +178,17 @@ impl Users {
 
     /// The verifier of `user`. An unknown user gets one that no proof matches, with a salt
     /// derived from the name, so that the exchange looks the same as for a known user.
-    pub fn verifier(&self, user: &str) -> (Verifier, bool) {
+    pub fn verifier(&self, user: &str) -> Verifier {
         if let Some(entry) = self.entries().get(user) {
-            return (entry.verifier.clone(), true);
+            return entry.verifier.clone();
         }
         let salt = hmac::sign(&self.mock_key, user.as_bytes()).as_ref()[..16].to_vec();
-        let verifier = Verifier {
+        Verifier {
             iterations: SCRAM_ITERATIONS as u32,
             salt,
             stored_key: rand::random(),
             server_key: rand::random(),
-        };
-        (verifier, false)
+        }
     }
 }
 
@@ -359,8 +358,7 @@ mod tests {
         assert_eq!(users.role("ana"), Some(Role::ReadOnly));
         assert_eq!(users.role("bo"), Some(Role::ReadOnly));
         assert_eq!(users.role("cy"), None);
-        let (ana, known) = users.verifier("ana");
-        assert!(known);
+        let ana = users.verifier("ana");
         let salted = gen_salted_password("changed", &ana.salt, SCRAM_ITERATIONS);
         assert!(ana == Verifier::from_salted_password(4096, ana.salt.clone(), &salted));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -385,10 +383,9 @@ mod tests {
         let path = dir.path().join("users");
         add_user(&path, "ana", "secret", Role::ReadWrite).unwrap();
         let users = Users::open(&path).unwrap();
-        let (first, known) = users.verifier("mallory");
-        let (again, _) = users.verifier("mallory");
-        let (other, _) = users.verifier("eve");
-        assert!(!known);
+        let first = users.verifier("mallory");
+        let again = users.verifier("mallory");
+        let other = users.verifier("eve");
         assert_eq!(first.salt, again.salt);
         assert_ne!(first.salt, other.salt);
         assert_eq!(first.salt.len(), 16);
@@ -416,8 +413,8 @@ mod tests {
         );
         add_user(&path, "bo", "new", Role::ReadOnly).unwrap();
         let users = Users::open(&path).unwrap();
-        let (ana, known) = users.verifier("ana");
-        assert!(known, "ana is kept");
+        assert_eq!(users.role("ana"), Some(Role::ReadWrite), "ana is kept");
+        let ana = users.verifier("ana");
         assert!(ana == Verifier::from_salted_password(4096, salt.to_vec(), &salted));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# kept\n"), "{text}");

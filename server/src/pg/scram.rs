@@ -115,7 +115,7 @@ impl StartupHandler for ScramStartup {
         match state {
             State::Start => {
                 let initial = message.into_sasl_initial_response()?;
-                let (verifier, _known) = self.users.verifier(&user);
+                let verifier = self.users.verifier(&user);
                 let data = initial.data.as_deref().unwrap_or_default();
                 let (reply, exchange) = Exchange::start(
                     &initial.auth_method,
