@@ -23,7 +23,10 @@ For each server in turn, on loopback ports of this machine only:
     `SELECT count(*), avg(bpm) FROM tracks WHERE id BETWEEN :lo AND :lo + 100`.
 
 Each transaction is one query, so queries/s is pgbench's transactions per second; p50/p95/p99 are
-computed from the per-transaction logs (all queries, and each script apart). The table ends with
+computed from the per-transaction logs (all queries, and each script apart). CPU ms/query is the
+server's CPU time (user and system, from /proc/<pid>/stat) over the measured run divided by its
+queries: audiolake's one process; PostgreSQL's postmaster with its ended children, the backends,
+which end when pgbench disconnects. The table ends with
 the ratio audiolake / PostgreSQL and whether the goals are met: p95 under 10 ms and at least half
 of PostgreSQL's throughput. The benchmark reports; it does not fail on a missed goal (it exits 1
 only when a server cannot be started or pgbench itself fails).
@@ -169,6 +172,9 @@ class Audiolake:
     def create(self, rows):
         psql(pg_env(self.port, self.user), CREATE.format(rows=rows))
 
+    def pid(self):
+        return self.proc.pid
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -227,11 +233,22 @@ class Postgres:
         psql(env, CREATE.format(rows=rows))
         psql(env, "ALTER TABLE tracks ADD PRIMARY KEY (id); ANALYZE tracks")
 
+    def pid(self):
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            return int(f.readline())
+
     def stop(self):
         if self.started:
             subprocess.run(self.as_user + [os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m", "fast",
                                            "-w", "stop"], capture_output=True, cwd=self.dir, timeout=60)
             self.started = False
+
+
+def cpu_seconds(pid):
+    """CPU time of process pid and of its ended children (utime, stime, cutime, cstime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values, q):
@@ -311,7 +328,12 @@ def bench(server, tmp):
         os.makedirs(log_dir)
         print(f"  pgbench -M {ARGS.mode} -c {ARGS.clients} -j {ARGS.threads} -T {ARGS.duration} "
               f"(point and range queries)")
+        # The warm-up's backends have ended (PostgreSQL's count once they have).
+        time.sleep(0.5)
+        cpu = cpu_seconds(server.pid())
         out, numbers = pgbench(server, scripts, ARGS.duration, log_dir)
+        time.sleep(0.5)
+        cpu = cpu_seconds(server.pid()) - cpu
         if numbers["exit"] != 0 or "tps" not in numbers:
             print(out)
             die(f"{server.name}: pgbench failed (exit {numbers['exit']})")
@@ -326,6 +348,7 @@ def bench(server, tmp):
             "point_p95": percentile(by_script.get(0, []), 95),
             "range_p95": percentile(by_script.get(1, []), 95),
             "answers": answers,
+            "cpu_ms": 1000 * cpu / max(len(every), 1),
         }
         print(f"  {result['queries']} queries, {result['qps']:.0f}/s, {result['failed']} failed")
         return result
@@ -362,17 +385,19 @@ def main():
 
     print(f"\npgbench -M {ARGS.mode}, {ARGS.clients} clients, {ARGS.threads} threads, {ARGS.duration} s, "
           f"{ARGS.rows} rows; latency in ms")
-    header = f"{'server':<12}{'queries/s':>11}{'p50':>9}{'p95':>9}{'p99':>9}{'point p95':>11}{'range p95':>11}{'failed':>8}"
+    header = (f"{'server':<12}{'queries/s':>11}{'p50':>9}{'p95':>9}{'p99':>9}{'point p95':>11}{'range p95':>11}"
+              f"{'cpu ms/q':>10}{'failed':>8}")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(f"{name:<12}{r['qps']:>11.0f}{r['p50']:>9.2f}{r['p95']:>9.2f}{r['p99']:>9.2f}"
-              f"{r['point_p95']:>11.2f}{r['range_p95']:>11.2f}{r['failed']:>8}")
+              f"{r['point_p95']:>11.2f}{r['range_p95']:>11.2f}{r['cpu_ms']:>10.3f}{r['failed']:>8}")
     al, pg = results.get("audiolake"), results.get("postgresql")
     if al and pg:
         print(f"{'ratio a/p':<12}{al['qps'] / pg['qps']:>11.2f}{al['p50'] / pg['p50']:>9.1f}"
               f"{al['p95'] / pg['p95']:>9.1f}{al['p99'] / pg['p99']:>9.1f}"
-              f"{al['point_p95'] / pg['point_p95']:>11.1f}{al['range_p95'] / pg['range_p95']:>11.1f}")
+              f"{al['point_p95'] / pg['point_p95']:>11.1f}{al['range_p95'] / pg['range_p95']:>11.1f}"
+              f"{al['cpu_ms'] / pg['cpu_ms']:>10.1f}")
         if al["answers"] != pg["answers"]:
             print("\nWARNING: the servers answered the check queries differently:")
             for q, a, p in zip(CHECKS, al["answers"], pg["answers"]):

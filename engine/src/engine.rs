@@ -452,8 +452,14 @@ impl Engine {
 
     /// Splits `sql` into statements with the session's dialect.
     pub fn parse(&self, sql: &str) -> Result<VecDeque<Statement>> {
-        let state = self.ctx.state();
-        let dialect_name = state.config_options().sql_parser.dialect;
+        // Read in place: `state()` would copy the whole session for one setting.
+        let dialect_name = self
+            .ctx
+            .state_ref()
+            .read()
+            .config_options()
+            .sql_parser
+            .dialect;
         let dialect = dialect_from_str(dialect_name).ok_or_else(|| {
             EngineError::Setting(format!("unsupported SQL dialect {dialect_name}"))
         })?;

@@ -675,6 +675,75 @@ fn prometheus_metrics() {
     assert!(http_get(port, "/other").contains("404"));
 }
 
+/// Plans are shared by the connections and reused (psql 16's `\bind` sends the same statement
+/// text each time, through the extended protocol), never once what they read has changed: a
+/// table made again, a setting, the connected database; rows added are read, `now()` moves on.
+#[test]
+fn cached_plans_follow_tables_settings_and_time() {
+    let Some(psql) = psql16() else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = PgServer::start(AUDIOLAKE, &["--metrics-listen", &listen]);
+    let count = "SELECT count(*) FROM t WHERE x > $1 \\bind 0 \\g\n";
+    let row = "SELECT * FROM t WHERE x = $1 \\bind 10 \\g\n";
+    let upper = "SELECT count(*) FROM T WHERE x > $1 \\bind 0 \\g\n";
+    let clock = "SELECT CAST(extract(epoch FROM now()) * 1000000 AS BIGINT) + $1 \\bind 0 \\g\n";
+    let script = [
+        "CREATE TABLE t AS SELECT 10 AS x;\n",
+        count,
+        count,
+        row,
+        "INSERT INTO t VALUES (20);\n",
+        count,
+        "DROP TABLE t;\n",
+        "CREATE TABLE t AS SELECT 10 AS x, 'ten' AS name UNION ALL SELECT 30, 'thirty' UNION ALL SELECT 40, 'forty';\n",
+        count,
+        row,
+        upper,
+        "SET datafusion.sql_parser.enable_ident_normalization = false;\n",
+        upper,
+        "SET datafusion.sql_parser.enable_ident_normalization = true;\n",
+        upper,
+        clock,
+        "SELECT pg_sleep(0.01);\n",
+        clock,
+        "SELECT current_database() \\bind \\g\n",
+        "\\c other\n",
+        "SELECT current_database() \\bind \\g\n",
+    ]
+    .concat();
+    let out = server.psql_script_with(&psql, ALICE, &script, &["-q"]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let errors = stderr(&out);
+    assert_eq!(
+        lines[..8],
+        ["1", "1", "10", "2", "3", "10|ten", "3", "3"][..],
+        "{lines:?} {errors}"
+    );
+    // With identifiers kept as written, `T` is not `t`.
+    assert_eq!(errors.matches("ERROR:").count(), 1, "{errors}");
+    assert!(errors.contains("T"), "{errors}");
+    let times: Vec<i64> = lines[8..10].iter().map(|l| l.parse().unwrap()).collect();
+    assert!(times[1] > times[0], "now() was frozen: {lines:?}");
+    assert_eq!(lines[10..], ["audiolake", "other"], "{lines:?}");
+    let text = http_get(port, "/metrics");
+    assert!(
+        metric(&text, "audiolake_plan_cache_hits_total ") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "audiolake_plan_cache_misses_total ") >= 1.0,
+        "{text}"
+    );
+}
+
 #[test]
 fn vector_search_through_psql() {
     if !have("psql") {

@@ -36,6 +36,8 @@ pub struct Metrics {
     connections_refused: Counter,
     queries: Family<OutcomeLabel, Counter>,
     latency: Histogram,
+    plan_cache_hits: Counter,
+    plan_cache_misses: Counter,
 }
 
 impl Metrics {
@@ -74,6 +76,18 @@ impl Metrics {
             "Time from receiving a statement to sending its last row",
             latency.clone(),
         );
+        let plan_cache_hits = Counter::default();
+        let plan_cache_misses = Counter::default();
+        registry.register(
+            "plan_cache_hits",
+            "Statements whose plan was found in the plan cache",
+            plan_cache_hits.clone(),
+        );
+        registry.register(
+            "plan_cache_misses",
+            "Statements looked up in the plan cache and planned anew",
+            plan_cache_misses.clone(),
+        );
         registry.register_collector(Box::new(StoreCollector(lake)));
         Self {
             registry,
@@ -82,6 +96,8 @@ impl Metrics {
             connections_refused,
             queries,
             latency,
+            plan_cache_hits,
+            plan_cache_misses,
         }
     }
 
@@ -106,6 +122,14 @@ impl Metrics {
         };
         self.queries.get_or_create(&OutcomeLabel { outcome }).inc();
         self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// A lookup in the plan cache, `hit` when a plan was reused.
+    pub fn plan_cache_lookup(&self, hit: bool) {
+        match hit {
+            true => self.plan_cache_hits.inc(),
+            false => self.plan_cache_misses.inc(),
+        };
     }
 
     fn render(&self) -> String {

@@ -2,6 +2,12 @@
 //! session of the connection's own, with what audiolake adds around it: statements that must
 //! pass the engine, read-only users, `COPY ... TO STDOUT`, savepoints, cancellation and
 //! `statement_timeout` over the whole execution (rows included), SQLSTATEs, and metrics.
+//! Queries run on a path of their own: parsed and planned once (plans shared by the
+//! connections, see `plan_cache`), optimised once, on a state the session keeps.
+
+mod execute;
+mod plan_cache;
+mod snapshot;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -45,7 +52,9 @@ use super::errors::{self, error, with_sqlstate};
 use super::plan_writes;
 use super::running::Running;
 use super::server::Server;
-use super::statements::{classify, Call, CallError, Classified, Route, Savepoint};
+use super::statements::{classify, pg_parser, Call, CallError, Classified, Route, Savepoint};
+use plan_cache::PLANS;
+use snapshot::Snapshots;
 
 /// datafusion-postgres keeps `SET statement_timeout` in the client's metadata under this key.
 const STATEMENT_TIMEOUT_KEY: &str = "statement_timeout_ms";
@@ -57,6 +66,7 @@ pub struct Session {
     ctx: Arc<SessionContext>,
     inner: Arc<DfSessionService>,
     parser: Arc<SessionParser>,
+    snapshots: Arc<Snapshots>,
     activity: Arc<Activity>,
     /// This connection's cancel signal, registered with the server at the first statement
     /// (the backend key is known only after authentication).
@@ -69,9 +79,11 @@ impl Session {
     pub fn new(server: Arc<Server>, activity: Arc<Activity>) -> Self {
         let ctx = Arc::new(server.lake.engine().new_session());
         let inner = Arc::new(DfSessionService::new(Arc::clone(&ctx)));
+        let snapshots = Arc::new(Snapshots::default());
         let parser = Arc::new(SessionParser {
             server: Arc::clone(&server),
             ctx: Arc::clone(&ctx),
+            snapshots: Arc::clone(&snapshots),
             inner: inner.query_parser(),
         });
         Self {
@@ -79,6 +91,7 @@ impl Session {
             ctx,
             inner,
             parser,
+            snapshots,
             activity,
             cancel: std::sync::OnceLock::new(),
             savepoints: Mutex::new(Vec::new()),
@@ -334,15 +347,28 @@ impl Session {
         )))
     }
 
-    /// Runs `text` in datafusion-postgres's session; a single statement DataFusion refused for
-    /// repeated result names runs again with them made unique (see `compat::output_names`).
-    async fn run_in_session<C>(&self, client: &mut C, text: &str) -> PgWireResult<Vec<Response>>
+    /// Runs `text` in the session: a query on the query path (see `run_query`), anything else
+    /// in datafusion-postgres's session; a single statement DataFusion refused for repeated
+    /// result names runs again with them made unique (see `compat::output_names`).
+    async fn run_in_session<C>(
+        &self,
+        client: &mut C,
+        text: &str,
+        query: bool,
+    ) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // In a failed transaction block the session refuses the query.
+        if query && client.transaction_status() != TransactionStatus::Error {
+            if let Some(response) = self.run_query(client, text).await? {
+                return Ok(vec![response]);
+            }
+        }
+        self.snapshots.clear();
         let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, text).await;
         let aliased = match &result {
             Err(e) if compat::is_repeated_name_error(&e.to_string()) => {
@@ -357,6 +383,66 @@ impl Session {
             None => result,
         };
         result.map_err(|e| errors::with_sqlstate_in(&self.ctx.state(), text, e))
+    }
+
+    /// Runs `text`, one query, from its plan (the cached one, or one made from a single parse);
+    /// `None` for a query the session must run: one that writes (`SELECT ... INTO`) or whose
+    /// repeated result names DataFusion refused.
+    async fn run_query<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        text: &str,
+    ) -> PgWireResult<Option<Response>> {
+        let snapshot = self.snapshots.take(&self.ctx);
+        let result = async {
+            let plan = match PLANS.get(text, &snapshot, &self.server.metrics).await {
+                Some((_, Some((_, plan)))) => plan,
+                _ => {
+                    let Some(parsed) = plan_query(text, &snapshot.state).await? else {
+                        return Ok(None);
+                    };
+                    PLANS.put(text, &snapshot, &parsed).await;
+                    match parsed {
+                        (_, Some((_, plan))) => plan,
+                        (_, None) => return Ok(None),
+                    }
+                }
+            };
+            let rows = execute::query(
+                &snapshot,
+                &plan,
+                &Format::UnifiedText,
+                format_options(client),
+            )
+            .await?;
+            Ok(Some(Response::Query(rows)))
+        }
+        .await;
+        self.snapshots.put(snapshot);
+        result.map_err(|e| errors::with_sqlstate_in(&self.ctx.state(), text, e))
+    }
+
+    /// Runs a planned query of the extended protocol with the portal's parameters.
+    async fn run_planned<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+        portal: &Portal<DfStatementTuple>,
+        plan: &LogicalPlan,
+    ) -> PgWireResult<Response> {
+        let types = self
+            .parser
+            .get_parameter_types(&portal.statement.statement)?;
+        let plan = execute::bind(portal, plan, &types).map_err(with_sqlstate)?;
+        let snapshot = self.snapshots.take(&self.ctx);
+        let result = execute::query(
+            &snapshot,
+            &plan,
+            &portal.result_column_format,
+            format_options(client),
+        )
+        .await;
+        self.snapshots.put(snapshot);
+        result.map(Response::Query).map_err(with_sqlstate)
     }
 
     /// Runs statements one by one, as PostgreSQL does: the results of those before a failing
@@ -382,7 +468,7 @@ impl Session {
                     .run_copy_out(copy, format_options(client))
                     .await
                     .map(|r| vec![r]),
-                Route::Session => self.run_in_session(client, &item.text).await,
+                Route::Session => self.run_in_session(client, &item.text, item.query).await,
             };
             match result {
                 Ok(r) => {
@@ -444,12 +530,12 @@ impl SimpleQueryHandler for Session {
                     self.authorize_plans(client, &items).await?;
                     match items.as_slice() {
                         [item] if matches!(item.route, Route::Session) && !item.rewritten => {
-                            self.run_in_session(client, query).await
+                            self.run_in_session(client, query, item.query).await
                         }
                         _ => Ok(self.run_each(client, items).await),
                     }
                 }
-                None => self.run_in_session(client, query).await,
+                None => self.run_in_session(client, query, false).await,
             }
         };
         running
@@ -556,10 +642,26 @@ impl ExtendedQueryHandler for Session {
                 Some(Route::Savepoint(savepoint)) => {
                     self.run_savepoint(client.transaction_status(), savepoint)
                 }
-                _ => ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows)
-                    .await
-                    .map(compat::client_response)
-                    .map_err(with_sqlstate),
+                _ => match planned {
+                    Some((Statement::Query(_), plan))
+                        if !plan_writes::writes(plan)
+                            && client.transaction_status() != TransactionStatus::Error =>
+                    {
+                        self.run_planned(client, portal, plan).await
+                    }
+                    _ => {
+                        self.snapshots.clear();
+                        ExtendedQueryHandler::do_query(
+                            self.inner.as_ref(),
+                            client,
+                            portal,
+                            max_rows,
+                        )
+                        .await
+                        .map(compat::client_response)
+                        .map_err(with_sqlstate)
+                    }
+                },
             }
         };
         running.run(result).await.map(|r| running.guard(r))
@@ -570,8 +672,9 @@ impl ExtendedQueryHandler for Session {
 /// read-only users checked before anything is planned.
 pub struct SessionParser {
     server: Arc<Server>,
-    /// The connection's session (for the SQLSTATEs of planning errors).
+    /// The connection's session (for planning, and the SQLSTATEs of planning errors).
     ctx: Arc<SessionContext>,
+    snapshots: Arc<Snapshots>,
     inner: Arc<datafusion_postgres::Parser>,
 }
 
@@ -585,6 +688,47 @@ impl QueryParser for SessionParser {
         sql: &str,
         types: &[Option<Type>],
     ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let snapshot = self.snapshots.take(&self.ctx);
+        let parsed = match PLANS.get(sql, &snapshot, &self.server.metrics).await {
+            Some(parsed) => Ok(Some(parsed)),
+            None => {
+                let parsed = self.parse_anew(client, sql, types).await;
+                if let Ok(Some(parsed)) = &parsed {
+                    PLANS.put(sql, &snapshot, parsed).await;
+                }
+                parsed
+            }
+        };
+        self.snapshots.put(snapshot);
+        parsed
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let fields = self.inner.get_result_schema(stmt, column_format)?;
+        Ok(compat::client_fields(fields))
+    }
+}
+
+impl SessionParser {
+    /// `sql` classified, and planned unless it runs elsewhere, with read-only users checked
+    /// before anything is planned.
+    async fn parse_anew<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<DfStatementTuple>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -614,21 +758,6 @@ impl QueryParser for SessionParser {
         self.authorized(client, sql, parsed)
     }
 
-    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        self.inner.get_parameter_types(stmt)
-    }
-
-    fn get_result_schema(
-        &self,
-        stmt: &Self::Statement,
-        column_format: Option<&Format>,
-    ) -> PgWireResult<Vec<FieldInfo>> {
-        let fields = self.inner.get_result_schema(stmt, column_format)?;
-        Ok(compat::client_fields(fields))
-    }
-}
-
-impl SessionParser {
     /// `parsed`, unless a read-only user may not run its plan.
     fn authorized<C: ClientInfo + ?Sized>(
         &self,
@@ -685,4 +814,29 @@ fn read_only_refusal(user: Option<&str>, text: &str) -> PgWireError {
             user.unwrap_or_default()
         ),
     )
+}
+
+/// `text`, one query, parsed as datafusion-postgres parses it and planned on `state` (with the
+/// parameter types PostgreSQL would infer, as a prepared statement's); `None` for what the
+/// session must run: a query that writes (`SELECT ... INTO`) or whose repeated result names
+/// DataFusion refused, or text datafusion-postgres's parser refuses (it says why).
+async fn plan_query(text: &str, state: &SessionState) -> PgWireResult<Option<DfStatementTuple>> {
+    let api = |e: DataFusionError| PgWireError::ApiError(Box::new(e));
+    let Ok(mut statements) = pg_parser().parse(text) else {
+        return Ok(None);
+    };
+    let (Some(statement), None) = (statements.pop(), statements.pop()) else {
+        return Ok(None);
+    };
+    let plan = match state
+        .statement_to_plan(DfStatement::Statement(Box::new(statement.clone())))
+        .await
+    {
+        Err(e) if compat::is_repeated_name_error(&e.to_string()) => return Ok(None),
+        planned => compat::infer_parameter_types(planned.map_err(api)?).map_err(api)?,
+    };
+    if plan_writes::writes(&plan) {
+        return Ok(None);
+    }
+    Ok(Some((statement.to_string(), Some((statement, plan)))))
 }

@@ -2,6 +2,8 @@
 //! checks locations and records tables in the store), whether it writes, and the options of a
 //! `COPY ... TO STDOUT`.
 
+use std::sync::LazyLock;
+
 use audiolake::Engine;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -60,6 +62,9 @@ pub struct Classified {
     pub text: String,
     /// Whether `text` was rewritten for PostgreSQL compatibility (see `compat::rewrite`).
     pub rewritten: bool,
+    /// Whether the statement is a query (`SELECT`, `VALUES`, ...), which the session runs on
+    /// its query path.
+    pub query: bool,
     /// For statements the session runs, what DataFusion will plan for it: the statement, or a
     /// `DECLARE`d cursor's query (planned at `FETCH`). A read-only user's is judged on its plan.
     pub runs: Option<DfStatement>,
@@ -94,7 +99,7 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
             )
             .collect()));
     }
-    let statements = PostgresCompatibilityParser::new().parse(sql).ok()?;
+    let statements = pg_parser().parse(sql).ok()?;
     Some(
         statements
             .into_iter()
@@ -102,6 +107,7 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
                 let writes = !is_read(&statement) || !read_only_may_set(engine, &statement);
                 let rewritten = compat::rewrite(&mut statement);
                 let text = statement.to_string();
+                let query = matches!(statement, Statement::Query(_));
                 let (route, runs) = match copy_out(&statement) {
                     Some(copy) => (Route::CopyOut(copy?), None),
                     None => (Route::Session, Some(what_runs(statement))),
@@ -111,11 +117,19 @@ pub fn classify(engine: &Engine, sql: &str) -> Option<Result<Vec<Classified>, St
                     writes,
                     text,
                     rewritten,
+                    query,
                     runs,
                 })
             })
             .collect(),
     )
+}
+
+/// datafusion-postgres's parser, made once: making one parses the client queries it replaces.
+pub fn pg_parser() -> &'static PostgresCompatibilityParser {
+    static PARSER: LazyLock<PostgresCompatibilityParser> =
+        LazyLock::new(PostgresCompatibilityParser::new);
+    &PARSER
 }
 
 fn rewrite_df(statement: &mut DfStatement) -> bool {
@@ -129,6 +143,8 @@ fn rewrite_df(statement: &mut DfStatement) -> bool {
 fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
     let rewritten = rewrite_df(&mut statement);
     let text = statement.to_string();
+    let query = matches!(&statement, DfStatement::Statement(inner)
+        if matches!(inner.as_ref(), Statement::Query(_)));
     if let DfStatement::Statement(inner) = &statement {
         if let Statement::Call(function) = inner.as_ref() {
             return Classified {
@@ -136,6 +152,7 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 writes: true,
                 text,
                 rewritten,
+                query,
                 runs: None,
             };
         }
@@ -145,6 +162,7 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
                 writes: false,
                 text,
                 rewritten,
+                query,
                 runs: None,
             };
         }
@@ -181,6 +199,7 @@ fn classify_df(engine: &Engine, mut statement: DfStatement) -> Classified {
         writes,
         text,
         rewritten,
+        query,
         runs,
     }
 }

@@ -43,7 +43,7 @@ pub fn connect(ctx: &SessionContext, name: &str) {
 }
 
 /// The connected database's name in `config`, once a client connected.
-pub(super) fn of(config: &SessionConfig) -> Option<String> {
+pub fn of(config: &SessionConfig) -> Option<String> {
     config
         .get_extension::<ClientDatabase>()
         .map(|db| db.0.clone())

@@ -11,7 +11,7 @@ mod parameters;
 mod rewrite;
 
 pub use catalog::correct_pg_catalog;
-pub use database::connect as connect_database;
+pub use database::{connect as connect_database, of as connected_database};
 pub use functions::register;
 pub use output_names::{
     alias_repeated_names_in, client_fields, client_response, is_repeated_name_error,
