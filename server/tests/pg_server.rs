@@ -236,6 +236,10 @@ fn errors_carry_sqlstates_and_the_session_goes_on() {
                   SELEC 1;\n\
                   SELECT 1/0;\n\
                   SELECT no_such_function(1);\n\
+                  BEGIN;\n\
+                  SELECT 1/0;\n\
+                  SELECT 'ignored';\n\
+                  ROLLBACK;\n\
                   SELECT 'still here';\n";
     let out = server.psql_script(ALICE, script, &[]);
     let err = stderr(&out);
@@ -245,10 +249,11 @@ fn errors_carry_sqlstates_and_the_session_goes_on() {
         "ERROR:  42601:",
         "ERROR:  22012:",
         "ERROR:  42883:",
+        "ERROR:  25P02:",
     ] {
         assert!(err.contains(code), "no {code} in {err}");
     }
-    assert_eq!(stdout(&out).trim(), "still here");
+    assert_eq!(stdout(&out).trim(), "BEGIN\nROLLBACK\nstill here");
 }
 
 #[test]

@@ -127,6 +127,18 @@ fn missing_object(state: &SessionState, statement: &DfStatement) -> Option<&'sta
     unknown.is_break().then_some(UNDEFINED_FUNCTION)
 }
 
+/// An error of datafusion-postgres for a statement sent in a failed transaction block: it
+/// refuses them with 25P01 (no active transaction), where PostgreSQL's code is 25P02.
+pub fn in_failed_block(error: PgWireError) -> PgWireError {
+    match error {
+        PgWireError::UserError(mut info) if info.code == NO_ACTIVE_SQL_TRANSACTION => {
+            info.code = IN_FAILED_SQL_TRANSACTION.to_owned();
+            PgWireError::UserError(info)
+        }
+        other => other,
+    }
+}
+
 pub fn from_engine(e: EngineError) -> PgWireError {
     error(engine_code(&e), e.to_string())
 }

@@ -369,6 +369,7 @@ impl Session {
             }
         }
         self.snapshots.clear();
+        let failed_block = client.transaction_status() == TransactionStatus::Error;
         let result = SimpleQueryHandler::do_query(self.inner.as_ref(), client, text).await;
         let aliased = match &result {
             Err(e) if compat::is_repeated_name_error(&e.to_string()) => {
@@ -382,7 +383,10 @@ impl Session {
                 .map(|responses| responses.into_iter().map(compat::client_response).collect()),
             None => result,
         };
-        result.map_err(|e| errors::with_sqlstate_in(&self.ctx.state(), text, e))
+        result.map_err(|e| match failed_block {
+            true => errors::in_failed_block(e),
+            false => errors::with_sqlstate_in(&self.ctx.state(), text, e),
+        })
     }
 
     /// Runs `text`, one query, from its plan (the cached one, or one made from a single parse);
@@ -651,6 +655,7 @@ impl ExtendedQueryHandler for Session {
                     }
                     _ => {
                         self.snapshots.clear();
+                        let failed_block = client.transaction_status() == TransactionStatus::Error;
                         ExtendedQueryHandler::do_query(
                             self.inner.as_ref(),
                             client,
@@ -659,7 +664,10 @@ impl ExtendedQueryHandler for Session {
                         )
                         .await
                         .map(compat::client_response)
-                        .map_err(with_sqlstate)
+                        .map_err(|e| match failed_block {
+                            true => errors::in_failed_block(e),
+                            false => with_sqlstate(e),
+                        })
                     }
                 },
             }

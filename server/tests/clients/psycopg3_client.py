@@ -313,6 +313,8 @@ def savepoints():
         e = expect_error("3B001", lambda: conn.execute("RELEASE SAVEPOINT never_made"))
         assert str(e).startswith('savepoint "never_made" does not exist'), str(e)
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        # What follows in the failed block is refused with PostgreSQL's 25P02.
+        expect_error("25P02", lambda: conn.execute("SELECT count(*) FROM music"))
         conn.rollback()
         assert conn.execute("SELECT count(*) FROM music").fetchone()[0] == 5
         conn.rollback()
