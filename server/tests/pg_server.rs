@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use audiolake_testkit::moto::free_port;
 use audiolake_testkit::paths::music;
 use audiolake_testkit::pgserver::{self, have, stderr, stdout, PgServer, ALICE, BOB};
 
@@ -643,11 +644,7 @@ fn prometheus_metrics() {
     if !have("psql") {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let server = PgServer::start(AUDIOLAKE, &["--metrics-listen", &listen]);
     let ok = server.psql(ALICE, &["-c", "SELECT count(*) FROM music"]);
@@ -688,11 +685,7 @@ fn cached_plans_follow_tables_settings_and_time() {
     let Some(psql) = psql16() else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let server = PgServer::start(AUDIOLAKE, &["--metrics-listen", &listen]);
     let count = "SELECT count(*) FROM t WHERE x > $1 \\bind 0 \\g\n";

@@ -4,13 +4,13 @@
 //! the process and the previous build stays the index's. Without psql or moto_server a test
 //! prints why and passes.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use audiolake_testkit::moto::Moto;
-use audiolake_testkit::pgserver::{have, stderr};
+use audiolake_testkit::pgserver::{have, listening_port, stderr};
 use datafusion::object_store::ObjectStore;
 use futures::TryStreamExt;
 
@@ -41,14 +41,7 @@ impl Serving {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split_whitespace()
-            .find_map(|w| w.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
-            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        let port = listening_port(&mut child);
         Self { child, port }
     }
 

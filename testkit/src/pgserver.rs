@@ -52,6 +52,18 @@ pub fn write_users(bin: &str, dir: &Path) -> PathBuf {
     users
 }
 
+/// The port `audiolake serve` says it listens on, in the first line of its standard output
+/// (piped).
+pub fn listening_port(child: &mut Child) -> u16 {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.split_whitespace()
+        .find_map(|w| w.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+}
+
 impl PgServer {
     /// The `audiolake` binary `bin` serving, with passwords (the users file) and `extra`
     /// arguments.
@@ -78,14 +90,7 @@ impl PgServer {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split_whitespace()
-            .find_map(|w| w.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
-            .unwrap_or_else(|| panic!("server did not start: {line:?}"));
+        let port = listening_port(&mut child);
         PgServer {
             child,
             port,
