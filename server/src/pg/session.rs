@@ -399,13 +399,13 @@ impl Session {
     ) -> PgWireResult<Option<Response>> {
         let snapshot = self.snapshots.take(&self.ctx);
         let result = async {
-            let plan = match PLANS.get(text, &snapshot, &self.server.metrics).await {
+            let plan = match PLANS.get(text, &[], &snapshot, &self.server.metrics).await {
                 Some((_, Some((_, plan)))) => plan,
                 _ => {
                     let Some(parsed) = plan_query(text, &snapshot.state).await? else {
                         return Ok(None);
                     };
-                    PLANS.put(text, &snapshot, &parsed).await;
+                    PLANS.put(text, &[], &snapshot, &parsed).await;
                     match parsed {
                         (_, Some((_, plan))) => plan,
                         (_, None) => return Ok(None),
@@ -700,12 +700,12 @@ impl QueryParser for SessionParser {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let snapshot = self.snapshots.take(&self.ctx);
-        let parsed = match PLANS.get(sql, &snapshot, &self.server.metrics).await {
+        let parsed = match PLANS.get(sql, types, &snapshot, &self.server.metrics).await {
             Some(parsed) => Ok(Some(parsed)),
             None => {
                 let parsed = self.parse_anew(client, sql, types).await;
                 if let Ok(Some(parsed)) = &parsed {
-                    PLANS.put(sql, &snapshot, parsed).await;
+                    PLANS.put(sql, types, &snapshot, parsed).await;
                 }
                 parsed
             }

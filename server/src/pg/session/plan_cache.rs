@@ -6,8 +6,8 @@
 //! and made again, a view replaced or a feature table republished is planned anew). Rows added
 //! to a table, in memory or as files, need nothing: they are read when the plan runs.
 //!
-//! Keyed by the statement's text and the session's settings (see `snapshot`). `audiolake serve`
-//! runs one server per process, so the cache is the process's.
+//! Keyed by the statement's text, the declared parameter types and the session's settings (see
+//! `snapshot`). `audiolake serve` runs one server per process, so the cache is the process's.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, LazyLock};
@@ -17,6 +17,7 @@ use datafusion::datasource::{source_as_provider, TableProvider};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{LogicalPlan, TableSource};
 use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::pgwire::api::Type;
 use lru::LruCache;
 use parking_lot::Mutex;
 
@@ -34,8 +35,18 @@ const MAX_TEXT: usize = 16 * 1024;
 
 pub(super) static PLANS: LazyLock<PlanCache> = LazyLock::new(PlanCache::new);
 
+/// A statement's text, the session's settings (see `snapshot`) and the parameter types the
+/// client declared (their OIDs, 0 for those left to the server): two clients that send the same
+/// text with other types get plans of their own.
+type Key = (String, u64, Vec<u32>);
+
+fn key(sql: &str, snapshot: &Snapshot, declared: &[Option<Type>]) -> Key {
+    let declared = declared.iter().map(|t| t.as_ref().map_or(0, Type::oid));
+    (sql.to_owned(), snapshot.settings, declared.collect())
+}
+
 pub(super) struct PlanCache {
-    plans: Mutex<LruCache<(String, u64), DfStatementTuple>>,
+    plans: Mutex<LruCache<Key, DfStatementTuple>>,
 }
 
 impl PlanCache {
@@ -47,15 +58,17 @@ impl PlanCache {
         }
     }
 
-    /// The plan made before of `sql` in a session with the settings of `snapshot`, if the
-    /// tables it reads are still those of the catalog; counted as a hit or a miss.
+    /// The plan made before of `sql` with the parameter types `declared` in a session with the
+    /// settings of `snapshot`, if the tables it reads are still those of the catalog; counted
+    /// as a hit or a miss.
     pub(super) async fn get(
         &self,
         sql: &str,
+        declared: &[Option<Type>],
         snapshot: &Snapshot,
         metrics: &Metrics,
     ) -> Option<DfStatementTuple> {
-        let key = (sql.to_owned(), snapshot.settings);
+        let key = key(sql, snapshot, declared);
         let cached = self.plans.lock().get(&key).cloned();
         let current = match &cached {
             Some((_, Some((_, plan)))) => reads_current_tables(plan, &snapshot.state).await,
@@ -71,7 +84,13 @@ impl PlanCache {
 
     /// Keeps the plan `parsed` of `sql`, if it is a query that writes nothing and reads only
     /// tables of the catalog (not those a table function makes).
-    pub(super) async fn put(&self, sql: &str, snapshot: &Snapshot, parsed: &DfStatementTuple) {
+    pub(super) async fn put(
+        &self,
+        sql: &str,
+        declared: &[Option<Type>],
+        snapshot: &Snapshot,
+        parsed: &DfStatementTuple,
+    ) {
         let (_, Some((Statement::Query(_), plan))) = parsed else {
             return;
         };
@@ -83,7 +102,7 @@ impl PlanCache {
         }
         self.plans
             .lock()
-            .put((sql.to_owned(), snapshot.settings), parsed.clone());
+            .put(key(sql, snapshot, declared), parsed.clone());
     }
 }
 
@@ -157,7 +176,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn long_statements_are_not_kept() {
+    async fn long_statements_are_not_kept_and_declared_types_key_plans_of_their_own() {
         let ctx = SessionContext::new();
         let snapshot = super::super::snapshot::Snapshots::default().take(&ctx);
         let cache = PlanCache::new();
@@ -173,14 +192,16 @@ mod tests {
                 unreachable!()
             };
             let plan = snapshot.state.create_logical_plan(&sql).await.unwrap();
+            let parsed = (sql.clone(), Some((*statement, plan)));
+            cache.put(&sql, &[], &snapshot, &parsed).await;
+            // The same text with a declared parameter type is another plan.
             cache
-                .put(&sql, &snapshot, &(sql.clone(), Some((*statement, plan))))
+                .put(&sql, &[Some(Type::INT4)], &snapshot, &parsed)
                 .await;
         }
-        assert_eq!(cache.plans.lock().len(), 1);
-        assert!(cache
-            .plans
-            .lock()
-            .contains(&("SELECT 1".to_owned(), snapshot.settings)));
+        let plans = cache.plans.lock();
+        assert_eq!(plans.len(), 2);
+        assert!(plans.contains(&key("SELECT 1", &snapshot, &[])));
+        assert!(plans.contains(&key("SELECT 1", &snapshot, &[Some(Type::INT4)])));
     }
 }
