@@ -163,6 +163,14 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// How long CSV, JSON and Parquet tables reuse the listing of their location (default one
+    /// second): files other processes add or remove are seen once it expires, the lake's own
+    /// writes at once. Zero lists at every query.
+    pub fn listing_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.config.listing_ttl = ttl;
+        self
+    }
+
     pub async fn build(self) -> Result<AudioLake> {
         Ok(AudioLake {
             engine: Engine::open(self.config).await?,

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use audiolake_udf::features::{self, musicnn};
 use datafusion::arrow::array::AsArray;
@@ -13,7 +14,6 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
-use datafusion::execution::cache::cache_manager::CacheManagerConfig;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::FunctionRegistry;
@@ -37,6 +37,7 @@ use crate::index::registry::Indexes;
 use crate::index::similar::Similar;
 use crate::index::system_table::IndexTable;
 use crate::jobs::{AnalyzeReport, Jobs, ProgressTable};
+use crate::listings::{Listings, DEFAULT_LISTING_TTL};
 use crate::location::{object_path, resolve_location, Access, AllowedRoots};
 use crate::object_stores::GuardedRegistry;
 use crate::problems::{ProblemsTable, StoreProblem, StoreProblems};
@@ -60,7 +61,7 @@ pub struct EngineConfig {
     /// When analysis results are published to the feature store.
     pub flush: FlushPolicy,
     /// How long compaction keeps the parts it replaced, for readers that listed them.
-    pub retention: std::time::Duration,
+    pub retention: Duration,
     /// Bytes that query execution may hold at once (sorts, joins, aggregates), across all
     /// sessions; a query that needs more fails with "Resources exhausted". `None`: no limit.
     pub memory_limit: Option<usize>,
@@ -78,6 +79,9 @@ pub struct EngineConfig {
     /// keeping the catalog here; the store must be shared object storage. Needs the
     /// `distributed` feature.
     pub cluster: Option<String>,
+    /// How long CSV, JSON and Parquet tables reuse a listing of their location before listing
+    /// it again; the engine's own writes empty the cache at once. Zero: list at every query.
+    pub listing_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             musicnn_max_patches: musicnn::DEFAULT_MAX_PATCHES,
             secrets_file: None,
             cluster: None,
+            listing_ttl: DEFAULT_LISTING_TTL,
         }
     }
 }
@@ -130,6 +135,7 @@ pub struct Engine {
     jobs: Arc<Jobs>,
     indexes: Arc<Indexes>,
     registry: Arc<GuardedRegistry>,
+    listings: Arc<Listings>,
     secrets: Arc<Secrets>,
     problems: Arc<StoreProblems>,
     /// Patches per forward pass of the networks, kept for `SET audiolake.device`.
@@ -161,15 +167,16 @@ impl Engine {
         }
         let roots = Arc::new(roots);
 
-        // DataFusion keeps directory listings forever by default: a Parquet or CSV table would
-        // never see files added or removed after its first query.
+        let listings = Listings::new(config.listing_ttl);
         let registry = Arc::new(GuardedRegistry::new(
             Arc::clone(&roots),
             Arc::clone(&secrets),
+            Arc::clone(&listings),
         ));
+        // Not DataFusion's default listing cache, which keeps listings forever.
         let mut runtime = RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::clone(&registry) as _)
-            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0));
+            .with_cache_manager(listings.runtime_caches());
         if let Some(bytes) = config.memory_limit {
             runtime = runtime.with_memory_limit(bytes, 1.0);
         }
@@ -297,6 +304,7 @@ impl Engine {
             jobs,
             indexes,
             registry,
+            listings,
             secrets,
             problems,
             model_batch_size: config.batch_size,
@@ -429,7 +437,7 @@ impl Engine {
     pub async fn run_scheduler(
         &self,
         listener: tokio::net::TcpListener,
-        executor_timeout: std::time::Duration,
+        executor_timeout: Duration,
     ) -> Result<()> {
         crate::cluster::check_shared_store(&self.store_url)?;
         crate::cluster::run_scheduler(self.ctx.state(), &self.codecs, listener, executor_timeout)
@@ -573,7 +581,12 @@ impl Engine {
             LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => Some(drop.name.to_string()),
             _ => None,
         };
+        // A table made again under its name may list another store's same path.
+        let ddl = matches!(plan, LogicalPlan::Ddl(_));
         let frame = self.ctx.execute_logical_plan(plan).await?;
+        if ddl {
+            self.listings.forget();
+        }
         if persist == Persist::Yes {
             if let Some(record) = record {
                 self.catalog.save(&record).await?;

@@ -15,6 +15,7 @@ mod functions;
 mod groups;
 pub mod index;
 mod jobs;
+mod listings;
 pub mod location;
 mod object_stores;
 pub mod problems;

@@ -2,7 +2,8 @@
 //! outside the allowed roots. This is the one gate all reads and writes pass through: AUDIO
 //! scans, CSV/Parquet/JSON tables, `COPY ... TO`, the feature store and the catalog alike.
 //! Stores handed to SQL also refuse the store's own folders; the engine keeps a handle of its
-//! own for those ([`GuardedRegistry::engine_store`]).
+//! own for those ([`GuardedRegistry::engine_store`]). Each write that succeeds empties the
+//! cache of table listings, so the next query lists again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,12 +20,13 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     ClientConfigKey, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 use parking_lot::RwLock;
 use url::{Host, Url};
 
 use crate::durable::DurableLocal;
+use crate::listings::Listings;
 use crate::location::{store_url, Access, AllowedRoots};
 use crate::secrets::Secrets;
 
@@ -94,14 +96,16 @@ pub struct GuardedRegistry {
     stores: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
     roots: Arc<AllowedRoots>,
     secrets: Arc<Secrets>,
+    listings: Arc<Listings>,
 }
 
 impl GuardedRegistry {
-    pub fn new(roots: Arc<AllowedRoots>, secrets: Arc<Secrets>) -> Self {
+    pub fn new(roots: Arc<AllowedRoots>, secrets: Arc<Secrets>, listings: Arc<Listings>) -> Self {
         Self {
             stores: RwLock::default(),
             roots,
             secrets,
+            listings,
         }
     }
 
@@ -163,6 +167,7 @@ impl GuardedRegistry {
             base: store_url(url),
             roots: Arc::clone(&self.roots),
             internal,
+            listings: Arc::clone(&self.listings),
         })
     }
 
@@ -262,6 +267,7 @@ struct GuardedStore {
     roots: Arc<AllowedRoots>,
     /// The engine's own handle: the store's folders are reachable.
     internal: bool,
+    listings: Arc<Listings>,
 }
 
 impl fmt::Display for GuardedStore {
@@ -312,7 +318,9 @@ impl ObjectStore for GuardedStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.check(location, Access::Write)?;
-        self.inner.put_opts(location, payload, opts).await
+        let put = self.inner.put_opts(location, payload, opts).await;
+        self.listings.forget();
+        put
     }
 
     async fn put_multipart_opts(
@@ -321,7 +329,11 @@ impl ObjectStore for GuardedStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.check(location, Access::Write)?;
-        self.inner.put_multipart_opts(location, opts).await
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(ListedOnComplete {
+            inner: upload,
+            listings: Arc::clone(&self.listings),
+        }))
     }
 
     async fn get_opts(
@@ -350,7 +362,11 @@ impl ObjectStore for GuardedStore {
         let checked = locations
             .map(move |path| path.and_then(|p| guard.check(&p, Access::Write).map(|()| p)))
             .boxed();
-        self.inner.delete_stream(checked)
+        let listings = Arc::clone(&self.listings);
+        self.inner
+            .delete_stream(checked)
+            .inspect(move |_| listings.forget())
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -391,7 +407,9 @@ impl ObjectStore for GuardedStore {
     ) -> object_store::Result<()> {
         self.check(from, Access::Read)?;
         self.check(to, Access::Write)?;
-        self.inner.copy_opts(from, to, options).await
+        let copied = self.inner.copy_opts(from, to, options).await;
+        self.listings.forget();
+        copied
     }
 
     async fn rename_opts(
@@ -402,7 +420,33 @@ impl ObjectStore for GuardedStore {
     ) -> object_store::Result<()> {
         self.check(from, Access::Write)?;
         self.check(to, Access::Write)?;
-        self.inner.rename_opts(from, to, options).await
+        let renamed = self.inner.rename_opts(from, to, options).await;
+        self.listings.forget();
+        renamed
+    }
+}
+
+/// An upload that empties the listings once its object is in place.
+#[derive(Debug)]
+struct ListedOnComplete {
+    inner: Box<dyn MultipartUpload>,
+    listings: Arc<Listings>,
+}
+
+#[async_trait]
+impl MultipartUpload for ListedOnComplete {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        let done = self.inner.complete().await;
+        self.listings.forget();
+        done
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
     }
 }
 
@@ -418,7 +462,8 @@ mod tests {
         std::fs::write(dir.join("inside.txt"), b"ok").unwrap();
         let mut roots = AllowedRoots::new();
         roots.add(dir.to_str().unwrap()).unwrap();
-        let registry = GuardedRegistry::new(Arc::new(roots), Arc::default());
+        let listings = Listings::new(crate::listings::DEFAULT_LISTING_TTL);
+        let registry = GuardedRegistry::new(Arc::new(roots), Arc::default(), listings);
         let store = registry
             .get_store(&Url::parse("file:///").unwrap())
             .unwrap();

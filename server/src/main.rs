@@ -286,6 +286,12 @@ struct EngineArgs {
     #[cfg(feature = "distributed")]
     #[arg(long, value_name = "URL", env = "AUDIOLAKE_CLUSTER")]
     cluster: Option<String>,
+
+    /// How long CSV, JSON and Parquet tables reuse the listing of their location: files other
+    /// processes add or remove are seen after it, our own writes at once (0: list at every
+    /// query).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    listing_ttl: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -311,7 +317,8 @@ impl EngineArgs {
             .store(&self.store)
             .device(&self.device)
             .model_batch_size(self.batch_size)
-            .musicnn_max_patches(self.musicnn_max_patches);
+            .musicnn_max_patches(self.musicnn_max_patches)
+            .listing_ttl(self.listing_ttl);
         for location in self.allow.iter().chain(&self.music) {
             builder = builder.allow_location(location);
         }
