@@ -138,6 +138,8 @@ async fn open(setup: &Setup) -> AudioLake {
         .store(setup.store.to_str().unwrap())
         .allow_location(setup.data.to_str().unwrap())
         .target_partitions(2)
+        // Files are removed behind the lake's back and must be missed at once.
+        .listing_ttl(std::time::Duration::ZERO)
         .build()
         .await
         .unwrap()

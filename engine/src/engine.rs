@@ -43,6 +43,7 @@ use crate::object_stores::GuardedRegistry;
 use crate::problems::{ProblemsTable, StoreProblem, StoreProblems};
 use crate::progress::ScanProgress;
 use crate::secrets::{self, Secrets, CREDENTIAL_OPTIONS};
+use crate::small_inputs::SmallInputs;
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{
@@ -230,6 +231,7 @@ impl Engine {
             .with_default_features()
             .with_analyzer_rule(Arc::new(KnnRule::new(Arc::clone(&indexes))))
             .with_optimizer_rule(Arc::new(LateAnalysis::new(Arc::new(analyze.clone()))))
+            .with_physical_optimizer_rule(Arc::new(SmallInputs))
             .build();
         state.register_expr_planner(Arc::new(OperatorPlanner::default()))?;
         state.table_factories_mut().insert(

@@ -21,6 +21,7 @@ mod object_stores;
 pub mod problems;
 mod progress;
 mod secrets;
+mod small_inputs;
 mod snapshot;
 pub mod sql;
 mod store;

@@ -115,6 +115,7 @@ impl Cache<TableScopedPath, CachedFileList> for Listings {
 mod tests {
     use super::*;
     use object_store::path::Path;
+    use object_store::ObjectMeta;
 
     fn key(table: Option<&str>) -> TableScopedPath {
         TableScopedPath {
@@ -123,12 +124,23 @@ mod tests {
         }
     }
 
+    /// A listing of one file (an empty one has size 0, which the cache refuses).
+    fn one_file() -> CachedFileList {
+        CachedFileList::new(vec![ObjectMeta {
+            location: Path::from("data/t/a.parquet"),
+            last_modified: Default::default(),
+            size: 1,
+            e_tag: None,
+            version: None,
+        }])
+    }
+
     #[test]
     fn only_named_tables_listings_are_kept_and_forget_empties_them() {
         let listings = Listings::new(Duration::from_secs(60));
-        listings.put(&key(None), CachedFileList::new(Vec::new()));
+        listings.put(&key(None), one_file());
         assert!(listings.get(&key(None)).is_none());
-        listings.put(&key(Some("t")), CachedFileList::new(Vec::new()));
+        listings.put(&key(Some("t")), one_file());
         assert!(listings.get(&key(Some("t"))).is_some());
         listings.forget();
         assert!(listings.get(&key(Some("t"))).is_none());
