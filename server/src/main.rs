@@ -472,6 +472,9 @@ fn run_user_add(name: &str, users: &std::path::Path, read_only: bool) -> Result<
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // symphonia logs what it skips while probing files that then read fine, and corrupt files
