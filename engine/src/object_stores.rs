@@ -2,7 +2,7 @@
 //! outside the allowed roots. This is the one gate all reads and writes pass through: AUDIO
 //! scans, CSV/Parquet/JSON tables, `COPY ... TO`, the feature store and the catalog alike.
 //! Stores handed to SQL also refuse the store's own folders; the engine keeps a handle of its
-//! own for those ([`GuardedRegistry::engine_store`]). Each write that succeeds empties the
+//! own for those ([`GuardedRegistry::engine_store`]). Each write, done or failed, empties the
 //! cache of table listings, so the next query lists again.
 
 use std::collections::HashMap;
