@@ -434,7 +434,7 @@ def main():
         rate = ARGS.rate
         for server in servers:
             results[server.name] = bench(server, tmp, rate)
-            rate = rate or results[server.name]["qps"] / 4
+            rate = results[server.name]["rate"]
     finally:
         for server in servers:
             server.stop()

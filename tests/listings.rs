@@ -102,3 +102,37 @@ async fn an_expired_listing_or_none_at_all_sees_other_processes_files() {
     std::fs::write(folder.join("b.csv"), "a\n2\n").unwrap();
     assert_eq!(rows(&lake, "u").await, 2);
 }
+
+#[tokio::test]
+async fn a_lifetime_past_the_clock_is_refused_or_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = Duration::from_secs(u64::MAX);
+    let refused = AudioLake::builder()
+        .store(tmp.path().join("store").to_str().unwrap())
+        .listing_ttl(huge)
+        .build()
+        .await
+        .err()
+        .expect("a lifetime of u64::MAX seconds is refused");
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "invalid setting: the listing lifetime must be at most 86400 s, not {} s",
+            u64::MAX
+        )
+    );
+
+    // Through SQL the runtime setting reaches the shared cache: bounded, and queries go on.
+    let lake = open(tmp.path(), Duration::from_secs(1)).await;
+    csv_table(&lake, tmp.path(), "t").await;
+    query(
+        &lake,
+        &format!(
+            "SET datafusion.runtime.list_files_cache_ttl = '{}s'",
+            u64::MAX
+        ),
+    )
+    .await;
+    assert_eq!(rows(&lake, "t").await, 1);
+    assert_eq!(rows(&lake, "t").await, 1);
+}

@@ -168,7 +168,7 @@ impl Engine {
         }
         let roots = Arc::new(roots);
 
-        let listings = Listings::new(config.listing_ttl);
+        let listings = Listings::new(config.listing_ttl).map_err(EngineError::Setting)?;
         let registry = Arc::new(GuardedRegistry::new(
             Arc::clone(&roots),
             Arc::clone(&secrets),

@@ -16,6 +16,10 @@ use datafusion::execution::cache::{Cache, CacheEntryInfo, TableScopedPath};
 /// How long a listing is reused unless the engine writes meanwhile.
 pub const DEFAULT_LISTING_TTL: Duration = Duration::from_secs(1);
 
+/// The longest lifetime: DataFusion adds it to the clock, which panics on overflow (inside the
+/// cache's lock, which every later query would then find poisoned).
+pub const MAX_LISTING_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Bytes of listings kept (about 300,000 files' metadata); a larger listing is not cached.
 const LISTINGS_BYTES: usize = 64 * 1024 * 1024;
 
@@ -30,10 +34,18 @@ impl std::fmt::Debug for Listings {
 }
 
 impl Listings {
-    pub fn new(ttl: Duration) -> Arc<Self> {
-        Arc::new(Self {
+    /// Listings kept for `ttl`, which must be at most [`MAX_LISTING_TTL`].
+    pub fn new(ttl: Duration) -> Result<Arc<Self>, String> {
+        if ttl > MAX_LISTING_TTL {
+            return Err(format!(
+                "the listing lifetime must be at most {} s, not {} s",
+                MAX_LISTING_TTL.as_secs(),
+                ttl.as_secs()
+            ));
+        }
+        Ok(Arc::new(Self {
             entries: DefaultCache::new_with_ttl(LISTINGS_BYTES, Some(ttl)),
-        })
+        }))
     }
 
     /// Forgets every listing: the engine wrote, created or dropped something.
@@ -98,8 +110,11 @@ impl Cache<TableScopedPath, CachedFileList> for Listings {
         self.entries.cache_ttl()
     }
 
+    /// `SET datafusion.runtime.list_files_cache_ttl` lands here, unchecked: bounded, since
+    /// this trait cannot refuse it.
     fn update_cache_ttl(&self, ttl: Option<Duration>) {
-        self.entries.update_cache_ttl(ttl)
+        self.entries
+            .update_cache_ttl(Some(ttl.unwrap_or(MAX_LISTING_TTL).min(MAX_LISTING_TTL)))
     }
 
     fn drop_table_entries(&self, table: &TableReference) -> Result<()> {
@@ -137,12 +152,29 @@ mod tests {
 
     #[test]
     fn only_named_tables_listings_are_kept_and_forget_empties_them() {
-        let listings = Listings::new(Duration::from_secs(60));
+        let listings = Listings::new(Duration::from_secs(60)).unwrap();
         listings.put(&key(None), one_file());
         assert!(listings.get(&key(None)).is_none());
         listings.put(&key(Some("t")), one_file());
         assert!(listings.get(&key(Some("t"))).is_some());
         listings.forget();
         assert!(listings.get(&key(Some("t"))).is_none());
+    }
+
+    #[test]
+    fn a_lifetime_past_the_clock_is_refused_or_bounded() {
+        let huge = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            Listings::new(huge).unwrap_err(),
+            format!(
+                "the listing lifetime must be at most 86400 s, not {} s",
+                u64::MAX
+            )
+        );
+        let listings = Listings::new(Duration::from_secs(60)).unwrap();
+        listings.update_cache_ttl(Some(huge));
+        assert_eq!(listings.cache_ttl(), Some(MAX_LISTING_TTL));
+        listings.put(&key(Some("t")), one_file());
+        assert!(listings.get(&key(Some("t"))).is_some());
     }
 }

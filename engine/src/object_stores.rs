@@ -462,7 +462,7 @@ mod tests {
         std::fs::write(dir.join("inside.txt"), b"ok").unwrap();
         let mut roots = AllowedRoots::new();
         roots.add(dir.to_str().unwrap()).unwrap();
-        let listings = Listings::new(crate::listings::DEFAULT_LISTING_TTL);
+        let listings = Listings::new(crate::listings::DEFAULT_LISTING_TTL).unwrap();
         let registry = GuardedRegistry::new(Arc::new(roots), Arc::default(), listings);
         let store = registry
             .get_store(&Url::parse("file:///").unwrap())
