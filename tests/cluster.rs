@@ -15,6 +15,8 @@ use audiolake::AudioLake;
 use audiolake_testkit::moto::{free_port, upload, Moto};
 use audiolake_testkit::paths::music;
 use audiolake_testkit::query::{count, floats, query, strings};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
 
 const BUCKET: &str = "audiolake-cluster";
 /// Tones written for the test, besides the two files of tests/music.
@@ -199,6 +201,71 @@ async fn run(moto: &Moto) {
         .find(|(p, _, _)| p.as_deref().is_some_and(|p| p.ends_with("tone_0.wav")))
         .unwrap();
     assert_eq!(floats(&bpm, "bpm"), vec![tone.1]);
+
+    tasks_read_the_parts_of_their_buckets(moto).await;
+}
+
+/// Whether a part's name says which buckets its rows are in (`...-b3of8.parquet`).
+fn names_buckets(key: &str) -> bool {
+    let tag = key.trim_end_matches(".parquet").rsplit('-').next().unwrap();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    tag.strip_prefix('b')
+        .and_then(|t| t.split_once("of"))
+        .is_some_and(|(r, m)| digits(r) && digits(m))
+}
+
+/// A new cluster on the same store: each task reads only the stored parts that can hold its
+/// own files, so the parts the first cluster's tasks wrote are read once, not once per executor.
+async fn tasks_read_the_parts_of_their_buckets(moto: &Moto) {
+    let rhythm = format!("/{BUCKET}/lake/features/rhythm/");
+    let listed: Vec<String> = moto
+        .client(BUCKET)
+        .list(Some(&object_store::path::Path::from(
+            "lake/features/rhythm",
+        )))
+        .map_ok(|meta| format!("/{BUCKET}/{}", meta.location))
+        .try_collect()
+        .await
+        .unwrap();
+    let (narrow, every): (Vec<String>, Vec<String>) = listed
+        .into_iter()
+        .filter(|key| key.ends_with(".parquet"))
+        .partition(|key| names_buckets(key));
+    assert!(narrow.len() >= 2, "parts of one task's buckets: {narrow:?}");
+
+    let (port, executors) = start_cluster().await;
+    let client = open("lake", Some(port)).await;
+    let gets_before = moto.gets_under(&rhythm).len();
+    let audio_before = moto.gets_under(&format!("/{BUCKET}/music/")).len();
+    assert_eq!(count(&query(&client, SUMMARY).await), FILES as i64);
+    assert_eq!(
+        moto.gets_under(&format!("/{BUCKET}/music/")).len(),
+        audio_before,
+        "audio read again"
+    );
+    let read: Vec<String> = moto.gets_under(&rhythm)[gets_before..]
+        .iter()
+        .map(|line| {
+            let request = line.split("\"GET ").nth(1).unwrap();
+            request.split(' ').next().unwrap().to_string()
+        })
+        .collect();
+    let times = |key: &String| read.iter().filter(|r| *r == key).count();
+    for key in &narrow {
+        assert_eq!(times(key), 1, "{key} in {read:#?}");
+    }
+    // Parts of every bucket (written by the client's own scans) are read by every executor that
+    // ran a task.
+    for key in &every {
+        assert!(
+            (1..=executors.len()).contains(&times(key)),
+            "{key} in {read:#?}"
+        );
+    }
+    assert_eq!(
+        read.len(),
+        narrow.len() + every.iter().map(times).sum::<usize>()
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ use crate::small_inputs::SmallInputs;
 use crate::snapshot::SnapshotTable;
 use crate::sql::{self, settings, AudiolakeDialect, OperatorPlanner};
 use crate::store::{
-    register_feature_tables, CompactReport, FeatureStore, FlushPolicy, DEFAULT_RETENTION,
+    register_feature_tables, Buckets, CompactReport, FeatureStore, FlushPolicy, DEFAULT_RETENTION,
 };
 
 /// How to open an [`Engine`].
@@ -759,7 +759,7 @@ impl Engine {
         // On a cluster the executors analyse: what they published tells how many files were new.
         let first = groups.first().copied().unwrap_or(features::DECODE_GROUP);
         let stored = async {
-            self.features.refresh(&[first]).await?;
+            self.features.refresh(&[first], Buckets::ALL).await?;
             Ok::<_, EngineError>(self.features.stored_files(first) as u64)
         };
         let stored_before = match self.clustered {
@@ -788,7 +788,7 @@ impl Engine {
         let unreadable = files.saturating_sub(u64::try_from(readable).unwrap_or(0));
         let (analyzed, from_store) = match self.clustered {
             true => {
-                self.features.refresh(&[first]).await?;
+                self.features.refresh(&[first], Buckets::ALL).await?;
                 let new = (self.features.stored_files(first) as u64).saturating_sub(stored_before);
                 (new, files.saturating_sub(unreadable).saturating_sub(new))
             }

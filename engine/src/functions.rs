@@ -36,11 +36,11 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::audio::columns;
 use crate::audio::read::{decode_object, Decoded};
-use crate::audio::read_through::{analyze_cached, Request};
+use crate::audio::read_through::{analyze_cached, Request, Scope};
 use crate::groups;
 use crate::location::{object_path, resolve_location};
 use crate::sql::settings;
-use crate::store::{stored_for, FeatureStore};
+use crate::store::{stored_for, Buckets, FeatureStore};
 
 /// Files analysed at once per batch of rows (CPU-bound; as in the AUDIO scan).
 const IN_FLIGHT: usize = 2;
@@ -191,7 +191,7 @@ impl PathFunction {
                     &meta,
                     &url,
                     request,
-                    None,
+                    Scope::ALONE,
                     bytes_read,
                 )
                 .await
@@ -217,7 +217,9 @@ impl PathFunction {
     ) -> Result<ArrayRef> {
         // Owned paths: borrowed ones trip the compiler's Send check on the boxed future.
         let owned: Vec<Option<String>> = paths.iter().map(|p| p.map(str::to_owned)).collect();
-        self.features.refresh(&stored_for(request.groups)).await?;
+        self.features
+            .refresh(&stored_for(request.groups), Buckets::ALL)
+            .await?;
         let outputs: Vec<std::result::Result<AnalysisOutput, String>> =
             futures::stream::iter(owned)
                 .map(|path| async move {

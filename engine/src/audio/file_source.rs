@@ -3,9 +3,10 @@
 //!
 //! A scan of listing columns only opens no file: its rows come straight from the listing, as an
 //! in-memory source. Any other scan is a `DataSourceExec` over a `FileScanConfig` whose
-//! [`AudioSource`] opens each file with an [`AudioOpener`]; files are grouped by a stable hash of
-//! their path, so a file lands in the same group from run to run (and on the same task when the
-//! plan is split across machines).
+//! [`AudioSource`] opens each file with an [`AudioOpener`]; files are grouped by their bucket (a
+//! stable hash of their URL, see [`crate::store::Buckets`]), so a file lands in the same group
+//! from run to run (and on the same task when the plan is split across machines), and a task
+//! reads only the stored parts of its group's buckets.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -40,7 +41,7 @@ use super::opener::AudioOpener;
 use crate::location::store_url;
 use crate::progress::ScanProgress;
 use crate::sql::settings;
-use crate::store::FeatureStore;
+use crate::store::{bucket_of, Buckets, FeatureStore, BUCKETS};
 
 /// Decodes at once per core: CPU-bound, plus one more per core to hide reads.
 const ANALYSES_PER_CORE: usize = 2;
@@ -126,10 +127,9 @@ pub(super) fn plan(
         None => PROBES_PER_CORE,
     };
     let count = files.len();
-    let groups = group_by_path(
-        &files,
-        (config.execution.target_partitions.max(1) * per_core).clamp(1, count.max(1)),
-    );
+    // A power of two, so that each group is one class of buckets.
+    let wanted = (config.execution.target_partitions.max(1) * per_core).clamp(1, count.max(1));
+    let groups = group_by_path(&files, prev_power_of_two(wanted).min(BUCKETS as usize));
     let options = match work.decode {
         Some(_) => settings::analysis_options(config)?,
         None => AnalysisOptions::default(),
@@ -154,7 +154,15 @@ pub(super) fn plan(
     Ok(DataSourceExec::from_data_source(config))
 }
 
-/// Spreads `files` over `n` groups by [`group_of`] their URL.
+fn prev_power_of_two(n: usize) -> usize {
+    match n {
+        0 => 1,
+        n => 1 << n.ilog2(),
+    }
+}
+
+/// Spreads `files` over `n` groups (a power of two up to [`BUCKETS`]) by [`group_of`] their
+/// URL.
 fn group_by_path(files: &[Listed], n: usize) -> Vec<FileGroup> {
     let mut groups = vec![Vec::new(); n];
     for (meta, url) in files {
@@ -163,12 +171,10 @@ fn group_by_path(files: &[Listed], n: usize) -> Vec<FileGroup> {
     groups.into_iter().map(FileGroup::new).collect()
 }
 
-/// The group of the file at `url` among `n`: the same in every process and run, whatever else
-/// is listed.
+/// The group of the file at `url` among `n` (a power of two up to [`BUCKETS`]): its bucket's
+/// class modulo `n`, the same in every process and run, whatever else is listed.
 fn group_of(url: &str, n: usize) -> usize {
-    let hash = blake3::hash(url.as_bytes());
-    let bucket = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
-    (bucket % n as u64) as usize
+    bucket_of(url) as usize % n
 }
 
 /// What a serialised plan carries of an AUDIO scan besides DataFusion's `FileScanConfig` (file
@@ -245,19 +251,30 @@ impl FileSource for AudioSource {
     fn create_file_opener(
         &self,
         object_store: Arc<dyn ObjectStore>,
-        _base_config: &FileScanConfig,
+        base_config: &FileScanConfig,
         partition: usize,
     ) -> Result<Arc<dyn FileOpener>> {
         // Every partition of an execution opens once; the first announces the scan's files.
         if partition == 0 {
             self.shared.progress.add_total(self.shared.files as u64);
         }
+        // A task of a distributed scan holds its own file groups only: it reads the stored
+        // parts of their buckets. A scan in one process reads every part once for all.
+        let buckets = match self.shared.listed {
+            Some(_) => Buckets::ALL,
+            None => Buckets::holding(base_config.file_groups.iter().flat_map(|group| {
+                group
+                    .iter()
+                    .map(|file| bucket_of(&file_url(&self.shared.base, &file.object_meta.location)))
+            })),
+        };
         let opener = AudioOpener::new(
             Arc::clone(&self.shared),
             object_store,
             self.projection.file_indices.clone(),
             &self.metrics,
             partition,
+            buckets,
         );
         ProjectionOpener::try_new(
             self.projection.clone(),
@@ -363,9 +380,14 @@ mod tests {
                 assert_eq!(group_of(&url, 4), i, "{url}");
             }
         }
-        // Fixed values: changing the hash moves every stored file to another task.
+        // Groups are classes of buckets.
+        assert_eq!(
+            group_of("file:///music/000.mp3", 4),
+            bucket_of("file:///music/000.mp3") as usize % 4
+        );
         assert_eq!(group_of("file:///music/000.mp3", 4), 1);
-        assert_eq!(group_of("s3://bucket/a.flac", 1000), 290);
+        assert_eq!(prev_power_of_two(6), 4);
+        assert_eq!(prev_power_of_two(1), 1);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use object_store::ObjectStore;
 
 use super::columns::{self, FileRow, Work};
 use super::file_source::{file_url, ScanShared};
-use super::read_through::{analyze_cached, probe_cached, Request};
-use crate::store::stored_for;
+use super::read_through::{analyze_cached, probe_cached, Request, Scope};
+use crate::store::{stored_for, Buckets};
 
 /// Opens the files of one partition of an AUDIO scan.
 pub(super) struct AudioOpener {
@@ -26,6 +26,9 @@ pub(super) struct AudioOpener {
     work: Work,
     /// The stored groups the scan looks up: the header, and what its analysis needs.
     stored: Arc<Vec<&'static str>>,
+    /// The buckets of the files this opener may be given: only stored parts that can hold
+    /// them are read.
+    buckets: Buckets,
     bytes_read: Count,
 }
 
@@ -36,6 +39,7 @@ impl AudioOpener {
         columns: Vec<usize>,
         metrics: &ExecutionPlanMetricsSet,
         partition: usize,
+        buckets: Buckets,
     ) -> Self {
         let work = Work::of(&columns);
         let mut stored: Vec<&'static str> = Vec::new();
@@ -51,6 +55,7 @@ impl AudioOpener {
             columns: Arc::new(columns),
             work,
             stored: Arc::new(stored),
+            buckets,
             bytes_read: MetricBuilder::new(metrics).counter("bytes_read", partition),
         }
     }
@@ -61,19 +66,25 @@ impl FileOpener for AudioOpener {
         let (shared, store) = (Arc::clone(&self.shared), Arc::clone(&self.store));
         let (columns, stored) = (Arc::clone(&self.columns), Arc::clone(&self.stored));
         let work = self.work.clone();
-        let bytes_read = self.bytes_read.clone();
+        let (buckets, bytes_read) = (self.buckets, self.bytes_read.clone());
         Ok(Box::pin(async move {
             let meta = file.object_meta;
             let url = file_url(&shared.base, &meta.location);
             let features = &shared.features;
             shared
                 .refreshed
-                .get_or_try_init(|| features.refresh(&stored))
+                .get_or_try_init(|| features.refresh(&stored, buckets))
                 .await?;
             let header = match work.probe {
                 true => {
-                    let probed =
-                        probe_cached(features, store.clone(), &meta, &url, bytes_read.clone());
+                    let probed = probe_cached(
+                        features,
+                        store.clone(),
+                        &meta,
+                        &url,
+                        buckets,
+                        bytes_read.clone(),
+                    );
                     Some(probed.await?)
                 }
                 false => None,
@@ -92,7 +103,10 @@ impl FileOpener for AudioOpener {
                         &meta,
                         &url,
                         request,
-                        shared.listed.as_ref(),
+                        Scope {
+                            listed: shared.listed.as_ref(),
+                            buckets,
+                        },
                         bytes_read,
                     );
                     Some(analysis.await?)

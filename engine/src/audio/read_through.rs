@@ -19,7 +19,9 @@ use object_store::{ObjectMeta, ObjectStore};
 use super::read::{analyze_object, probe_object};
 use super::source::ReadRecord;
 use crate::clock::now_micros;
-use crate::store::{group_schema, stored_for, Decoded, FeatureStore, Fingerprint, StoredRow};
+use crate::store::{
+    group_schema, stored_for, Buckets, Decoded, FeatureStore, Fingerprint, StoredRow,
+};
 
 /// What to analyse: the groups (none: the decode columns only) and the options they run with.
 #[derive(Clone, Copy)]
@@ -41,8 +43,26 @@ impl Request<'_> {
     }
 }
 
-/// The analysis of `meta` for `request`, from the store where it can be. `listed`: every path
-/// of the scan's listing, when there is one. The inner result is the file's: an error there is
+/// What the store knows of the scan a file is read for.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope<'a> {
+    /// Every path of the scan's listing, when there is one: a stored file of the same size
+    /// that is no longer listed may have been renamed.
+    pub listed: Option<&'a HashSet<String>>,
+    /// The buckets of the scan's files: rows are published with the rows of the same buckets.
+    pub buckets: Buckets,
+}
+
+impl Scope<'_> {
+    /// A file read on its own, by a path function.
+    pub const ALONE: Scope<'static> = Scope {
+        listed: None,
+        buckets: Buckets::ALL,
+    };
+}
+
+/// The analysis of `meta` for `request`, from the store where it can be, for a scan of
+/// `scope`. The inner result is the file's: an error there is
 /// a row's error. The outer one is the store's: failing to publish results fails the query
 /// rather than losing them.
 pub(crate) async fn analyze_cached(
@@ -51,7 +71,7 @@ pub(crate) async fn analyze_cached(
     meta: &ObjectMeta,
     url: &str,
     request: Request<'_>,
-    listed: Option<&HashSet<String>>,
+    scope: Scope<'_>,
     bytes_read: Count,
 ) -> Result<std::result::Result<AnalysisOutput, String>> {
     let groups = request.groups;
@@ -77,7 +97,7 @@ pub(crate) async fn analyze_cached(
     if !other_options
         && missing
             .iter()
-            .any(|g| features.may_be_copy(g, &file, listed))
+            .any(|g| features.may_be_copy(g, &file, scope.listed))
     {
         let hash = ReadRecord::default()
             .content_hash(store.as_ref(), &meta.location, meta.size, &bytes_read)
@@ -151,20 +171,21 @@ pub(crate) async fn analyze_cached(
         (None, true) => &features.stats().hits,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if !to_store.is_empty() && features.add(to_store) {
+    if !to_store.is_empty() && features.add(to_store, scope.buckets) {
         features.flush().await?;
     }
     Ok(assemble(groups, found, analyzed))
 }
 
 /// The header and tags of `meta`, from the store where they are (the scan refreshed the
-/// `header` group). As for analyses, a read that failed is reported and not stored, and the
+/// `header` group), published with the rows of the scan's `buckets`. As for analyses, a read that failed is reported and not stored, and the
 /// outer error is the store's.
 pub(crate) async fn probe_cached(
     features: &FeatureStore,
     store: Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
     url: &str,
+    buckets: Buckets,
     bytes_read: Count,
 ) -> Result<std::result::Result<AudioHeader, String>> {
     let file = Fingerprint::of(meta, url);
@@ -193,7 +214,7 @@ pub(crate) async fn probe_cached(
             Err(e) => Err(e.clone()),
         },
     };
-    if features.add(vec![(HEADER_GROUP, row)]) {
+    if features.add(vec![(HEADER_GROUP, row)], buckets) {
         features.flush().await?;
     }
     Ok(header)

@@ -1,5 +1,6 @@
-//! Compaction: each group's live parts merged into one holding the newest row per path, and
-//! results of older versions of known groups removed.
+//! Compaction: each group's live parts merged into one holding the newest row per path (or,
+//! past [`MERGED_PART_ROWS`] rows, into several by bucket), and results of older versions of
+//! known groups removed.
 //!
 //! Replaced parts are not deleted at once, because a reader (this process, another engine, a
 //! `features_*` scan) may have listed them a moment before. Instead, after publishing the merged
@@ -29,11 +30,16 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{part, stored_groups, FeatureStore, StoredRow};
+use super::{bucket_of, part, stored_groups, FeatureStore, StoredRow, BUCKETS};
 use crate::clock::now_micros;
 
 /// How long compaction keeps the parts it replaced, unless told otherwise.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Rows a merged part holds, about: a larger merge is split into a power of two of parts by
+/// bucket, so that a task of a distributed scan reads its share of a large store, not all of
+/// it, and no part is too large to read at once.
+pub(super) const MERGED_PART_ROWS: usize = 65_536;
 
 /// Records larger than this are not read (one names a few thousand parts at most).
 const MAX_RECORD_BYTES: u64 = 16 << 20;
@@ -55,10 +61,14 @@ pub struct CompactReport {
     pub stale_objects_removed: usize,
 }
 
-/// A compaction record: the parts (file names in the same folder) a merged part replaced.
+/// A compaction record: the parts (file names in the same folder) that merged parts replaced.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
+    /// The first merged part; the others, when the merge was split, in `merged_also` (a field
+    /// older binaries ignore, so they still read the record).
     merged: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    merged_also: Vec<String>,
     replaced: Vec<String>,
 }
 
@@ -179,15 +189,32 @@ impl FeatureStore {
                 }
             }
         }
-        let mut rows: Vec<StoredRow> = newest.into_values().collect();
-        rows.sort_by(|a, b| a.fingerprint.path.cmp(&b.fingerprint.path));
-        let merged = self.part_path(group);
-        self.store
-            .put(&merged, PutPayload::from(part::encode(group, &rows)?))
-            .await?;
-        self.stats.parts_written.fetch_add(1, Ordering::Relaxed);
+        let kept = newest.len();
+        let classes = kept
+            .div_ceil(self.merged_part_rows)
+            .next_power_of_two()
+            .min(BUCKETS as usize);
+        let mut split: Vec<Vec<StoredRow>> = vec![Vec::new(); classes];
+        for row in newest.into_values() {
+            split[bucket_of(&row.fingerprint.path) as usize % classes].push(row);
+        }
+        split.retain(|rows| !rows.is_empty());
+        if split.is_empty() {
+            split.push(Vec::new());
+        }
+        let mut merged = Vec::with_capacity(split.len());
+        for mut rows in split {
+            rows.sort_by(|a, b| a.fingerprint.path.cmp(&b.fingerprint.path));
+            let path = self.part_path(group, &rows);
+            self.store
+                .put(&path, PutPayload::from(part::encode(group, &rows)?))
+                .await?;
+            self.stats.parts_written.fetch_add(1, Ordering::Relaxed);
+            merged.push(path);
+        }
         let record = Record {
-            merged: file_name(&merged),
+            merged: file_name(&merged[0]),
+            merged_also: merged[1..].iter().map(file_name).collect(),
             replaced: parts.iter().map(file_name).collect(),
         };
         let json = serde_json::to_vec(&record)
@@ -202,13 +229,13 @@ impl FeatureStore {
         {
             let mut indexes = self.indexes_mut();
             let index = indexes.entry(group.name).or_default();
-            index.parts.insert(merged);
+            index.parts.extend(merged);
             index.records.insert(record_path);
             index.replaced.extend(parts.iter().cloned());
         }
         report.parts_merged += parts.len();
-        report.rows_kept += rows.len();
-        report.rows_superseded += total - rows.len();
+        report.rows_kept += kept;
+        report.rows_superseded += total - kept;
         Ok(())
     }
 

@@ -12,10 +12,14 @@
 //! audio readers) and written behind (buffered, then published every few files, every few
 //! seconds and at the end of each scan). The store knows nothing of audio files.
 //!
+//! Parts are bucketed by a hash of each file's URL (see [`buckets`]): a task of a distributed
+//! scan reads only the parts that can hold its files.
+//!
 //! Compaction leaves the parts it replaced in place for a while, named in a record beside them
 //! (see [`compact`]): readers take the live parts only. A part that cannot be read as one of its
 //! group's parts is set aside (see [`crate::problems`]), never deleted.
 
+mod buckets;
 mod compact;
 mod part;
 mod tables;
@@ -32,6 +36,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
+pub use buckets::{bucket_of, Buckets, BUCKETS};
 use compact::RecordRead;
 pub use compact::{CompactReport, DEFAULT_RETENTION};
 pub use part::parse_part;
@@ -73,6 +78,8 @@ pub struct StoreStats {
     pub reused: AtomicU64,
     /// Parts published.
     pub parts_written: AtomicU64,
+    /// Parts read into the in-memory lookup.
+    pub parts_read: AtomicU64,
 }
 
 impl StoreStats {
@@ -137,7 +144,9 @@ impl GroupIndex {
 
 #[derive(Default)]
 struct Pending {
-    rows: HashMap<&'static str, Vec<StoredRow>>,
+    /// Rows by group and by the buckets of the scan that made them, so that a part holds the
+    /// files of one class and tasks of other classes skip it.
+    rows: HashMap<(&'static str, Buckets), Vec<StoredRow>>,
     files: usize,
     since: Option<Instant>,
 }
@@ -147,7 +156,8 @@ struct Pending {
 /// # Execution overview
 ///
 /// A scan first calls [`FeatureStore::refresh`] for the groups it needs: the live parts of
-/// each group's version folder are listed, new ones read, and their rows indexed by file
+/// each group's version folder are listed, new ones that can hold its [`Buckets`] read, and
+/// their rows indexed by file
 /// fingerprint (path, size, modification time, e-tag) and by content hash. A file is then
 /// looked up ([`FeatureStore::lookup`], or [`FeatureStore::by_hash`] for a renamed or copied
 /// file); what is missing is decoded once and handed back with [`FeatureStore::add`], which
@@ -162,6 +172,8 @@ pub struct FeatureStore {
     policy: FlushPolicy,
     /// How long compaction keeps the parts it replaced.
     retention: Duration,
+    /// Rows per merged part (see [`compact`]).
+    merged_part_rows: usize,
     indexes: RwLock<HashMap<&'static str, GroupIndex>>,
     /// One refresh at a time; the others wait and then find it done.
     refreshing: tokio::sync::Mutex<()>,
@@ -234,6 +246,7 @@ impl FeatureStore {
             sequence: AtomicU64::new(0),
             policy,
             retention,
+            merged_part_rows: compact::MERGED_PART_ROWS,
             indexes: RwLock::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Pending::default()),
@@ -268,22 +281,23 @@ impl FeatureStore {
             .join(format!("v{}", group.version))
     }
 
-    /// Reads the parts published since the last refresh of the stored groups named in
-    /// `stored` (see [`stored_for`] for what an analysis looks up).
-    pub async fn refresh(&self, stored: &[&'static str]) -> Result<()> {
+    /// Reads the parts that can hold files of `buckets`, published since the last refresh, of
+    /// the stored groups named in `stored` (see [`stored_for`] for what an analysis looks up).
+    pub async fn refresh(&self, stored: &[&'static str], buckets: Buckets) -> Result<()> {
         let _one_at_a_time = self.refreshing.lock().await;
         for &name in stored {
             let group = group_schema(name).ok_or_else(|| {
                 DataFusionError::Internal(format!("no stored group called {name}"))
             })?;
-            self.refresh_group(&group).await?;
+            self.refresh_group(&group, buckets).await?;
         }
         Ok(())
     }
 
     /// Reads the parts and compaction records of `group` published since the last refresh,
-    /// and returns the group's live parts: listed, readable, and replaced by no compaction.
-    async fn refresh_group(&self, group: &GroupSchema) -> Result<Vec<Path>> {
+    /// the parts only where they can hold files of `buckets`, and returns the group's live
+    /// parts read so far: listed, readable, and replaced by no compaction.
+    async fn refresh_group(&self, group: &GroupSchema, buckets: Buckets) -> Result<Vec<Path>> {
         let dir = self.version_dir(group);
         let mut attempt = 0;
         loop {
@@ -332,6 +346,9 @@ impl FeatureStore {
                             !k.parts.contains(*p) && !k.replaced.contains(*p) && !k.bad.contains(*p)
                         })
                     })
+                    .filter(|p| {
+                        buckets.overlaps(Buckets::of_part_name(p.filename().unwrap_or_default()))
+                    })
                     .cloned()
                     .collect()
             };
@@ -355,6 +372,7 @@ impl FeatureStore {
                 let index = indexes.entry(group.name).or_default();
                 match decoded {
                     Ok(rows) => {
+                        self.stats.parts_read.fetch_add(1, Ordering::Relaxed);
                         index.parts.insert(path);
                         for row in rows {
                             index.insert(row);
@@ -387,10 +405,10 @@ impl FeatureStore {
         }
     }
 
-    /// The live parts of `group` (see [`FeatureStore::refresh_group`]), read through.
+    /// Every live part of `group` (see [`FeatureStore::refresh_group`]), read through.
     pub(crate) async fn live_parts(&self, group: &GroupSchema) -> Result<Vec<Path>> {
         let _one_at_a_time = self.refreshing.lock().await;
-        self.refresh_group(group).await
+        self.refresh_group(group, Buckets::ALL).await
     }
 
     /// The stored result of `group` for this exact file version, if any.
@@ -426,13 +444,14 @@ impl FeatureStore {
         indexes.get(group)?.by_hash.get(hash).cloned()
     }
 
-    /// Files with a stored result (or stored error) of `group`, as of the last refresh.
+    /// Files with a stored result (or stored error) of `group` in the parts read so far.
     pub fn stored_files(&self, group: &str) -> usize {
         self.indexes().get(group).map_or(0, |g| g.by_path.len())
     }
 
-    /// Buffers one file's rows (one per group) for the next part; true when a flush is due.
-    pub fn add(&self, rows: Vec<(&'static str, StoredRow)>) -> bool {
+    /// Buffers one file's rows (one per group) for the next parts, beside the rows of other
+    /// files of the same scan `buckets`; true when a flush is due.
+    pub fn add(&self, rows: Vec<(&'static str, StoredRow)>, buckets: Buckets) -> bool {
         {
             let mut indexes = self.indexes_mut();
             for (group, row) in &rows {
@@ -441,14 +460,14 @@ impl FeatureStore {
         }
         let mut pending = self.pending();
         for (group, row) in rows {
-            pending.rows.entry(group).or_default().push(row);
+            pending.rows.entry((group, buckets)).or_default().push(row);
         }
         pending.files += 1;
         let since = *pending.since.get_or_insert_with(Instant::now);
         pending.files >= self.policy.files || since.elapsed() >= self.policy.interval
     }
 
-    /// Publishes everything buffered, one part per group.
+    /// Publishes everything buffered, one part per group and scan buckets.
     pub async fn flush(&self) -> Result<()> {
         let rows = {
             let mut pending = self.pending();
@@ -456,13 +475,13 @@ impl FeatureStore {
             *pending = Pending::default();
             rows
         };
-        for (name, rows) in rows {
+        for ((name, _), rows) in rows {
             if rows.is_empty() {
                 continue;
             }
             let group = group_schema(name).expect("buffered groups are stored groups");
             let bytes = part::encode(&group, &rows)?;
-            let path = self.part_path(&group);
+            let path = self.part_path(&group, &rows);
             self.store.put(&path, PutPayload::from(bytes)).await?;
             self.stats.parts_written.fetch_add(1, Ordering::Relaxed);
             let mut indexes = self.indexes_mut();
@@ -471,14 +490,17 @@ impl FeatureStore {
         Ok(())
     }
 
-    /// A new part's name: time first (so listings read in publication order), then the writer
-    /// and its sequence number, unique across processes.
-    fn part_path(&self, group: &GroupSchema) -> Path {
+    /// A new part's name for `rows`: time first (so listings read in publication order), then
+    /// the writer and its sequence number, unique across processes, then the buckets of the
+    /// rows' files.
+    fn part_path(&self, group: &GroupSchema, rows: &[StoredRow]) -> Path {
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let buckets = Buckets::holding(rows.iter().map(|r| bucket_of(&r.fingerprint.path)));
         self.version_dir(group).join(format!(
-            "part-{:016}-{}-{seq:06}.parquet",
+            "part-{:016}-{}-{seq:06}{}.parquet",
             now_micros(),
-            self.writer
+            self.writer,
+            buckets.part_name_tag()
         ))
     }
 }
@@ -488,3 +510,6 @@ fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one((std::process::id(), now_micros()))
 }
+
+#[cfg(test)]
+mod tests;
