@@ -3,10 +3,115 @@
 //! [`inner_product`].
 //!
 //! Like pgvector, sums are accumulated in `f32` and the result is widened to `f64` (pgvector
-//! compiles its loops with `-fassociative-math`, so its summation order depends on the CPU; ours
-//! uses eight lanes). Results agree with pgvector's to float rounding, about 1e-6 relative.
+//! compiles its loops with `-fassociative-math`, so its summation order depends on the CPU;
+//! ours runs in the widest SIMD the CPU has, chosen at run time, so it does too). Results agree
+//! with pgvector's to float rounding, about 1e-6 relative.
 
-use crate::lanes::{fold2, LANES};
+use std::sync::LazyLock;
+
+use pulp::{Arch, Simd, WithSimd};
+
+use crate::lanes::LANES;
+
+/// The CPU's SIMD instruction sets, detected once (AVX2 and FMA where the CPU has them; a
+/// build for baseline x86-64 would otherwise use SSE2 only).
+static ARCH: LazyLock<Arch> = LazyLock::new(Arch::new);
+
+/// What is summed over the elements of two vectors.
+trait Term {
+    fn simd<S: Simd>(simd: S, sum: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s;
+    fn scalar(x: f32, y: f32) -> f32;
+}
+
+struct SquaredDifference;
+struct Product;
+struct AbsoluteDifference;
+
+impl Term for SquaredDifference {
+    #[inline(always)]
+    fn simd<S: Simd>(simd: S, sum: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+        let d = simd.sub_f32s(x, y);
+        simd.mul_add_e_f32s(d, d, sum)
+    }
+    #[inline(always)]
+    fn scalar(x: f32, y: f32) -> f32 {
+        (x - y) * (x - y)
+    }
+}
+
+impl Term for Product {
+    #[inline(always)]
+    fn simd<S: Simd>(simd: S, sum: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+        simd.mul_add_e_f32s(x, y, sum)
+    }
+    #[inline(always)]
+    fn scalar(x: f32, y: f32) -> f32 {
+        x * y
+    }
+}
+
+impl Term for AbsoluteDifference {
+    #[inline(always)]
+    fn simd<S: Simd>(simd: S, sum: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+        simd.add_f32s(sum, simd.abs_f32s(simd.sub_f32s(x, y)))
+    }
+    #[inline(always)]
+    fn scalar(x: f32, y: f32) -> f32 {
+        (x - y).abs()
+    }
+}
+
+/// `Σ T(a_i, b_i)` over the common length, in four SIMD accumulators (one would make every
+/// step wait for the last), the elements past the last whole register added one by one.
+struct Sum<'a, T> {
+    a: &'a [f32],
+    b: &'a [f32],
+    term: std::marker::PhantomData<T>,
+}
+
+impl<T: Term> WithSimd for Sum<'_, T> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> f32 {
+        let n = self.a.len().min(self.b.len());
+        let (a, a_tail) = S::as_simd_f32s(&self.a[..n]);
+        let (b, b_tail) = S::as_simd_f32s(&self.b[..n]);
+        let zero = simd.splat_f32s(0.0);
+        let mut acc = [zero; 4];
+        let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+        let (a1, b1) = (a4.remainder(), b4.remainder());
+        for (x, y) in a4.zip(b4) {
+            for i in 0..4 {
+                acc[i] = T::simd(simd, acc[i], x[i], y[i]);
+            }
+        }
+        for (x, y) in a1.iter().zip(b1) {
+            acc[0] = T::simd(simd, acc[0], *x, *y);
+        }
+        let acc = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+        let tail: f32 = a_tail
+            .iter()
+            .zip(b_tail)
+            .map(|(x, y)| T::scalar(*x, *y))
+            .sum();
+        simd.reduce_sum_f32s(acc) + tail
+    }
+}
+
+impl<'a, T> Sum<'a, T> {
+    fn new(a: &'a [f32], b: &'a [f32]) -> Self {
+        Sum {
+            a,
+            b,
+            term: std::marker::PhantomData,
+        }
+    }
+}
+
+fn sum<T: Term>(a: &[f32], b: &[f32]) -> f32 {
+    ARCH.dispatch(Sum::<T>::new(a, b))
+}
 
 /// Two vectors of different lengths were compared; the message is pgvector's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,19 +144,19 @@ pub fn l2_distance(a: &[f32], b: &[f32]) -> Result<f64, DimensionMismatch> {
 /// unoptimised copy instead of this crate's.
 pub fn l2_squared_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    fold2(a, b, |x, y| (x - y) * (x - y))
+    sum::<SquaredDifference>(a, b)
 }
 
 /// Dot product as `f32`, for index structures; see [`l2_squared_f32`].
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    fold2(a, b, |x, y| x * y)
+    sum::<Product>(a, b)
 }
 
 /// Taxicab distance as `f32`, for index structures; see [`l2_squared_f32`].
 pub fn l1_f32(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    fold2(a, b, |x, y| (x - y).abs())
+    sum::<AbsoluteDifference>(a, b)
 }
 
 /// Inner product, `Σ a_i b_i`: pgvector's `inner_product`.
@@ -173,6 +278,42 @@ mod tests {
                 f(&[1.0], &[1.0, 2.0]),
                 Err(DimensionMismatch { left: 1, right: 2 })
             );
+        }
+    }
+
+    #[test]
+    fn simd_sums_match_plain_sums_at_every_length() {
+        // Lengths around whole registers (4, 8 or 16 lanes) and four accumulators of them.
+        for n in 0..140 {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0).collect();
+            let plain = |t: fn(f64, f64) -> f64| -> f64 {
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| t(f64::from(*x), f64::from(*y)))
+                    .sum()
+            };
+            let want = [
+                plain(|x, y| (x - y) * (x - y)),
+                plain(|x, y| x * y),
+                plain(|x, y| (x - y).abs()),
+            ];
+            let dispatched = [l2_squared_f32(&a, &b), dot_f32(&a, &b), l1_f32(&a, &b)];
+            let scalar = [
+                Sum::<SquaredDifference>::new(&a, &b).with_simd(pulp::Scalar::new()),
+                Sum::<Product>::new(&a, &b).with_simd(pulp::Scalar::new()),
+                Sum::<AbsoluteDifference>::new(&a, &b).with_simd(pulp::Scalar::new()),
+            ];
+            for i in 0..3 {
+                for got in [dispatched[i], scalar[i]] {
+                    let got = f64::from(got);
+                    assert!(
+                        (got - want[i]).abs() <= 1e-5 * want[i].abs().max(1.0),
+                        "length {n}, term {i}: {got} against {}",
+                        want[i]
+                    );
+                }
+            }
         }
     }
 
