@@ -166,33 +166,64 @@ impl Graph {
         cancelled: &(dyn Fn() -> bool + Sync),
         inserted: &AtomicU64,
     ) -> Result<Graph, Cancelled> {
-        let n = vectors.len().checked_div(dims).unwrap_or(0);
-        let mult = 1.0 / (m as f64).ln();
-        let levels: Vec<u8> = (0..n).map(|i| draw_level(i, mult)).collect();
-        let (_, upper_slots) = upper_offsets(&levels, m);
+        let empty = Links {
+            levels: Vec::new(),
+            level0: Vec::new(),
+            upper: Vec::new(),
+        };
         let top = Top {
             entry: 0,
-            max_level: levels.first().map_or(0, |l| usize::from(*l)),
+            max_level: 0,
         };
-        let graph = Graph::from_parts(
-            kernel,
-            dims,
-            m,
-            vectors,
-            Links {
-                levels,
-                level0: zeroed(n * (2 * m + 1)),
-                upper: zeroed(upper_slots),
-            },
-            top,
-        );
+        let mut graph = Graph::from_parts(kernel, dims, m, vectors, empty, top);
+        graph.grow(0);
+        graph.link_from(0, ef_construction, cancelled, inserted)?;
+        Ok(graph)
+    }
+
+    /// Adds `vectors` (`dims` each) as new nodes, linked as a build links them, on every
+    /// thread of the current rayon pool.
+    pub(super) fn extend(&mut self, vectors: &[f32], ef_construction: usize) {
+        let first = self.len();
+        self.vectors.extend_from_slice(vectors);
+        self.grow(first);
+        let linked = self.link_from(first, ef_construction, &|| false, &AtomicU64::new(0));
+        linked.expect("an insert that is never cancelled finishes");
+    }
+
+    /// Gives the vectors past node `first - 1` their levels, empty lists and locks.
+    fn grow(&mut self, first: usize) {
+        let n = self.vectors.len().checked_div(self.dims).unwrap_or(0);
+        let mult = 1.0 / (self.m as f64).ln();
+        self.levels.extend((first..n).map(|i| draw_level(i, mult)));
+        self.level0.extend(zeroed((n - first) * (2 * self.m + 1)));
+        let (offsets, upper_slots) = upper_offsets(&self.levels, self.m);
+        self.upper.extend(zeroed(upper_slots - self.upper.len()));
+        self.upper_offsets = offsets;
+        self.locks.extend((first..n).map(|_| Mutex::new(())));
+        if first == 0 {
+            self.top.get_mut().max_level = self.levels.first().map_or(0, |l| usize::from(*l));
+        }
+    }
+
+    /// Links nodes `first..` into the graph (node 0 of an empty graph is the entry point and
+    /// needs no insert); see [`Graph::build`] for `cancelled` and `inserted`.
+    fn link_from(
+        &self,
+        first: usize,
+        ef_construction: usize,
+        cancelled: &(dyn Fn() -> bool + Sync),
+        inserted: &AtomicU64,
+    ) -> Result<(), Cancelled> {
+        let n = self.len();
+        let start = first.max(1).min(n);
         let builder = Builder {
-            extra: (kernel == Kernel::NegativeDot).then(|| equalising_extras(&graph)),
-            graph: &graph,
-            ready: (0..n).map(|i| AtomicBool::new(i == 0)).collect(),
+            extra: (self.kernel == Kernel::NegativeDot).then(|| equalising_extras(self)),
+            graph: self,
+            ready: (0..n).map(|i| AtomicBool::new(i < start)).collect(),
             ef_construction,
         };
-        let next = AtomicUsize::new(1);
+        let next = AtomicUsize::new(start);
         let stop = AtomicBool::new(false);
         let work = || loop {
             if stop.load(Ordering::Relaxed) {
@@ -213,20 +244,18 @@ impl Graph {
             }
             inserted.fetch_add((end - start) as u64, Ordering::Relaxed);
         };
-        // Node 0 needs no insert: it is the entry point.
-        inserted.fetch_add(u64::from(n > 0), Ordering::Relaxed);
-        if n > 1 {
+        inserted.fetch_add((start - first) as u64, Ordering::Relaxed);
+        if start < n {
             rayon::scope(|s| {
                 for _ in 0..rayon::current_num_threads() {
                     s.spawn(|_| work());
                 }
             });
         }
-        drop(builder);
-        if stop.load(Ordering::Relaxed) {
-            return Err(Cancelled);
+        match stop.load(Ordering::Relaxed) {
+            true => Err(Cancelled),
+            false => Ok(()),
         }
-        Ok(graph)
     }
 
     pub(super) fn len(&self) -> usize {

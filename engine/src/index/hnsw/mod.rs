@@ -417,6 +417,74 @@ impl std::fmt::Debug for HnswIndex {
     }
 }
 
+/// Rows checked and laid out for the graph: ids ascending, vectors (scaled for cosine) in the
+/// same order, and the cosine rows with a zero vector apart.
+struct Prepared {
+    ids: Vec<u64>,
+    unindexed: Vec<u64>,
+    vectors: Vec<f32>,
+}
+
+/// Checks `rows` (each of `dims` dimensions, finite, distinct ids from `first_id` up) and lays
+/// them out for the graph.
+fn prepare(
+    metric: Metric,
+    dims: usize,
+    first_id: u64,
+    mut rows: Vec<(u64, &[f32])>,
+) -> Result<Prepared, IndexError> {
+    if rows.len() >= u32::MAX as usize || u32::try_from(dims).is_err() {
+        return Err(IndexError::Parameter(format!(
+            "{} rows of {dims} dimensions: too many for one index",
+            rows.len()
+        )));
+    }
+    for (id, v) in &rows {
+        if v.len() != dims {
+            return Err(IndexError::Dimensions {
+                id: *id,
+                expected: dims,
+                got: v.len(),
+            });
+        }
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(IndexError::NotFinite { id: *id });
+        }
+        if *id < first_id {
+            return Err(IndexError::Parameter(format!(
+                "row id {id} is not above the ids in the index (the next is {first_id})"
+            )));
+        }
+        to_usize(*id)?;
+    }
+    rows.sort_unstable_by_key(|(id, _)| *id);
+    if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(IndexError::DuplicateId(w[0].0));
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut unindexed = Vec::new();
+    let mut vectors = Vec::with_capacity(rows.len() * dims);
+    for (id, v) in &rows {
+        if metric == Metric::Cosine {
+            match normalised(v) {
+                Some(unit) => vectors.extend(unit),
+                None => {
+                    unindexed.push(*id);
+                    continue;
+                }
+            }
+        } else {
+            vectors.extend_from_slice(v);
+        }
+        ids.push(*id);
+    }
+    Ok(Prepared {
+        ids,
+        unindexed,
+        vectors,
+    })
+}
+
 /// `v` scaled to norm 1, `None` for a zero vector (whose cosine distance is NaN).
 fn normalised(v: &[f32]) -> Option<impl Iterator<Item = f32> + '_> {
     let n = f64::from(vector::dot_f32(v, v)).sqrt();
@@ -465,55 +533,18 @@ impl HnswIndex {
     ) -> Result<HnswIndex, IndexError> {
         params.validate()?;
         let started = Instant::now();
-        let mut rows: Vec<(u64, &[f32])> = rows.into_iter().collect();
+        let rows: Vec<(u64, &[f32])> = rows.into_iter().collect();
         let dims = rows.first().map_or(0, |(_, v)| v.len());
         if !rows.is_empty() && dims == 0 {
             return Err(IndexError::Parameter(
                 "vectors must have at least 1 dimension".into(),
             ));
         }
-        if rows.len() >= u32::MAX as usize || u32::try_from(dims).is_err() {
-            return Err(IndexError::Parameter(format!(
-                "{} rows of {dims} dimensions: too many for one index",
-                rows.len()
-            )));
-        }
-        for (id, v) in &rows {
-            if v.len() != dims {
-                return Err(IndexError::Dimensions {
-                    id: *id,
-                    expected: dims,
-                    got: v.len(),
-                });
-            }
-            if !v.iter().all(|x| x.is_finite()) {
-                return Err(IndexError::NotFinite { id: *id });
-            }
-            to_usize(*id)?;
-        }
-        rows.sort_unstable_by_key(|(id, _)| *id);
-        if let Some(w) = rows.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(IndexError::DuplicateId(w[0].0));
-        }
-
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut unindexed = Vec::new();
-        let mut vectors = Vec::with_capacity(rows.len() * dims);
-        for (id, v) in &rows {
-            if metric == Metric::Cosine {
-                match normalised(v) {
-                    Some(unit) => vectors.extend(unit),
-                    None => {
-                        unindexed.push(*id);
-                        continue;
-                    }
-                }
-            } else {
-                vectors.extend_from_slice(v);
-            }
-            ids.push(*id);
-        }
-        drop(rows);
+        let Prepared {
+            ids,
+            unindexed,
+            vectors,
+        } = prepare(metric, dims, 0, rows)?;
         // Rows kept out of the graph are done already.
         inserted.fetch_add(unindexed.len() as u64, atomic::Ordering::Relaxed);
         let graph = Graph::build(
@@ -540,6 +571,46 @@ impl HnswIndex {
             unindexed,
             dead: HashSet::new(),
         })
+    }
+
+    /// Adds rows to a built index, linked as a build links them (on the threads of the current
+    /// rayon pool). Their ids must be above every id already in it; the vectors are checked as
+    /// a build checks them, and a refused batch leaves the index as it was.
+    pub fn insert<'a>(
+        &mut self,
+        rows: impl IntoIterator<Item = (u64, &'a [f32])>,
+    ) -> Result<(), IndexError> {
+        let rows: Vec<(u64, &[f32])> = rows.into_iter().collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let dims = self.info.dims;
+        if dims == 0 {
+            return Err(IndexError::Parameter(
+                "an index built over no rows takes no inserts; build it again".into(),
+            ));
+        }
+        let above = match (self.ids.last(), self.unindexed.last()) {
+            (None, None) => 0,
+            (a, b) => a.max(b).map_or(0, |last| last + 1),
+        };
+        let Prepared {
+            ids,
+            unindexed,
+            vectors,
+        } = prepare(self.info.metric, dims, above, rows)?;
+        if u32::try_from(self.ids.len() + ids.len()).is_err() {
+            return Err(IndexError::Parameter(format!(
+                "{} more rows: too many for one index",
+                ids.len()
+            )));
+        }
+        self.graph
+            .extend(&vectors, self.info.params.ef_construction);
+        self.info.rows += ids.len() + unindexed.len();
+        self.ids.extend(ids);
+        self.unindexed.extend(unindexed);
+        Ok(())
     }
 
     /// Build parameters, size and timing.

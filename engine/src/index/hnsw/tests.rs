@@ -607,6 +607,75 @@ fn recall_at_ef_64_for_every_metric() {
 }
 
 #[test]
+fn rows_inserted_after_a_build_are_found_as_well_as_built_ones() {
+    let mut data = clustered(N + 50, DIMS, 30, 41);
+    let queries = data.split_off(N);
+    for metric in ALL_METRICS {
+        // A third built, the rest inserted in two batches, as a growing table is.
+        let mut index = build(metric, &data[..N / 3], IndexParams::default());
+        for range in [N / 3..N / 2, N / 2..N] {
+            index
+                .insert(range.map(|i| (i as u64, data[i].as_slice())))
+                .unwrap();
+        }
+        assert_eq!(index.info().rows, N);
+        let r = recall(&index, &data, &queries, 64, |_| true);
+        assert!(r >= 0.95, "{metric:?}: recall@10 {r} at ef 64");
+        // Saved and loaded, the inserted rows are there.
+        let loaded = HnswIndex::from_bytes(&index.to_bytes().unwrap()).unwrap();
+        assert_eq!(loaded.info().rows, N);
+        assert_eq!(recall(&loaded, &data, &queries, 64, |_| true), r);
+    }
+}
+
+#[test]
+fn inserts_are_checked_and_a_refused_batch_changes_nothing() {
+    let data = clustered(200, 8, 4, 3);
+    let mut index = build(Metric::L2, &data[..100], IndexParams::default());
+    let bytes = index.to_bytes().unwrap();
+    let err = |index: &mut HnswIndex, rows: Vec<(u64, &[f32])>| {
+        index.insert(rows).unwrap_err().to_string()
+    };
+    assert_eq!(
+        err(&mut index, vec![(150, &data[150]), (99, &data[99])]),
+        "invalid index parameter: row id 99 is not above the ids in the index (the next is 100)"
+    );
+    assert_eq!(
+        err(&mut index, vec![(150, &data[150]), (151, &data[151][..7])]),
+        "row 151 has 7 dimensions, the index has 8"
+    );
+    let nan = [f32::NAN; 8];
+    assert_eq!(
+        err(&mut index, vec![(150, &nan)]),
+        "row 150 has a NaN or infinite element: vectors in an index must be finite"
+    );
+    assert_eq!(
+        err(&mut index, vec![(150, &data[150]), (150, &data[151])]),
+        "row id 150 appears twice: each row of an index needs its own id"
+    );
+    assert_eq!(index.to_bytes().unwrap(), bytes);
+    let mut empty = HnswIndex::build(Metric::L2, IndexParams::default(), []).unwrap();
+    assert_eq!(
+        err(&mut empty, vec![(0, &data[0])]),
+        "invalid index parameter: an index built over no rows takes no inserts; build it again"
+    );
+    // Cosine: a zero vector is kept apart, as in a build.
+    let mut cosine = build(Metric::Cosine, &data[..100], IndexParams::default());
+    let zero = [0.0f32; 8];
+    cosine
+        .insert([(100, &zero[..]), (101, &data[101][..])])
+        .unwrap();
+    let got = cosine
+        .search(&data[101], 200, &SearchOptions::new(200), None)
+        .unwrap()
+        .neighbors;
+    assert_eq!(got.len(), 102);
+    assert_eq!(got[0].id, 101);
+    assert_eq!(got[101].id, 100);
+    assert!(got[101].distance.is_nan());
+}
+
+#[test]
 fn link_lists_stay_within_m_and_2m() {
     let data = clustered(N, DIMS, 30, 43);
     let m = 6;
