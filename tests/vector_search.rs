@@ -545,20 +545,48 @@ async fn unchanged_tables_are_answered_from_the_index() {
     );
     assert!(analyze(&lake, &minor).await.contains("table_reads=2"));
 
-    // A new file is a new version: which rows exist is read again, and the new row is found.
+    // A new file is a new version: which rows exist is read again, the new row is inserted
+    // into the index and found, and the next query reads nothing again.
+    let built_at = query_strings(
+        &lake,
+        "SELECT arrow_cast(built_at, 'Utf8') FROM audiolake_indexes",
+    )
+    .await;
     let mut near_q = q.clone();
     near_q[0] += 0.05;
     write_part(&lake, &setup.data, "part-1.parquet", &[(ROWS, near_q)]).await;
     assert_eq!(ids(&lake, &knn).await[..2], [42, ROWS]);
-    assert!(analyze(&lake, &knn).await.contains("table_reads=3"));
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+    let additions = std::fs::read_dir(setup.store.join("indexes").join("vecs_l2"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".added-"))
+        .count();
+    assert_eq!(additions, 1, "the added row is kept beside the build");
 
-    // Back to the files of the build, after a restart: the index answers alone again.
+    // After a restart the build and its additions are loaded: still nothing to read.
+    drop(lake);
+    let lake = open(&setup).await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    assert_eq!(ids(&lake, &knn).await[..2], [42, ROWS]);
+    assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+
+    // Back to the files of the build, after another restart: the added row is gone, and the
+    // index answers alone again, from the same build.
     std::fs::remove_file(setup.data.join("part-1.parquet")).unwrap();
     drop(lake);
     let lake = open(&setup).await;
     run(&lake, "SET hnsw.ef_search = 400").await;
     assert_eq!(ids(&lake, &knn).await, want);
     assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+    assert_eq!(
+        query_strings(
+            &lake,
+            "SELECT arrow_cast(built_at, 'Utf8') FROM audiolake_indexes"
+        )
+        .await,
+        built_at
+    );
 }
 
 /// A pseudo-random bucket 0..100 of an id, unrelated to its cluster (`id % 20`); the same
@@ -822,8 +850,8 @@ async fn reindex_rebuilds_and_a_dropped_reindex_keeps_the_old_build() {
     assert_eq!(why.as_deref(), Some("index build cancelled"));
     assert!(done < ROWS, "{done} rows inserted");
 
-    // The old build is still the index's, and answers: the rows added since are compared
-    // exactly.
+    // The old build is still the index's, and answers: the rows added since are inserted into
+    // it.
     assert_eq!(listed().await, (200, built_at.clone()));
     let q = &rows[2500].1;
     let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
@@ -848,6 +876,52 @@ async fn reindex_rebuilds_and_a_dropped_reindex_keeps_the_old_build() {
     assert_eq!(
         ids(&lake, &knn).await,
         brute_force(l2, &rows[..300], q, 5, |_| true)
+    );
+}
+
+#[tokio::test]
+async fn crafted_additions_files_are_set_aside() {
+    let setup = setup();
+    let rows = vectors(0..300);
+    let lake = open(&setup).await;
+    vecs_table(&lake, &setup, &rows[..200]).await;
+    run(&lake, "CREATE INDEX vecs_v ON vecs USING hnsw (v)").await;
+    write_part(&lake, &setup.data, "part-1.parquet", &rows[200..]).await;
+    let q = &rows[250].1;
+    let knn = format!("SELECT id FROM vecs ORDER BY v <-> {} LIMIT 5", literal(q));
+    let want = brute_force(l2, &rows, q, 5, |_| true);
+    assert_eq!(ids(&lake, &knn).await, want);
+    drop(lake);
+
+    // Beside the build: one file that is not JSON, and additions whose vector is too short.
+    let [graph] = graph_files(&setup, "vecs_v").try_into().unwrap();
+    let build = graph.file_stem().unwrap().to_str().unwrap().to_string();
+    let dir = graph.parent().unwrap();
+    std::fs::write(
+        dir.join(format!("{build}.added-0-0-0.json")),
+        b"{\"rows\": [",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{build}.added-0-0-1.json")),
+        br#"{"version": null, "rows": [{"key": "999", "vector": [1.0]}]}"#,
+    )
+    .unwrap();
+    let lake = open(&setup).await;
+    assert_eq!(ids(&lake, &knn).await, want);
+    let problems = query_strings(
+        &lake,
+        "SELECT problem FROM audiolake_store_problems ORDER BY object",
+    )
+    .await;
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("not index additions: "),
+        "{problems:?}"
+    );
+    assert_eq!(
+        problems[1],
+        "index additions not applied: row 200 has 1 dimensions, the index has 16"
     );
 }
 

@@ -20,6 +20,11 @@
 //! index follows its table across restarts, new files and deleted ones. Where each row is a
 //! file (AUDIO tables), a build also keeps each row's file fingerprint (`<build>.files.json`),
 //! so that a file changed in place is seen as a changed row.
+//!
+//! Rows added to the table after a build are inserted into the loaded graph (changed rows are
+//! a dead row and a new one; deleted rows are marked dead), and each such step is kept beside
+//! the build as `<name>/<build>.added-<time>-<n>.json` ([`Additions`]): loading a build replays
+//! its additions in order, so the store is appended to, never rewritten, until a rebuild.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -44,7 +49,7 @@ use tokio::sync::Mutex;
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
 use crate::cancel::CancelOnDrop;
-use crate::clock::now_micros;
+use crate::clock::{now_micros, writer_id};
 use crate::jobs::Jobs;
 use crate::problems::StoreProblems;
 use crate::sql::settings;
@@ -60,6 +65,9 @@ const STALE_LOCK: Duration = Duration::from_secs(30);
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Definitions larger than this are not read (a real one is well under a kilobyte).
 const MAX_DEFINITION_BYTES: u64 = 1 << 20;
+/// Additions files larger than this are not read (about 100,000 rows of 200 dimensions).
+const MAX_ADDITIONS_BYTES: u64 = 256 << 20;
+const ADDITIONS: &str = "added-";
 
 /// What `CREATE INDEX` asked for and what its current build is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,18 +104,27 @@ pub fn parse_definition(bytes: &[u8]) -> std::result::Result<IndexDefinition, St
     serde_json::from_slice(bytes).map_err(|e| format!("not an index definition: {e}"))
 }
 
-/// A loaded build: the graph and, for each row id, its key and (when the table's rows are
-/// files) its file fingerprint.
+/// A loaded build and the additions made to it: the graph and, for each row id, its key and
+/// (when the table's rows are files) its file fingerprint.
 pub struct Loaded {
     pub index: HnswIndex,
+    /// By row id, every row ever in the graph, dead ones too.
     pub keys: Vec<String>,
+    /// The live rows' ids by key.
     pub ids: HashMap<String, u64>,
     /// Empty when the build kept none.
     pub fingerprints: Vec<String>,
+    /// The table's version that the rows are those of (see [`table_version`]).
+    pub version: Option<String>,
 }
 
 impl Loaded {
-    fn new(index: HnswIndex, keys: Vec<String>, fingerprints: Vec<String>) -> Self {
+    fn new(
+        index: HnswIndex,
+        keys: Vec<String>,
+        fingerprints: Vec<String>,
+        version: Option<String>,
+    ) -> Self {
         let ids = keys
             .iter()
             .enumerate()
@@ -118,14 +135,83 @@ impl Loaded {
             keys,
             ids,
             fingerprints,
+            version,
         }
     }
+
+    /// Applies `additions`: gone rows and the old versions of changed rows are marked dead,
+    /// new rows (and new versions) inserted into the graph. Rows already held as they are are
+    /// skipped, so replaying additions twice changes nothing. All or nothing: an error (a
+    /// vector of another length, a NaN) leaves the rows as they were.
+    fn apply(&mut self, additions: &Additions) -> std::result::Result<(), super::IndexError> {
+        let mut dead = Vec::new();
+        let mut rows: Vec<(u64, &[f32])> = Vec::new();
+        let mut new = Vec::new();
+        let next = self.keys.len() as u64;
+        for row in &additions.rows {
+            if let Some(&id) = self.ids.get(&row.key) {
+                let file = self.fingerprints.get(id as usize);
+                if row.file.is_none() || file == row.file.as_ref() {
+                    continue;
+                }
+                dead.push(id);
+            }
+            rows.push((next + new.len() as u64, &row.vector));
+            new.push(row);
+        }
+        dead.extend(
+            additions
+                .gone
+                .iter()
+                .filter_map(|k| self.ids.get(k).copied()),
+        );
+        self.index.insert(rows)?;
+        self.index.mark_dead(dead.iter().copied());
+        for id in dead {
+            self.ids.remove(&self.keys[id as usize]);
+        }
+        for row in new {
+            self.ids.insert(row.key.clone(), self.keys.len() as u64);
+            self.keys.push(row.key.clone());
+            if let Some(file) = &row.file {
+                self.fingerprints.push(file.clone());
+            }
+        }
+        self.version = additions.version.clone();
+        Ok(())
+    }
 }
+
+/// What a table gained and lost since a build, as one step applied to it: kept in the store
+/// as `<build>.added-*.json` beside the build's files.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Additions {
+    /// The table's version after this step.
+    pub version: Option<String>,
+    /// Rows added, or changed (same key, another file).
+    pub rows: Vec<AddedRow>,
+    /// Keys of rows deleted.
+    #[serde(default)]
+    pub gone: Vec<String>,
+}
+
+/// A row added to a table after its index's build.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AddedRow {
+    pub key: String,
+    /// Its file fingerprint, for tables whose rows are files.
+    #[serde(default)]
+    pub file: Option<String>,
+    pub vector: Vec<f32>,
+}
+
+/// A loaded build, shared by the queries on it; additions take it for writing.
+pub type SharedLoaded = Arc<parking_lot::RwLock<Loaded>>;
 
 /// One index: its definition and, once used, its loaded build.
 pub struct Entry {
     pub definition: IndexDefinition,
-    loaded: Mutex<Option<Arc<Loaded>>>,
+    loaded: Mutex<Option<SharedLoaded>>,
 }
 
 impl Entry {
@@ -454,8 +540,8 @@ impl Indexes {
                 .await
                 .map_err(|e| store_error("written", e))?;
         }
-        self.publish(definition, Loaded::new(index, keys, fingerprints))
-            .await
+        let loaded = Loaded::new(index, keys, fingerprints, definition.version.clone());
+        self.publish(definition, loaded).await
     }
 
     /// Makes `definition` (whose files are written) the current build of its index, under the
@@ -474,7 +560,7 @@ impl Indexes {
                 .map_err(|e| store_error("written", e))?;
             let entry = Arc::new(Entry {
                 definition,
-                loaded: Mutex::new(Some(Arc::new(loaded))),
+                loaded: Mutex::new(Some(Arc::new(parking_lot::RwLock::new(loaded)))),
             });
             self.entries_mut().insert(name.clone(), Arc::clone(&entry));
             Ok::<_, DataFusionError>((entry, stored))
@@ -522,13 +608,80 @@ impl Indexes {
 
     /// Best effort: a build's files left behind waste space but break nothing.
     async fn delete_build(&self, name: &str, build: i64) {
-        for suffix in ["hnsw", "keys.json", "files.json"] {
-            let path = self.build_path(name, build, suffix);
+        let mut paths: Vec<Path> = ["hnsw", "keys.json", "files.json"]
+            .into_iter()
+            .map(|suffix| self.build_path(name, build, suffix))
+            .collect();
+        match self.additions_of(name, build).await {
+            Ok(additions) => paths.extend(additions),
+            Err(e) => {
+                log::warn!("the additions of index {name} build {build} were not listed: {e}")
+            }
+        }
+        for path in paths {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => log::warn!("old index file {path} was not deleted: {e}"),
             }
         }
+    }
+
+    /// The additions files of a build, oldest first.
+    async fn additions_of(&self, name: &str, build: i64) -> Result<Vec<Path>> {
+        let prefix = format!("{build}.{ADDITIONS}");
+        let mut paths: Vec<Path> = self
+            .store
+            .list(Some(&self.dir.clone().join(name)))
+            .try_filter_map(|meta| {
+                let ours = meta
+                    .location
+                    .filename()
+                    .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".json"));
+                futures::future::ready(Ok(ours.then_some(meta.location)))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| store_error("listed", e))?;
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Applies `additions` to the entry's loaded build and keeps them in the store beside it.
+    /// The graph is extended on a blocking thread while queries on this index wait.
+    pub async fn add_rows(
+        &self,
+        entry: &Entry,
+        loaded: &SharedLoaded,
+        additions: Additions,
+    ) -> Result<()> {
+        let shared = Arc::clone(loaded);
+        let additions = tokio::task::spawn_blocking(move || {
+            shared.write().apply(&additions).map(|()| additions)
+        })
+        .await
+        .map_err(|e| DataFusionError::External(e.into()))?
+        .map_err(index_error)?;
+        let d = &entry.definition;
+        let path = self.build_path(
+            &d.name,
+            d.build,
+            &format!(
+                "{ADDITIONS}{:016}-{:016x}-{:06}.json",
+                now_micros(),
+                writer_id(),
+                next_addition()
+            ),
+        );
+        let json =
+            serde_json::to_vec(&additions).map_err(|e| DataFusionError::External(e.into()))?;
+        // Not kept, the rows are found again as added after a restart: nothing is lost.
+        if let Err(e) = self.store.put(&path, PutPayload::from(json)).await {
+            log::warn!(
+                "index {}: rows added since its build were not saved: {e}",
+                d.name
+            );
+        }
+        Ok(())
     }
 
     /// The entry's build, read from the store at first use; a build that cannot be read (an
@@ -538,7 +691,7 @@ impl Indexes {
         &self,
         state: &SessionState,
         entry: Arc<Entry>,
-    ) -> Result<(Arc<Entry>, Arc<Loaded>)> {
+    ) -> Result<(Arc<Entry>, SharedLoaded)> {
         if let Some(loaded) = self.loaded(&entry).await? {
             return Ok((entry, loaded));
         }
@@ -549,9 +702,10 @@ impl Indexes {
         Ok((entry, loaded))
     }
 
-    /// The entry's build, read from the store at first use; `None` when its index file cannot
-    /// be read (logged).
-    async fn loaded(&self, entry: &Entry) -> Result<Option<Arc<Loaded>>> {
+    /// The entry's build with its additions, read from the store at first use; `None` when its
+    /// index file cannot be read (logged). Additions that cannot be read or applied are set
+    /// aside (reported): their rows are found again as added.
+    async fn loaded(&self, entry: &Entry) -> Result<Option<SharedLoaded>> {
         let mut slot = entry.loaded.lock().await;
         if let Some(loaded) = slot.as_ref() {
             return Ok(Some(Arc::clone(loaded)));
@@ -593,7 +747,40 @@ impl Indexes {
                 return Ok(None);
             }
         };
-        let loaded = Arc::new(Loaded::new(index, keys, fingerprints));
+        let mut loaded = Loaded::new(index, keys, fingerprints, d.version.clone());
+        for path in self.additions_of(&d.name, d.build).await? {
+            let found = match self.store.get(&path).await {
+                Ok(found) => found,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(store_error("read", e)),
+            };
+            let problem = if found.meta.size > MAX_ADDITIONS_BYTES {
+                Some(format!(
+                    "index additions of {} bytes (at most {MAX_ADDITIONS_BYTES} are read)",
+                    found.meta.size
+                ))
+            } else {
+                let bytes = found.bytes().await.map_err(|e| store_error("read", e))?;
+                match serde_json::from_slice::<Additions>(&bytes) {
+                    Ok(additions) => {
+                        // Replayed on a blocking thread: it extends the graph.
+                        let (applied, back) =
+                            tokio::task::spawn_blocking(move || (loaded.apply(&additions), loaded))
+                                .await
+                                .map_err(|e| DataFusionError::External(e.into()))?;
+                        loaded = back;
+                        applied
+                            .err()
+                            .map(|e| format!("index additions not applied: {e}"))
+                    }
+                    Err(e) => Some(format!("not index additions: {e}")),
+                }
+            };
+            if let Some(problem) = problem {
+                self.problems.skipped(path.as_ref(), problem);
+            }
+        }
+        let loaded = Arc::new(parking_lot::RwLock::new(loaded));
         *slot = Some(Arc::clone(&loaded));
         Ok(Some(loaded))
     }
@@ -610,6 +797,12 @@ fn next_build() -> i64 {
         })
         .unwrap_or(now);
     now.max(previous + 1)
+}
+
+/// A sequence number for additions files, unique within the process.
+fn next_addition() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn age(meta: &object_store::ObjectMeta) -> Duration {

@@ -43,7 +43,7 @@ pub use part::parse_part;
 pub(crate) use part::{Decoded, Fingerprint, StoredRow};
 pub(crate) use tables::register_feature_tables;
 
-use crate::clock::now_micros;
+use crate::clock::{now_micros, writer_id};
 use crate::problems::StoreProblems;
 
 /// Stored parts fetched at once when reading a group's results.
@@ -242,7 +242,7 @@ impl FeatureStore {
         Self {
             store,
             root,
-            writer: format!("{:016x}", rand_u64()),
+            writer: format!("{:016x}", writer_id()),
             sequence: AtomicU64::new(0),
             policy,
             retention,
@@ -503,12 +503,6 @@ impl FeatureStore {
             buckets.part_name_tag()
         ))
     }
-}
-
-/// A random number for writer ids, from the standard library's randomly seeded hasher.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one((std::process::id(), now_micros()))
 }
 
 #[cfg(test)]

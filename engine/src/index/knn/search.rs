@@ -1,5 +1,6 @@
-//! One kNN query answered from an index build and the table as it is now: rows gone, added
-//! or filtered out since the build are accounted for, and a stale build is redone first.
+//! One kNN query answered from an index build and the table as it is now: rows added since the
+//! build are inserted into it first, rows gone or filtered out are skipped, and a build with
+//! too many dead rows is redone first.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use datafusion::prelude::ident;
 
 use super::query_vector::float4_list;
 use super::session::run;
-use crate::index::registry::{fingerprint, Entry, Indexes, Loaded};
+use crate::index::registry::{fingerprint, AddedRow, Additions, Entry, Indexes, Loaded};
 use crate::index::version::table_version;
 use crate::index::{Estimate, Filter, Neighbor, SearchOptions, SearchPlan};
 
@@ -46,7 +47,8 @@ impl fmt::Debug for KnnQuery {
     }
 }
 
-/// Rows added since a build, plus rows gone since, past which a scan rebuilds the index first.
+/// Rows of a build gone (deleted, or replaced by a changed row) past which a scan rebuilds the
+/// index first.
 const REBUILD_FRACTION: f64 = 0.2;
 
 /// The table's scan, optionally filtered, as a plan builder.
@@ -68,20 +70,23 @@ pub(super) fn key_in(key: &str, keys: &[String]) -> Expr {
 
 /// How the table's rows now stand against an index build.
 struct Freshness {
-    /// By row id of the build: whether the row still exists and passes the predicate; `None`
-    /// when every row does.
+    /// By row id: whether the row still exists and passes the predicate; `None` when every row
+    /// does.
     passing: Option<Vec<bool>>,
-    /// Keys of rows added (or whose file changed) since the build that pass the predicate.
-    added_passing: Vec<String>,
-    /// Rows added, changed or gone since the build.
-    changed: usize,
+    /// Keys of rows added (or whose file changed) since the build.
+    added: Vec<String>,
+    /// Live rows of the build that are gone.
+    gone: Vec<String>,
+    /// Rows of the build dead or gone.
+    dead: usize,
 }
 
 impl Freshness {
     /// From batches of `(keep, key)`, plus the file fingerprint when the build kept them.
     fn of(current: &[RecordBatch], loaded: &Loaded) -> Result<Freshness> {
         let mut passing = vec![false; loaded.keys.len()];
-        let (mut present, mut changed, mut added_passing) = (0, 0, Vec::new());
+        let mut present = vec![false; loaded.keys.len()];
+        let mut added = Vec::new();
         for batch in current {
             let keep = batch.column(0).as_boolean();
             let keys = cast(batch.column(1), &DataType::Utf8)?;
@@ -94,7 +99,7 @@ impl Freshness {
             for row in (0..batch.num_rows()).filter(|r| !keys.is_null(*r)) {
                 let id = loaded.ids.get(keys.value(row)).map(|id| *id as usize);
                 if let Some(id) = id {
-                    present += 1;
+                    present[id] = true;
                     let same_file = match (files, loaded.fingerprints.get(id)) {
                         (Some(files), Some(built)) => files.value(row) == built,
                         _ => true,
@@ -105,17 +110,20 @@ impl Freshness {
                     }
                 }
                 // Added, or its file changed: its indexed vector (if any) is left out.
-                changed += 1;
-                if keep.value(row) {
-                    added_passing.push(keys.value(row).to_string());
-                }
+                added.push(keys.value(row).to_string());
             }
         }
-        let gone = loaded.keys.len().saturating_sub(present);
+        let gone: Vec<String> = loaded
+            .ids
+            .iter()
+            .filter(|(_, id)| !present[**id as usize])
+            .map(|(key, _)| key.clone())
+            .collect();
         Ok(Freshness {
             passing: (!passing.iter().all(|p| *p)).then_some(passing),
-            added_passing,
-            changed: gone + changed,
+            added,
+            dead: loaded.keys.len() - loaded.ids.len() + gone.len(),
+            gone,
         })
     }
 
@@ -123,14 +131,15 @@ impl Freshness {
     fn unchanged() -> Freshness {
         Freshness {
             passing: None,
-            added_passing: Vec::new(),
-            changed: 0,
+            added: Vec::new(),
+            gone: Vec::new(),
+            dead: 0,
         }
     }
 
     /// Whether the build is worth redoing before answering.
-    fn stale(&self, built_rows: usize) -> bool {
-        self.changed > 0 && self.changed as f64 > REBUILD_FRACTION * built_rows.max(1) as f64
+    fn stale(&self, rows: usize) -> bool {
+        self.dead > 0 && self.dead as f64 > REBUILD_FRACTION * rows.max(1) as f64
     }
 }
 
@@ -156,9 +165,10 @@ pub struct Nearest {
 /// The k nearest qualifying rows with a vector, nearest first; fewer than k only when fewer
 /// qualify, or when `hnsw.iterative_scan` is `off` or `hnsw.max_scan_tuples` stopped the scan.
 ///
-/// When the table's version is the build's and there is no predicate, the table is not read:
-/// every indexed row exists as it was. Otherwise its key column (and the predicate) is read to
-/// learn which rows exist and qualify.
+/// When the table's version is the one the loaded rows are of and there is no predicate, the
+/// table is not read: every indexed row exists as it was. Otherwise its key column (and the
+/// predicate) is read to learn which rows exist and qualify; rows added or changed since are
+/// inserted into the index, and rows gone marked dead, before the search.
 pub async fn nearest(
     state: &SessionState,
     table: &KnnQuery,
@@ -170,15 +180,15 @@ pub async fn nearest(
     let definition = &table.entry.definition;
     let key = definition.key.as_str();
     let version = table_version(state, table.inner.as_ref()).await?;
-    let (mut entry, mut loaded) = table
+    let (entry, mut loaded) = table
         .indexes
         .loaded_or_rebuilt(state, Arc::clone(&table.entry))
         .await?;
     if !Arc::ptr_eq(&entry, &table.entry) {
         reads.add(1);
     }
-    let unchanged = version.is_some() && version == entry.definition.version;
-    let rows = if unchanged && table.predicate.is_none() {
+    let current_rows = |loaded: &Loaded| version.is_some() && version == loaded.version;
+    let rows = if current_rows(&loaded.read()) && table.predicate.is_none() {
         Freshness::unchanged()
     } else {
         // Which rows exist now, which of them pass the predicate, and which files changed.
@@ -187,22 +197,37 @@ pub async fn nearest(
             datafusion::functions::expr_fn::coalesce(vec![keep, lit(false)]).alias("keep"),
             ident(key).alias("key"),
         ];
-        if entry.definition.fingerprinted {
-            columns.extend(fingerprint(&table.inner.schema()).map(|f| f.alias("file")));
-        }
+        let file = match entry.definition.fingerprinted {
+            true => fingerprint(&table.inner.schema()),
+            false => None,
+        };
+        columns.extend(file.clone().map(|f| f.alias("file")));
         let plan = scan(table)?.project(columns)?.build()?;
         reads.add(1);
         let current = run(state, plan).await?;
-        let mut rows = Freshness::of(&current, &loaded)?;
-        if rows.stale(loaded.keys.len()) {
+        let mut rows = Freshness::of(&current, &loaded.read())?;
+        if !rows.added.is_empty() || !rows.gone.is_empty() {
+            let added = added_rows(state, table, &rows.added, file).await?;
             reads.add(1);
-            entry = table.indexes.build(state, entry.definition.clone()).await?;
-            (entry, loaded) = table.indexes.loaded_or_rebuilt(state, entry).await?;
-            rows = Freshness::of(&current, &loaded)?;
+            let additions = Additions {
+                version: version.clone(),
+                rows: added,
+                gone: std::mem::take(&mut rows.gone),
+            };
+            table.indexes.add_rows(&entry, &loaded, additions).await?;
+            rows = Freshness::of(&current, &loaded.read())?;
+        }
+        let indexed = loaded.read().keys.len();
+        if rows.stale(indexed) {
+            reads.add(1);
+            let rebuilt = table.indexes.build(state, entry.definition.clone()).await?;
+            (_, loaded) = table.indexes.loaded_or_rebuilt(state, rebuilt).await?;
+            rows = Freshness::of(&current, &loaded.read())?;
         }
         rows
     };
-    let unchanged = version.is_some() && version == entry.definition.version;
+    let loaded = loaded.read();
+    let unchanged = current_rows(&loaded);
     let passing = rows.passing;
     let passes = |id: u64| {
         passing
@@ -217,7 +242,7 @@ pub async fn nearest(
         .index
         .search(query, k, options, filter)
         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-    let mut candidates: Vec<Found> = found
+    let rows = found
         .neighbors
         .iter()
         .map(|Neighbor { id, distance }| Found {
@@ -226,43 +251,59 @@ pub async fn nearest(
             vector: unchanged.then(|| loaded.index.vector(*id)).flatten(),
         })
         .collect();
-    let added = rows.added_passing;
-    if !added.is_empty() {
-        let column = ident(&definition.column);
-        let plan = scan(table)?
-            .filter(key_in(key, &added).and(column.clone().is_not_null()))?
-            .project(vec![ident(key), column])?
-            .build()?;
-        reads.add(1);
-        for batch in run(state, plan).await? {
-            let keys = cast(batch.column(0), &DataType::Utf8)?;
-            let keys = keys.as_string::<i32>();
-            let vectors = cast(batch.column(1), &float4_list())?;
-            let vectors = vectors.as_list::<i32>();
-            for row in 0..batch.num_rows() {
-                let v = vectors.value(row);
-                let v = v.as_primitive::<Float32Type>();
-                let distance = definition
-                    .metric
-                    .distance(query, v.values())
-                    .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                candidates.push(Found {
-                    key: keys.value(row).to_string(),
-                    distance,
-                    vector: None,
-                });
-            }
-        }
-        candidates.sort_by(|a, b| {
-            a.distance
-                .total_cmp(&b.distance)
-                .then_with(|| a.key.cmp(&b.key))
-        });
-        candidates.truncate(k);
-    }
     Ok(Nearest {
-        rows: candidates,
+        rows,
         plan: found.plan,
         estimate: found.estimate,
     })
+}
+
+/// The key, vector and (with `file`) file fingerprint of the rows with these keys and a
+/// vector: rows whose vector is NULL are in no index.
+async fn added_rows(
+    state: &SessionState,
+    table: &KnnQuery,
+    keys: &[String],
+    file: Option<Expr>,
+) -> Result<Vec<AddedRow>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let definition = &table.entry.definition;
+    let column = ident(&definition.column);
+    let mut columns = vec![ident(&definition.key), column.clone()];
+    columns.extend(file.map(|f| f.alias("file")));
+    let plan = scan(table)?
+        .filter(key_in(&definition.key, keys).and(column.is_not_null()))?
+        .project(columns)?
+        .build()?;
+    let mut added = Vec::with_capacity(keys.len());
+    for batch in run(state, plan).await? {
+        let keys = cast(batch.column(0), &DataType::Utf8)?;
+        let keys = keys.as_string::<i32>();
+        let vectors = cast(batch.column(1), &float4_list())?;
+        let vectors = vectors.as_list::<i32>();
+        let files = match batch.columns().get(2) {
+            Some(files) => Some(cast(files, &DataType::Utf8)?),
+            None => None,
+        };
+        let files = files.as_ref().map(|f| f.as_string::<i32>());
+        for row in 0..batch.num_rows() {
+            let v = vectors.value(row);
+            let v = v.as_primitive::<Float32Type>();
+            if v.null_count() > 0 {
+                return Err(DataFusionError::Execution(format!(
+                    "index {}: the vector of {} has a NULL element",
+                    definition.name,
+                    keys.value(row)
+                )));
+            }
+            added.push(AddedRow {
+                key: keys.value(row).to_string(),
+                file: files.map(|f| f.value(row).to_string()),
+                vector: v.values().to_vec(),
+            });
+        }
+    }
+    Ok(added)
 }
