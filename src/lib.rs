@@ -171,6 +171,14 @@ impl AudioLakeBuilder {
         self
     }
 
+    /// Where vector index graphs of an `s3://` store are copied to be memory-mapped (default
+    /// `$XDG_CACHE_HOME/audiolake/indexes`, else `~/.cache/audiolake/indexes`). A local
+    /// store's graphs are mapped where they are.
+    pub fn index_cache(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.config.index_cache = Some(dir.into());
+        self
+    }
+
     pub async fn build(self) -> Result<AudioLake> {
         Ok(AudioLake {
             engine: Engine::open(self.config).await?,

@@ -104,8 +104,13 @@ fn store_on_s3_from_environment_variables() {
 /// Analysis columns of every file (the fixtures that are not audio give NULLs).
 const ANALYSIS: &str = "SELECT file_name, rms_dbfs, decoded_duration_s FROM music ORDER BY path";
 
+/// The three files whose MFCCs are nearest to tagged.flac's, through the index.
+const NEAREST: &str = "SELECT file_name FROM music ORDER BY mfcc <-> \
+    (SELECT mfcc FROM music WHERE file_name = 'tagged.flac') LIMIT 3";
+
 async fn run(moto: &Moto) {
     let analyzed;
+    let nearest;
     moto.create_bucket(BUCKET);
     let client = moto.client(BUCKET);
     moto::upload_fixtures(&client, "music").await;
@@ -177,6 +182,28 @@ async fn run(moto: &Moto) {
         assert_eq!((stats.analyzed(), stats.from_store()), (0, 14));
         let stored = query(&lake, "SELECT count(*) FROM features_loudness").await;
         assert_eq!(stored.column(0).as_primitive::<Int64Type>().value(0), 14);
+        query(&lake, "CREATE INDEX music_mfcc ON music USING hnsw (mfcc)").await;
+        nearest = query(&lake, NEAREST).await;
+        assert_eq!(nearest.num_rows(), 3);
+    }
+
+    // A fresh engine maps a copy of the index's graph in its cache folder and answers the
+    // same; dropping the index deletes the copy.
+    {
+        let cache = tempfile::tempdir().unwrap();
+        let lake = AudioLake::builder()
+            .store(format!("s3://{BUCKET}/lake"))
+            .allow_location(format!("s3://{BUCKET}/music/"))
+            .index_cache(cache.path())
+            .build()
+            .await
+            .unwrap();
+        let copies = || std::fs::read_dir(cache.path()).unwrap().flatten().count();
+        assert_eq!(copies(), 0);
+        assert_eq!(query(&lake, NEAREST).await, nearest);
+        assert_eq!(copies(), 1);
+        query(&lake, "DROP INDEX music_mfcc").await;
+        assert_eq!(copies(), 0);
     }
 
     // Without the music prefix allowed the table is not restored, and the warning says why.

@@ -563,6 +563,9 @@ async fn unchanged_tables_are_answered_from_the_index() {
         .filter(|e| e.file_name().to_string_lossy().contains(".added-"))
         .count();
     assert_eq!(additions, 1, "the added row is kept beside the build");
+    // `rows` counts the live rows, the inserted one too.
+    let listed_rows = "SELECT CAST(rows AS DOUBLE) FROM audiolake_indexes";
+    assert_eq!(float(&lake, listed_rows).await, Some(ROWS as f64 + 1.0));
 
     // After a restart the build and its additions are loaded: still nothing to read.
     drop(lake);
@@ -579,6 +582,7 @@ async fn unchanged_tables_are_answered_from_the_index() {
     run(&lake, "SET hnsw.ef_search = 400").await;
     assert_eq!(ids(&lake, &knn).await, want);
     assert!(analyze(&lake, &knn).await.contains("table_reads=0"));
+    assert_eq!(float(&lake, listed_rows).await, Some(ROWS as f64));
     assert_eq!(
         query_strings(
             &lake,

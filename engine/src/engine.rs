@@ -32,6 +32,7 @@ use crate::error::{EngineError, Result};
 use crate::functions::path_functions;
 use crate::groups;
 use crate::index::ddl;
+use crate::index::files::IndexFiles;
 use crate::index::knn::KnnRule;
 use crate::index::registry::Indexes;
 use crate::index::similar::Similar;
@@ -83,6 +84,10 @@ pub struct EngineConfig {
     /// How long CSV, JSON and Parquet tables reuse a listing of their location before listing
     /// it again; the engine's own writes empty the cache at once. Zero: list at every query.
     pub listing_ttl: Duration,
+    /// Where index graphs of an object-storage store are copied to be memory-mapped; `None`:
+    /// [`default_cache_dir`](crate::index::files::default_cache_dir). A local store's are
+    /// mapped where they are.
+    pub index_cache: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +105,7 @@ impl Default for EngineConfig {
             secrets_file: None,
             cluster: None,
             listing_ttl: DEFAULT_LISTING_TTL,
+            index_cache: None,
         }
     }
 }
@@ -213,6 +219,7 @@ impl Engine {
         let indexes = Arc::new(Indexes::new(
             Arc::clone(&store),
             &store_prefix,
+            IndexFiles::for_store(&store_url, config.index_cache),
             Arc::clone(&problems),
             Arc::clone(&jobs),
         ));

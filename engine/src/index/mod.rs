@@ -2,9 +2,11 @@
 //! parameters and metrics, filtered k-nearest-neighbour search that never returns fewer rows than
 //! qualify, dead rows, and persistence to a folder or bytes; and their SQL side: `CREATE INDEX
 //! ... USING hnsw` and `DROP INDEX` ([`ddl`]), the indexes kept in the store ([`registry`]), the
-//! kNN rewrite ([`knn`]), `similar()` and the `audiolake_indexes` table.
+//! kNN rewrite ([`knn`]), `similar()` and the `audiolake_indexes` table; graph files are
+//! memory-mapped from local disk ([`files`]).
 
 pub(crate) mod ddl;
+pub(crate) mod files;
 mod hnsw;
 pub(crate) mod knn;
 pub(crate) mod registry;

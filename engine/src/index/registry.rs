@@ -46,6 +46,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::files::IndexFiles;
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
 use crate::cancel::CancelOnDrop;
@@ -219,6 +220,16 @@ impl Entry {
     pub fn is_loaded(&self) -> bool {
         self.loaded.try_lock().is_ok_and(|slot| slot.is_some())
     }
+
+    /// The live rows of the loaded build, those inserted since included; the build's count
+    /// while it is not loaded or is being changed.
+    pub fn rows(&self) -> usize {
+        let live = self.loaded.try_lock().ok().and_then(|slot| {
+            let loaded = slot.as_ref()?.try_read()?;
+            Some(loaded.ids.len())
+        });
+        live.unwrap_or(self.definition.rows)
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -231,6 +242,8 @@ impl std::fmt::Debug for Entry {
 pub struct Indexes {
     store: Arc<dyn ObjectStore>,
     dir: Path,
+    /// Where graph files are mapped from.
+    files: IndexFiles,
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
     problems: Arc<StoreProblems>,
     /// Where builds show their progress (`audiolake_progress`).
@@ -252,17 +265,19 @@ fn index_error(e: super::IndexError) -> DataFusionError {
 }
 
 impl Indexes {
-    /// `root` is the store's path; unreadable definitions are reported to `problems`, builds
-    /// to `jobs`.
+    /// `root` is the store's path, `files` where its graph files are mapped from; unreadable
+    /// definitions are reported to `problems`, builds to `jobs`.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         root: &Path,
+        files: IndexFiles,
         problems: Arc<StoreProblems>,
         jobs: Arc<Jobs>,
     ) -> Self {
         Self {
             store,
             dir: root.clone().join("indexes"),
+            files,
             entries: RwLock::new(BTreeMap::new()),
             problems,
             jobs,
@@ -618,6 +633,9 @@ impl Indexes {
                 log::warn!("the additions of index {name} build {build} were not listed: {e}")
             }
         }
+        self.files
+            .forget(&self.build_path(name, build, "hnsw"))
+            .await;
         for path in paths {
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -723,7 +741,11 @@ impl Indexes {
                     .map_err(|e| store_error("read", e))
             }
         };
-        let (graph, keys) = (read("hnsw").await?, read("keys.json").await?);
+        let graph = self
+            .files
+            .local(self.store.as_ref(), &self.build_path(&d.name, d.build, "hnsw"))
+            .await?;
+        let keys = read("keys.json").await?;
         let keys: Vec<String> = serde_json::from_slice(&keys)
             .map_err(|e| DataFusionError::Execution(format!("index {} keys: {e}", d.name)))?;
         let fingerprints: Vec<String> = if d.fingerprinted {
@@ -733,7 +755,7 @@ impl Indexes {
         } else {
             Vec::new()
         };
-        let index = match tokio::task::spawn_blocking(move || HnswIndex::from_bytes(&graph))
+        let index = match tokio::task::spawn_blocking(move || HnswIndex::open(&graph))
             .await
             .map_err(|e| DataFusionError::External(e.into()))?
         {

@@ -1,4 +1,5 @@
-//! `audiolake_indexes`: one row per index with its definition, size, row count and build time.
+//! `audiolake_indexes`: one row per index with its definition, size, live row count and build
+//! time.
 
 use std::sync::Arc;
 
@@ -66,7 +67,9 @@ impl Snapshot for IndexTable {
                 text(|d| d.metric.opclass().to_string()),
                 int(|d| d.params.m as i64),
                 int(|d| d.params.ef_construction as i64),
-                int(|d| d.rows as i64),
+                Arc::new(Int64Array::from(
+                    entries.iter().map(|e| e.rows() as i64).collect::<Vec<_>>(),
+                )),
                 int(|d| d.dims as i64),
                 int(|d| d.size_bytes as i64),
                 Arc::new(Float64Array::from(

@@ -1,6 +1,6 @@
 //! The stored form of an [`HnswIndex`]: a header, then the graph's arrays as they are in
-//! memory (little-endian, each section padded to 8 bytes), then a BLAKE3 checksum of
-//! everything before it.
+//! memory (little-endian, each section padded to 8 bytes, so that a mapped file is the graph),
+//! then two BLAKE3 checksums: of everything but the vectors, and of the vectors.
 //!
 //! | section   | contents                                                   |
 //! |-----------|------------------------------------------------------------|
@@ -14,21 +14,29 @@
 //! | dead      | u64: rows marked dead                                      |
 //!
 //! Reading checks the length the header implies before allocating anything, then the
-//! checksum, then every count, link and level, so that a damaged or crafted file is an error
-//! and never a panic or a huge allocation.
+//! checksums, then every count, link and level, so that a damaged or crafted file is an error
+//! and never a panic or a huge allocation. A mapped file skips what would read its vectors
+//! (see [`map`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicU32;
+use std::fs::File;
+use std::io::Read;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use memmap2::{MmapMut, MmapOptions};
 
 use super::graph::{self, Graph, Links, Top, MAX_LEVEL};
+use super::section::{Section, View};
 use super::{BuildInfo, HnswIndex, IndexParams, Metric};
 
 const MAGIC: &[u8; 8] = b"ALHNSW2\0";
 /// What hnsw_rs-based builds wrote (files of hnsw_rs behind this magic).
 const OLD_MAGIC: &[u8; 8] = b"ALHNSW1\0";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 pub(super) const HEADER: usize = 80;
-const CHECKSUM: usize = 32;
+/// Two BLAKE3 hashes: of everything but the vectors, then of the vectors.
+const CHECKSUMS: usize = 64;
 
 /// Message of the error for an index written before this format; the registry rebuilds it.
 pub(super) const OLD_FORMAT: &str =
@@ -81,7 +89,7 @@ pub(super) fn encode(index: &HnswIndex) -> Vec<u8> {
             + (g.level0.len() + g.upper.len()) * 4
             + g.levels.len() * 9
             + (index.unindexed.len() + dead.len()) * 8
-            + CHECKSUM
+            + CHECKSUMS
             + 32,
     ));
     w.0.extend_from_slice(MAGIC);
@@ -99,18 +107,19 @@ pub(super) fn encode(index: &HnswIndex) -> Vec<u8> {
     w.u64(dead.len() as u64);
     w.0.extend_from_slice(&index.info.build_seconds.to_le_bytes());
     debug_assert_eq!(w.0.len(), HEADER);
-    for x in &g.vectors {
+    for x in g.vectors.iter() {
         w.0.extend_from_slice(&x.to_le_bytes());
     }
     w.pad();
-    for s in &g.level0 {
-        w.u32(s.load(std::sync::atomic::Ordering::Relaxed));
+    let vectors_end = w.0.len();
+    for s in g.level0.iter() {
+        w.u32(s.load(Ordering::Relaxed));
     }
     w.pad();
     w.0.extend_from_slice(&g.levels);
     w.pad();
-    for s in &g.upper {
-        w.u32(s.load(std::sync::atomic::Ordering::Relaxed));
+    for s in g.upper.iter() {
+        w.u32(s.load(Ordering::Relaxed));
     }
     w.pad();
     for list in [&index.ids, &index.unindexed, &dead] {
@@ -118,8 +127,12 @@ pub(super) fn encode(index: &HnswIndex) -> Vec<u8> {
             w.u64(*id);
         }
     }
-    let checksum = blake3::hash(&w.0);
-    w.0.extend_from_slice(checksum.as_bytes());
+    let mut structure = blake3::Hasher::new();
+    structure.update(&w.0[..HEADER]);
+    structure.update(&w.0[vectors_end..]);
+    let vectors = blake3::hash(&w.0[HEADER..vectors_end]);
+    w.0.extend_from_slice(structure.finalize().as_bytes());
+    w.0.extend_from_slice(vectors.as_bytes());
     w.0
 }
 
@@ -144,12 +157,6 @@ impl<'a> Reader<'a> {
     fn skip_pad(&mut self) {
         self.at = self.at.next_multiple_of(8);
     }
-    fn u32s(&mut self, n: usize) -> Vec<u32> {
-        self.take(n * 4)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect()
-    }
     fn u64s(&mut self, n: usize) -> Vec<u64> {
         self.take(n * 8)
             .chunks_exact(8)
@@ -171,7 +178,7 @@ struct Header {
 }
 
 fn header(bytes: &[u8]) -> Result<Header, String> {
-    if bytes.len() < HEADER + CHECKSUM {
+    if bytes.len() < HEADER + CHECKSUMS {
         if bytes.starts_with(OLD_MAGIC) {
             return Err(OLD_FORMAT.into());
         }
@@ -232,7 +239,7 @@ fn described_length(h: &Header) -> Option<u64> {
         (h.unindexed as u64).checked_mul(8)?,
         (h.dead as u64).checked_mul(8)?,
     ];
-    let mut total = (HEADER + CHECKSUM) as u64;
+    let mut total = (HEADER + CHECKSUMS) as u64;
     for s in sections {
         total = total.checked_add(padded(s)?)?;
     }
@@ -243,8 +250,71 @@ fn strictly_ascending(ids: &[u64]) -> bool {
     ids.windows(2).all(|w| w[0] < w[1])
 }
 
+/// Where an index's bytes are: read whole into memory, or a file mapped.
+enum Source<'a> {
+    Read(&'a [u8]),
+    Mapped(&'a Arc<MmapMut>),
+}
+
+impl Source<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Read(bytes) => bytes,
+            Source::Mapped(map) => map,
+        }
+    }
+
+    fn f32s(&self, at: usize, n: usize) -> Section<f32> {
+        match self {
+            Source::Read(bytes) => Section::Owned(
+                bytes[at..at + n * 4]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            ),
+            Source::Mapped(map) => Section::Mapped(View::new(map, at, n)),
+        }
+    }
+
+    fn u32s(&self, at: usize, n: usize) -> Section<AtomicU32> {
+        match self {
+            Source::Read(bytes) => Section::Owned(
+                bytes[at..at + n * 4]
+                    .chunks_exact(4)
+                    .map(|c| AtomicU32::new(u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+                    .collect(),
+            ),
+            Source::Mapped(map) => Section::Mapped(View::new(map, at, n)),
+        }
+    }
+}
+
 /// An index from `bytes`, with every part checked; the error says what is wrong.
 pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
+    parse(Source::Read(bytes))
+}
+
+/// An index over the memory-mapped `file`: its structure (header, links, levels, row ids) is
+/// read and checked as [`decode`] checks it, its vectors are left on disk until searches touch
+/// them, so neither their checksum nor their finiteness is checked (a damaged vector gives
+/// wrong distances for its row, never a crash; `REINDEX` writes it again).
+pub(super) fn map(file: &File) -> Result<HnswIndex, String> {
+    if cfg!(target_endian = "big") {
+        let (mut reader, mut bytes) = (file, Vec::new());
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        return decode(&bytes);
+    }
+    // SAFETY: a private mapping; index files are written once under a temporary name and
+    // renamed into place, never rewritten or truncated (see `Section`).
+    let map = unsafe { MmapOptions::new().map_copy(file) }
+        .map_err(|e| format!("cannot be mapped: {e}"))?;
+    parse(Source::Mapped(&Arc::new(map)))
+}
+
+fn parse(source: Source<'_>) -> Result<HnswIndex, String> {
+    let bytes = source.bytes();
     let h = header(bytes)?;
     match described_length(&h) {
         Some(len) if len == bytes.len() as u64 => {}
@@ -256,8 +326,15 @@ pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
         }
         None => return Err("the header's counts overflow".into()),
     }
-    let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM);
-    if blake3::hash(body).as_bytes() != checksum {
+    let body = bytes.len() - CHECKSUMS;
+    let vectors_end = HEADER + (h.nodes * h.dims * 4).next_multiple_of(8);
+    let mut structure = blake3::Hasher::new();
+    structure.update(&bytes[..HEADER]);
+    structure.update(&bytes[vectors_end..body]);
+    let whole = matches!(source, Source::Read(_));
+    if structure.finalize().as_bytes() != &bytes[body..body + 32]
+        || (whole && blake3::hash(&bytes[HEADER..vectors_end]).as_bytes() != &bytes[body + 32..])
+    {
         return Err("checksum mismatch: the file is damaged".into());
     }
     if h.nodes > u32::MAX as usize {
@@ -267,27 +344,25 @@ pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
         return Err("rows of 0 dimensions".into());
     }
 
+    let vectors = source.f32s(HEADER, h.nodes * h.dims);
     let mut r = Reader {
-        bytes: body,
-        at: HEADER,
+        bytes: &bytes[..body],
+        at: vectors_end,
     };
-    let vectors: Vec<f32> = r
-        .take(h.nodes * h.dims * 4)
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    r.skip_pad();
-    let level0 = r.u32s(h.nodes * (2 * h.params.m + 1));
+    let level0_len = h.nodes * (2 * h.params.m + 1);
+    let level0 = source.u32s(r.at, level0_len);
+    r.at += level0_len * 4;
     r.skip_pad();
     let levels = r.take(h.nodes).to_vec();
     r.skip_pad();
-    let upper = r.u32s(h.upper_slots);
+    let upper = source.u32s(r.at, h.upper_slots);
+    r.at += h.upper_slots * 4;
     r.skip_pad();
     let ids = r.u64s(h.nodes);
     let unindexed = r.u64s(h.unindexed);
     let dead = r.u64s(h.dead);
 
-    if !vectors.iter().all(|x| x.is_finite()) {
+    if whole && !vectors.iter().all(|x| x.is_finite()) {
         return Err("a vector has a NaN or infinite element".into());
     }
     check_links(&h, &levels, &level0, &upper)?;
@@ -303,7 +378,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
     }
     let dead: HashSet<u64> = dead.into_iter().collect();
 
-    let atomics = |v: Vec<u32>| v.into_iter().map(AtomicU32::new).collect();
     let graph = Graph::from_parts(
         h.metric.kernel(),
         h.dims,
@@ -311,8 +385,8 @@ pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
         vectors,
         Links {
             levels,
-            level0: atomics(level0),
-            upper: atomics(upper),
+            level0,
+            upper,
         },
         h.top,
     );
@@ -334,7 +408,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<HnswIndex, String> {
 
 /// Levels, entry point and every list: counts within capacity, links to existing nodes that
 /// reach the list's level (a search reads a linked node's list at that level).
-fn check_links(h: &Header, levels: &[u8], level0: &[u32], upper: &[u32]) -> Result<(), String> {
+fn check_links(
+    h: &Header,
+    levels: &[u8],
+    level0: &[AtomicU32],
+    upper: &[AtomicU32],
+) -> Result<(), String> {
     let m = h.params.m;
     if let Some(bad) = levels.iter().find(|l| usize::from(**l) > MAX_LEVEL) {
         return Err(format!("a node of level {bad} (at most {MAX_LEVEL})"));
@@ -358,13 +437,13 @@ fn check_links(h: &Header, levels: &[u8], level0: &[u32], upper: &[u32]) -> Resu
             top.entry, top.max_level
         ));
     }
-    let check_list = |list: &[u32], level: usize| -> Result<(), String> {
-        let count = list[0] as usize;
+    let check_list = |list: &[AtomicU32], level: usize| -> Result<(), String> {
+        let count = list[0].load(Ordering::Relaxed) as usize;
         if count > list.len() - 1 {
             return Err(format!("a list of {count} links at level {level}"));
         }
-        for link in &list[1..=count] {
-            match levels.get(*link as usize) {
+        for link in list[1..=count].iter().map(|l| l.load(Ordering::Relaxed)) {
+            match levels.get(link as usize) {
                 Some(l) if usize::from(*l) >= level => {}
                 _ => return Err(format!("a link to node {link} at level {level}")),
             }

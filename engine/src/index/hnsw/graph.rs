@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use audiolake_udf::vector;
 use parking_lot::Mutex;
 
+use super::section::Section;
 use super::visited::{with_visited, Visited};
 use super::IterativeScan;
 
@@ -71,8 +72,8 @@ pub(super) struct Top {
 /// Each node's level and its lists, as laid out in [`Graph`].
 pub(super) struct Links {
     pub levels: Vec<u8>,
-    pub level0: Vec<AtomicU32>,
-    pub upper: Vec<AtomicU32>,
+    pub level0: Section<AtomicU32>,
+    pub upper: Section<AtomicU32>,
 }
 
 /// The build was cancelled.
@@ -83,10 +84,10 @@ pub(super) struct Graph {
     pub kernel: Kernel,
     pub dims: usize,
     pub m: usize,
-    pub vectors: Vec<f32>,
+    pub vectors: Section<f32>,
     pub levels: Vec<u8>,
-    pub level0: Vec<AtomicU32>,
-    pub upper: Vec<AtomicU32>,
+    pub level0: Section<AtomicU32>,
+    pub upper: Section<AtomicU32>,
     /// Derived from `levels`: where each node's upper blocks start.
     upper_offsets: Vec<usize>,
     top: Mutex<Top>,
@@ -129,7 +130,7 @@ impl Graph {
         kernel: Kernel,
         dims: usize,
         m: usize,
-        vectors: Vec<f32>,
+        vectors: Section<f32>,
         links: Links,
         top: Top,
     ) -> Graph {
@@ -168,14 +169,14 @@ impl Graph {
     ) -> Result<Graph, Cancelled> {
         let empty = Links {
             levels: Vec::new(),
-            level0: Vec::new(),
-            upper: Vec::new(),
+            level0: Vec::new().into(),
+            upper: Vec::new().into(),
         };
         let top = Top {
             entry: 0,
             max_level: 0,
         };
-        let mut graph = Graph::from_parts(kernel, dims, m, vectors, empty, top);
+        let mut graph = Graph::from_parts(kernel, dims, m, vectors.into(), empty, top);
         graph.grow(0);
         graph.link_from(0, ef_construction, cancelled, inserted)?;
         Ok(graph)
@@ -185,7 +186,7 @@ impl Graph {
     /// thread of the current rayon pool.
     pub(super) fn extend(&mut self, vectors: &[f32], ef_construction: usize) {
         let first = self.len();
-        self.vectors.extend_from_slice(vectors);
+        self.vectors.owned().extend_from_slice(vectors);
         self.grow(first);
         let linked = self.link_from(first, ef_construction, &|| false, &AtomicU64::new(0));
         linked.expect("an insert that is never cancelled finishes");
@@ -196,9 +197,12 @@ impl Graph {
         let n = self.vectors.len().checked_div(self.dims).unwrap_or(0);
         let mult = 1.0 / (self.m as f64).ln();
         self.levels.extend((first..n).map(|i| draw_level(i, mult)));
-        self.level0.extend(zeroed((n - first) * (2 * self.m + 1)));
+        self.level0
+            .owned()
+            .extend(zeroed((n - first) * (2 * self.m + 1)));
         let (offsets, upper_slots) = upper_offsets(&self.levels, self.m);
-        self.upper.extend(zeroed(upper_slots - self.upper.len()));
+        let upper = self.upper.owned();
+        upper.extend(zeroed(upper_slots - upper.len()));
         self.upper_offsets = offsets;
         self.locks.extend((first..n).map(|_| Mutex::new(())));
         if first == 0 {

@@ -7,6 +7,7 @@
 
 mod file;
 mod graph;
+mod section;
 #[cfg(test)]
 mod tests;
 mod visited;
@@ -890,19 +891,25 @@ impl HnswIndex {
         Ok(bytes.len() as u64)
     }
 
-    /// Loads an index saved by [`save`](Self::save).
+    /// Loads an index saved by [`save`](Self::save), memory-mapped (see [`open`](Self::open)).
     pub fn load(dir: &Path) -> Result<HnswIndex, IndexError> {
-        let bytes = match std::fs::read(dir.join(INDEX_FILE)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(corrupt(
-                    dir,
-                    format!("no {INDEX_FILE}: the save did not finish"),
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        file::decode(&bytes).map_err(|reason| corrupt(dir, reason))
+        match Self::open(&dir.join(INDEX_FILE)) {
+            Err(IndexError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(corrupt(
+                dir,
+                format!("no {INDEX_FILE}: the save did not finish"),
+            )),
+            other => other,
+        }
+    }
+
+    /// Opens the index file at `path` (the bytes of [`to_bytes`](Self::to_bytes)) by mapping it
+    /// into memory: its links and row ids are read and checked, its vectors are read from disk
+    /// as searches reach them, so a large index answers its first query without being read
+    /// whole. The file must not be rewritten while the index is in use (new builds get new
+    /// names); the index copies what it maps before it grows.
+    pub fn open(path: &Path) -> Result<HnswIndex, IndexError> {
+        let file = std::fs::File::open(path)?;
+        file::map(&file).map_err(|reason| corrupt(path, reason))
     }
 
     /// The index as one byte string (the file [`save`](Self::save) writes), for object storage.

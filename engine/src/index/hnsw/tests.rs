@@ -817,10 +817,15 @@ fn a_build_runs_on_the_threads_of_its_pool_and_counts_its_rows() {
 }
 
 /// `bytes` with its checksum recomputed, as a crafted file would have.
-fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
-    let body = bytes.len() - 32;
-    let sum = blake3::hash(&bytes[..body]);
-    bytes[body..].copy_from_slice(sum.as_bytes());
+/// `bytes` with both checksums made right again; the vectors end at `vectors_end`.
+fn resealed(mut bytes: Vec<u8>, vectors_end: usize) -> Vec<u8> {
+    let body = bytes.len() - 64;
+    let mut structure = blake3::Hasher::new();
+    structure.update(&bytes[..file::HEADER]);
+    structure.update(&bytes[vectors_end..body]);
+    let vectors = blake3::hash(&bytes[file::HEADER..vectors_end]);
+    bytes[body..body + 32].copy_from_slice(structure.finalize().as_bytes());
+    bytes[body + 32..].copy_from_slice(vectors.as_bytes());
     bytes
 }
 
@@ -860,8 +865,8 @@ fn damaged_or_crafted_files_are_errors() {
             )
         );
     }
-    // One flipped bit in a vector, a link or the checksum itself.
-    for at in [header + 5, level0 + 9, bytes.len() - 1] {
+    // One flipped bit in a vector, a link or either checksum.
+    for at in [header + 5, level0 + 9, bytes.len() - 33, bytes.len() - 1] {
         let mut flipped = bytes.clone();
         flipped[at] ^= 0x10;
         assert_eq!(err(&flipped), "checksum mismatch: the file is damaged");
@@ -880,29 +885,29 @@ fn damaged_or_crafted_files_are_errors() {
     let mut far_link = bytes.clone();
     put_u32(&mut far_link, level0, 1);
     put_u32(&mut far_link, level0 + 4, 300);
-    assert_eq!(err(&resealed(far_link)), "a link to node 300 at level 0");
+    assert_eq!(err(&resealed(far_link, level0)), "a link to node 300 at level 0");
     let mut long_list = bytes.clone();
     put_u32(&mut long_list, level0, 17);
-    assert_eq!(err(&resealed(long_list)), "a list of 17 links at level 0");
+    assert_eq!(err(&resealed(long_list, level0)), "a list of 17 links at level 0");
     let mut entry = bytes.clone();
     put_u32(&mut entry, 32, 9999);
-    assert!(err(&resealed(entry)).starts_with("entry point 9999"));
+    assert!(err(&resealed(entry, level0)).starts_with("entry point 9999"));
     let mut version = bytes.clone();
-    put_u32(&mut version, 8, 3);
+    put_u32(&mut version, 8, 4);
     assert_eq!(
-        err(&resealed(version)),
-        "format version 3 (this build reads 2)"
+        err(&resealed(version, level0)),
+        "format version 4 (this build reads 3)"
     );
     let mut m = bytes.clone();
     put_u32(&mut m, 20, 500);
     assert_eq!(
-        err(&resealed(m)),
+        err(&resealed(m, level0)),
         "invalid index parameter: m must be between 2 and 100, not 500"
     );
     let mut nan = bytes.clone();
     nan[header..header + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     assert_eq!(
-        err(&resealed(nan)),
+        err(&resealed(nan, level0)),
         "a vector has a NaN or infinite element"
     );
 
@@ -912,4 +917,77 @@ fn damaged_or_crafted_files_are_errors() {
     old.extend_from_slice(&[0u8; 300]);
     assert_eq!(err(&old), file::OLD_FORMAT);
     assert_eq!(err(b"ALHNSW1\0"), file::OLD_FORMAT);
+}
+
+#[test]
+fn mapped_files_check_their_structure_but_not_their_vectors() {
+    let dims = 8;
+    let data = clustered(300, dims, 4, 53);
+    let index = build(Metric::L2, &data, IndexParams::default());
+    let bytes = index.to_bytes().unwrap();
+    let level0 = file::HEADER + 300 * dims * 4;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, b: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b).unwrap();
+        HnswIndex::open(&path)
+    };
+    let err = |name: &str, b: &[u8]| match open(name, b) {
+        Err(IndexError::Corrupt { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+
+    let mapped = open("whole", &bytes).unwrap();
+    assert!(mapped.graph.vectors.is_mapped() && mapped.graph.level0.is_mapped());
+    let q = &data[7];
+    assert_eq!(
+        mapped.search(q, 10, &SearchOptions::new(40), None).unwrap(),
+        index.search(q, 10, &SearchOptions::new(40), None).unwrap()
+    );
+
+    assert_eq!(
+        err("cut", &bytes[..bytes.len() - 1]),
+        format!("the header describes {} bytes, there are {}", bytes.len(), bytes.len() - 1)
+    );
+    let mut link = bytes.clone();
+    link[level0 + 9] ^= 0x10;
+    assert_eq!(err("link", &link), "checksum mismatch: the file is damaged");
+    let mut far_link = bytes.clone();
+    put_u32(&mut far_link, level0, 1);
+    put_u32(&mut far_link, level0 + 4, 300);
+    assert_eq!(
+        err("far", &resealed(far_link, level0)),
+        "a link to node 300 at level 0"
+    );
+    // A damaged vector is not read at open: its row's distances are wrong, nothing else.
+    let mut vector = bytes.clone();
+    vector[file::HEADER + 5] ^= 0x10;
+    let damaged = open("vector", &vector).unwrap();
+    assert_eq!(damaged.search(q, 10, &SearchOptions::new(40), None).unwrap().neighbors.len(), 10);
+    assert!(HnswIndex::from_bytes(&vector).is_err());
+    assert!(matches!(
+        HnswIndex::open(&dir.path().join("missing")),
+        Err(IndexError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
+    ));
+}
+
+#[test]
+fn a_mapped_index_takes_inserts_and_leaves_its_file_as_it_was() {
+    let mut data = clustered(N + 50, DIMS, 30, 59);
+    let queries = data.split_off(N);
+    let half = build(Metric::L2, &data[..N / 2], IndexParams::default());
+    let dir = tempfile::tempdir().unwrap();
+    half.save(dir.path()).unwrap();
+    let on_disk = std::fs::read(dir.path().join(INDEX_FILE)).unwrap();
+    let mut mapped = HnswIndex::load(dir.path()).unwrap();
+    mapped
+        .insert((N / 2..N).map(|i| (i as u64, data[i].as_slice())))
+        .unwrap();
+    // The copy holds the built rows and the new ones; the file is untouched.
+    assert!(!mapped.graph.vectors.is_mapped());
+    assert_eq!(mapped.info().rows, N);
+    assert_eq!(mapped.vector(3).as_ref(), Some(&data[3]));
+    assert_eq!(std::fs::read(dir.path().join(INDEX_FILE)).unwrap(), on_disk);
+    let r = recall(&mapped, &data, &queries, 64, |_| true);
+    assert!(r >= 0.95, "recall@10 {r} at ef 64");
 }
