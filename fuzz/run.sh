@@ -41,8 +41,14 @@ for entry in "${targets[@]}"; do
   if nice -n 10 "$bin_dir/$target" "$fuzz/corpus/$target" "${dict[@]}" \
     -artifact_prefix="$artifacts/" -max_total_time="$seconds" -rss_limit_mb=2048 \
     -max_len="$max_len" -timeout=60 -print_final_stats=1 >"$log" 2>&1; then
-    grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$log" |
-      sed "s/^/fuzz: $target /"
+    # No stats is no finding, but say so rather than let grep's status end the run unexplained.
+    stats=$(grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$log" || true)
+    if [[ -n $stats ]]; then
+      sed "s/^/fuzz: $target /" <<<"$stats"
+    else
+      echo "fuzz: $target ended without final stats; the end of its log ($log):"
+      tail -n 20 "$log"
+    fi
   else
     failed+=("$target")
     echo "fuzz: $target FAILED; the end of its log ($log):"

@@ -743,7 +743,10 @@ impl Indexes {
         };
         let graph = self
             .files
-            .local(self.store.as_ref(), &self.build_path(&d.name, d.build, "hnsw"))
+            .local(
+                self.store.as_ref(),
+                &self.build_path(&d.name, d.build, "hnsw"),
+            )
             .await?;
         let keys = read("keys.json").await?;
         let keys: Vec<String> = serde_json::from_slice(&keys)

@@ -55,7 +55,9 @@ impl<T: Plain> View<T> {
         let bytes = len
             .checked_mul(size_of::<T>())
             .expect("section length fits in memory");
-        assert!(offset.checked_add(bytes).is_some_and(|end| end <= map.len()));
+        assert!(offset
+            .checked_add(bytes)
+            .is_some_and(|end| end <= map.len()));
         let start = map.as_ptr().wrapping_add(offset) as *mut T;
         assert!(start.is_aligned(), "index sections are aligned");
         View {

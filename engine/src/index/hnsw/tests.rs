@@ -885,10 +885,16 @@ fn damaged_or_crafted_files_are_errors() {
     let mut far_link = bytes.clone();
     put_u32(&mut far_link, level0, 1);
     put_u32(&mut far_link, level0 + 4, 300);
-    assert_eq!(err(&resealed(far_link, level0)), "a link to node 300 at level 0");
+    assert_eq!(
+        err(&resealed(far_link, level0)),
+        "a link to node 300 at level 0"
+    );
     let mut long_list = bytes.clone();
     put_u32(&mut long_list, level0, 17);
-    assert_eq!(err(&resealed(long_list, level0)), "a list of 17 links at level 0");
+    assert_eq!(
+        err(&resealed(long_list, level0)),
+        "a list of 17 links at level 0"
+    );
     let mut entry = bytes.clone();
     put_u32(&mut entry, 32, 9999);
     assert!(err(&resealed(entry, level0)).starts_with("entry point 9999"));
@@ -947,7 +953,11 @@ fn mapped_files_check_their_structure_but_not_their_vectors() {
 
     assert_eq!(
         err("cut", &bytes[..bytes.len() - 1]),
-        format!("the header describes {} bytes, there are {}", bytes.len(), bytes.len() - 1)
+        format!(
+            "the header describes {} bytes, there are {}",
+            bytes.len(),
+            bytes.len() - 1
+        )
     );
     let mut link = bytes.clone();
     link[level0 + 9] ^= 0x10;
@@ -963,7 +973,14 @@ fn mapped_files_check_their_structure_but_not_their_vectors() {
     let mut vector = bytes.clone();
     vector[file::HEADER + 5] ^= 0x10;
     let damaged = open("vector", &vector).unwrap();
-    assert_eq!(damaged.search(q, 10, &SearchOptions::new(40), None).unwrap().neighbors.len(), 10);
+    assert_eq!(
+        damaged
+            .search(q, 10, &SearchOptions::new(40), None)
+            .unwrap()
+            .neighbors
+            .len(),
+        10
+    );
     assert!(HnswIndex::from_bytes(&vector).is_err());
     assert!(matches!(
         HnswIndex::open(&dir.path().join("missing")),
