@@ -78,7 +78,7 @@ import pgserver  # noqa: E402
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from pg_load import audiolake_bin, die, free_port, pg_env, psql  # noqa: E402
+from pg_load import audiolake_bin, die, free_port, pg_env, psql, terminate  # noqa: E402
 
 CLUSTERS = 1000
 NOISE_SD = 0.1
@@ -245,12 +245,7 @@ class Audiolake:
         if self.proc:
             if self.conn:
                 self.conn.close()
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc, 30)
             self.proc = None
 
 

@@ -161,6 +161,16 @@ def psql(env, sql, timeout=300):
     return r.stdout.strip()
 
 
+def terminate(proc, timeout):
+    """Asks `proc` to stop and kills it if it has not within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Audiolake:
     name = "audiolake"
 
@@ -213,12 +223,7 @@ class Audiolake:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc, 20)
         self.proc = None
 
 
