@@ -107,7 +107,8 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5433")]
     listen: SocketAddr,
 
-    /// Users and their SCRAM verifiers (written by `audiolake user add`).
+    /// Users and their SCRAM verifiers (written by `audiolake user add`). The server keeps the
+    /// secret of unknown users' salts beside it, in FILE.mock-key (made at the first start).
     #[arg(long, value_name = "FILE", env = "AUDIOLAKE_USERS")]
     users: Option<PathBuf>,
 

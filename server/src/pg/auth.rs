@@ -8,6 +8,9 @@
 //!
 //! Files of older versions held the salted password itself, from which one can log in. The
 //! server refuses them; `audiolake user add` converts every line of such a file.
+//!
+//! Beside the users file, `USERS.mock-key` holds the secret from which unknown users' salts are
+//! derived (made by the server on first use).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -126,8 +129,9 @@ type Loaded = (Option<SystemTime>, Arc<HashMap<String, Entry>>);
 pub struct Users {
     path: PathBuf,
     loaded: RwLock<Loaded>,
-    /// Key of the made-up salts of unknown users: random per server process, so a name's salt
-    /// stays the same from one try to the next and does not tell that the user is unknown.
+    /// Key of the made-up salts of unknown users, read from the file beside the users file (see
+    /// [`mock_key`]): a name's salt stays the same from one try, and one restart, to the next,
+    /// as a real user's does, so it does not tell that the user is unknown.
     mock_key: hmac::Key,
 }
 
@@ -145,7 +149,7 @@ impl Users {
         Ok(Self {
             path: path.to_owned(),
             loaded: RwLock::new((modified(path), Arc::new(entries))),
-            mock_key: hmac::Key::new(hmac::HMAC_SHA256, &rand::random::<[u8; 32]>()),
+            mock_key: hmac::Key::new(hmac::HMAC_SHA256, &mock_key(path)?),
         })
     }
 
@@ -190,6 +194,52 @@ impl Users {
             server_key: rand::random(),
         }
     }
+}
+
+/// Bytes of the secret of unknown users' salts.
+const MOCK_KEY_LEN: usize = 32;
+
+/// The secret of unknown users' salts, kept in `USERS.mock-key` beside the users file `users`
+/// (as PostgreSQL keeps its mock authentication nonce in the cluster) and made on first use.
+/// It is written under another name and renamed, so a crash leaves no half-written key.
+fn mock_key(users: &Path) -> Result<[u8; MOCK_KEY_LEN]> {
+    let mut name = users.file_name().unwrap_or_default().to_owned();
+    name.push(".mock-key");
+    let path = users.with_file_name(&name);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            return <[u8; MOCK_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
+                anyhow::anyhow!(
+                    "the key file {} of unknown users' salts has {} bytes, not {MOCK_KEY_LEN}; \
+                     remove it to make a new key (unknown users' salts then change once)",
+                    path.display(),
+                    bytes.len()
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let key: [u8; MOCK_KEY_LEN] = rand::random();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let temp = users.with_file_name(name);
+    write_private(&temp, &key)?;
+    std::fs::rename(&temp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(key)
+}
+
+/// Writes `bytes` to `path` (made with mode 0600 if missing), synced to disk.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -330,15 +380,7 @@ pub fn add_user(path: &Path, name: &str, password: &str, role: Role) -> Result<(
 
     // Write beside the file and rename, so a reader never sees half a file.
     let temp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(&temp)
-        .with_context(|| format!("cannot write {}", temp.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
+    write_private(&temp, text.as_bytes())?;
     std::fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
@@ -390,6 +432,65 @@ mod tests {
         assert_ne!(first.salt, other.salt);
         assert_eq!(first.salt.len(), 16);
         assert_ne!(first.stored_key, again.stored_key);
+    }
+
+    #[test]
+    fn unknown_users_keep_their_salt_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.txt");
+        add_user(&path, "ana", "secret", Role::ReadWrite).unwrap();
+        let first = Users::open(&path).unwrap().verifier("mallory").salt;
+        let key_path = dir.path().join("users.txt.mock-key");
+        let key = std::fs::read(&key_path).unwrap();
+        assert_eq!(key.len(), 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["users.txt", "users.txt.mock-key"],
+            "no temporary file is left"
+        );
+
+        // A restart reads the same key, so the same salt.
+        let again = Users::open(&path).unwrap().verifier("mallory").salt;
+        assert_eq!(first, again);
+        assert_eq!(std::fs::read(&key_path).unwrap(), key);
+        // The salt comes from the key: a new key gives another.
+        std::fs::remove_file(&key_path).unwrap();
+        let renewed = Users::open(&path).unwrap().verifier("mallory").salt;
+        assert_ne!(first, renewed);
+    }
+
+    #[test]
+    fn a_key_file_of_the_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        add_user(&path, "ana", "secret", Role::ReadWrite).unwrap();
+        let key_path = dir.path().join("users.mock-key");
+        std::fs::write(&key_path, [7u8; 31]).unwrap();
+        let err = format!("{:#}", Users::open(&path).unwrap_err());
+        assert_eq!(
+            err,
+            format!(
+                "the key file {} of unknown users' salts has 31 bytes, not 32; remove it to \
+                 make a new key (unknown users' salts then change once)",
+                key_path.display()
+            )
+        );
+        assert_eq!(
+            std::fs::read(&key_path).unwrap(),
+            [7u8; 31],
+            "left as it was"
+        );
     }
 
     #[test]
