@@ -1003,3 +1003,56 @@ async fn audio_files_changed_in_place_are_compared_with_their_new_vectors() {
     after.sort();
     assert_eq!(after, ["a.wav", "e.wav"]);
 }
+
+/// A row an index cannot take is refused with its name, at the build and when it is added
+/// to the table after the build.
+#[tokio::test]
+async fn null_keys_and_null_elements_are_refused_with_the_row_named() {
+    let setup = setup();
+    let lake = open(&setup).await;
+    run(
+        &lake,
+        "CREATE TABLE nk AS SELECT * FROM (VALUES (1, make_array(1.0, 2.0)), \
+         (NULL, make_array(3.0, 4.0))) AS t(id, v)",
+    )
+    .await;
+    assert_eq!(
+        error(&lake, "CREATE INDEX nk_v ON nk USING hnsw (v)").await,
+        "Execution error: index nk_v: a row of nk has a NULL id; the key column must \
+         identify every row"
+    );
+    run(
+        &lake,
+        "CREATE TABLE ne AS SELECT * FROM (VALUES (1, make_array(1.0, 2.0)), \
+         (2, make_array(3.0, NULL))) AS t(id, v)",
+    )
+    .await;
+    assert_eq!(
+        error(&lake, "CREATE INDEX ne_v ON ne USING hnsw (v)").await,
+        "Execution error: index ne_v: the vector of 2 has a NULL element"
+    );
+
+    let rows = vectors(0..100);
+    vecs_table(&lake, &setup, &rows).await;
+    run(&lake, "CREATE INDEX vecs_v ON vecs USING hnsw (v)").await;
+    let added = setup.data.join("part-1.parquet");
+    run(
+        &lake,
+        &format!(
+            "COPY (SELECT arrow_cast(100, 'Int64') AS id, 'minor' AS mode, \
+             arrow_cast(make_array(1.0, NULL{}), 'List(Float32)') AS v) TO '{}' \
+             STORED AS PARQUET",
+            ", 0.0".repeat(DIMS - 2),
+            added.display()
+        ),
+    )
+    .await;
+    let knn = format!(
+        "SELECT id FROM vecs ORDER BY v <-> {} LIMIT 3",
+        literal(&rows[0].1)
+    );
+    assert_eq!(
+        error(&lake, &knn).await,
+        "Execution error: index vecs_v: the vector of 100 has a NULL element"
+    );
+}

@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray};
+use crate::sql::vector::float4_list;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use datafusion::common::TableReference;
@@ -478,8 +479,15 @@ impl Indexes {
             .await?;
         let version = table_version(state, provider.as_ref()).await?;
         let fingerprint = fingerprint(&provider.schema());
-        let (keys, vectors, fingerprints) =
-            read_vectors(state, &template, fingerprint.clone()).await?;
+        let rows = read_vectors(state, &template, fingerprint.clone()).await?;
+        let mut keys = Vec::with_capacity(rows.len());
+        let mut vectors = Vec::with_capacity(rows.len());
+        let mut fingerprints = Vec::new();
+        for row in rows {
+            keys.push(row.key);
+            vectors.push(row.vector);
+            fingerprints.extend(row.file);
+        }
         let mut seen = std::collections::HashSet::new();
         if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
             return Err(DataFusionError::Execution(format!(
@@ -889,7 +897,7 @@ async fn read_vectors(
     state: &SessionState,
     definition: &IndexDefinition,
     fingerprint: Option<Expr>,
-) -> Result<(Vec<String>, Vec<Vec<f32>>, Vec<String>)> {
+) -> Result<Vec<AddedRow>> {
     let ctx = SessionContext::new_with_state(state.clone());
     let mut columns = vec![ident(&definition.key), ident(&definition.column)];
     columns.extend(fingerprint.map(|f| f.alias("fingerprint")));
@@ -899,40 +907,52 @@ async fn read_vectors(
         .filter(ident(&definition.column).is_not_null())?
         .select(columns)?;
     let mut stream = frame.execute_stream().await?;
-    let (mut keys, mut vectors, mut fingerprints) = (Vec::new(), Vec::new(), Vec::new());
-    let list_type = DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)));
+    let mut rows = Vec::new();
     while let Some(batch) = stream.try_next().await? {
-        let key = cast_array(batch.column(0), &DataType::Utf8)?;
-        let key = key.as_string::<i32>();
-        let lists = cast_array(batch.column(1), &list_type)?;
-        let lists = lists.as_list::<i32>();
-        let files = batch
-            .columns()
-            .get(2)
-            .map(|c| cast_array(c, &DataType::Utf8))
-            .transpose()?;
-        for row in 0..batch.num_rows() {
-            if key.is_null(row) {
-                return Err(DataFusionError::Execution(format!(
-                    "index {}: a row of {} has a NULL {}; the key column must identify every row",
-                    definition.name, definition.table, definition.key
-                )));
-            }
-            let values = lists.value(row);
-            let values = values.as_primitive::<Float32Type>();
-            if values.null_count() > 0 {
-                return Err(DataFusionError::Execution(format!(
-                    "index {}: the vector of {} has a NULL element",
-                    definition.name,
-                    key.value(row)
-                )));
-            }
-            keys.push(key.value(row).to_string());
-            vectors.push(values.values().to_vec());
-            if let Some(files) = &files {
-                fingerprints.push(files.as_string::<i32>().value(row).to_string());
-            }
-        }
+        push_vector_rows(&batch, definition, &mut rows)?;
     }
-    Ok((keys, vectors, fingerprints))
+    Ok(rows)
+}
+
+/// Appends the rows of a batch of `(key, vector[, file fingerprint])` with a non-NULL vector,
+/// as an index takes them: a NULL key or a NULL element is an error.
+pub(crate) fn push_vector_rows(
+    batch: &RecordBatch,
+    definition: &IndexDefinition,
+    rows: &mut Vec<AddedRow>,
+) -> Result<()> {
+    let keys = cast_array(batch.column(0), &DataType::Utf8)?;
+    let keys = keys.as_string::<i32>();
+    let vectors = cast_array(batch.column(1), &float4_list())?;
+    let vectors = vectors.as_list::<i32>();
+    let files = batch
+        .columns()
+        .get(2)
+        .map(|c| cast_array(c, &DataType::Utf8))
+        .transpose()?;
+    let files = files.as_ref().map(|f| f.as_string::<i32>());
+    rows.reserve(batch.num_rows());
+    for row in (0..batch.num_rows()).filter(|r| vectors.is_valid(*r)) {
+        if keys.is_null(row) {
+            return Err(DataFusionError::Execution(format!(
+                "index {}: a row of {} has a NULL {}; the key column must identify every row",
+                definition.name, definition.table, definition.key
+            )));
+        }
+        let values = vectors.value(row);
+        let values = values.as_primitive::<Float32Type>();
+        if values.null_count() > 0 {
+            return Err(DataFusionError::Execution(format!(
+                "index {}: the vector of {} has a NULL element",
+                definition.name,
+                keys.value(row)
+            )));
+        }
+        rows.push(AddedRow {
+            key: keys.value(row).to_string(),
+            file: files.map(|f| f.value(row).to_string()),
+            vector: values.values().to_vec(),
+        });
+    }
+    Ok(())
 }

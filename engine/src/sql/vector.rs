@@ -113,7 +113,8 @@ impl VectorFunction {
     }
 }
 
-fn float4_list() -> DataType {
+/// `float4[]`: the type vectors are compared in.
+pub(crate) fn float4_list() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
 }
 

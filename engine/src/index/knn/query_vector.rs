@@ -1,20 +1,15 @@
 //! The query's vector: a constant expression evaluated once per scan.
 
-use std::sync::Arc;
-
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
+use datafusion::arrow::datatypes::Float32Type;
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 
 use super::session::run;
-
-pub(super) fn float4_list() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
-}
+use crate::sql::vector::float4_list;
 
 /// The value of a constant vector expression (a literal, `'[1,2]'` or a scalar subquery);
 /// `None` when it is NULL.

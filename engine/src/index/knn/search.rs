@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float32Type};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::TableReference;
 use datafusion::datasource::provider_as_source;
@@ -17,9 +17,10 @@ use datafusion::logical_expr::{lit, Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::metrics::Count;
 use datafusion::prelude::ident;
 
-use super::query_vector::float4_list;
 use super::session::run;
-use crate::index::registry::{fingerprint, AddedRow, Additions, Entry, Indexes, Loaded};
+use crate::index::registry::{
+    fingerprint, push_vector_rows, AddedRow, Additions, Entry, Indexes, Loaded,
+};
 use crate::index::version::table_version;
 use crate::index::{Estimate, Filter, Neighbor, SearchOptions, SearchPlan};
 
@@ -279,31 +280,7 @@ async fn added_rows(
         .build()?;
     let mut added = Vec::with_capacity(keys.len());
     for batch in run(state, plan).await? {
-        let keys = cast(batch.column(0), &DataType::Utf8)?;
-        let keys = keys.as_string::<i32>();
-        let vectors = cast(batch.column(1), &float4_list())?;
-        let vectors = vectors.as_list::<i32>();
-        let files = match batch.columns().get(2) {
-            Some(files) => Some(cast(files, &DataType::Utf8)?),
-            None => None,
-        };
-        let files = files.as_ref().map(|f| f.as_string::<i32>());
-        for row in 0..batch.num_rows() {
-            let v = vectors.value(row);
-            let v = v.as_primitive::<Float32Type>();
-            if v.null_count() > 0 {
-                return Err(DataFusionError::Execution(format!(
-                    "index {}: the vector of {} has a NULL element",
-                    definition.name,
-                    keys.value(row)
-                )));
-            }
-            added.push(AddedRow {
-                key: keys.value(row).to_string(),
-                file: files.map(|f| f.value(row).to_string()),
-                vector: v.values().to_vec(),
-            });
-        }
+        push_vector_rows(&batch, definition, &mut added)?;
     }
     Ok(added)
 }
