@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use audiolake::datafusion::arrow::array::{Array, AsArray};
 use audiolake::datafusion::arrow::datatypes::{Float64Type, Int32Type, Int64Type};
-use audiolake::AudioLake;
+use audiolake::{AudioLake, AudioLakeBuilder};
 use audiolake_testkit::layout::group_dir;
 use audiolake_testkit::moto::{self, Moto};
 use audiolake_testkit::query::query;
@@ -19,14 +19,18 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 const BUCKET: &str = "audiolake-store";
 
-async fn open(allow_music: bool) -> AudioLake {
-    let mut builder = AudioLake::builder()
+fn builder(allow_music: bool) -> AudioLakeBuilder {
+    let builder = AudioLake::builder()
         .store(format!("s3://{BUCKET}/lake"))
         .target_partitions(2);
-    if allow_music {
-        builder = builder.allow_location(format!("s3://{BUCKET}/music/"));
+    match allow_music {
+        true => builder.allow_location(format!("s3://{BUCKET}/music/")),
+        false => builder,
     }
-    builder.build().await.unwrap()
+}
+
+async fn open(allow_music: bool) -> AudioLake {
+    builder(allow_music).build().await.unwrap()
 }
 
 async fn catalog_keys(client: &Arc<dyn ObjectStore>) -> Vec<String> {
@@ -168,8 +172,13 @@ async fn run(moto: &Moto) {
     );
 
     // A second engine on the same store finds the table.
+    let build_cache = tempfile::tempdir().unwrap();
     {
-        let lake = open(true).await;
+        let lake = builder(true)
+            .index_cache(build_cache.path())
+            .build()
+            .await
+            .unwrap();
         assert!(
             lake.engine().warnings().is_empty(),
             "{:?}",
@@ -186,6 +195,32 @@ async fn run(moto: &Moto) {
         nearest = query(&lake, NEAREST).await;
         assert_eq!(nearest.num_rows(), 3);
     }
+    // The build's graph was written into the cache folder, then uploaded from there whole.
+    let [written] = std::fs::read_dir(build_cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let uploaded: Vec<_> = client
+        .list(Some(&ObjectPath::from("lake/indexes/music_mfcc")))
+        .try_collect()
+        .await
+        .unwrap();
+    let graph = uploaded
+        .iter()
+        .find(|m| m.location.as_ref().ends_with(".hnsw"))
+        .unwrap();
+    assert_eq!(graph.size, std::fs::metadata(&written).unwrap().len());
+    let bytes = client
+        .get(&graph.location)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(bytes, std::fs::read(&written).unwrap());
 
     // A fresh engine maps a copy of the index's graph in its cache folder and answers the
     // same; dropping the index deletes the copy.

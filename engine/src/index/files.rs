@@ -4,9 +4,11 @@
 //! its build exists.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use datafusion::error::{DataFusionError, Result};
 use futures::StreamExt;
+use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -105,6 +107,49 @@ impl IndexFiles {
         Ok(copy)
     }
 
+    /// Where a new build file `path` is written before [`finish`](Self::finish) makes it the
+    /// store's: beside its place for a local store, in the cache folder otherwise.
+    pub fn start(&self, path: &Path) -> Result<NewFile> {
+        let place = match self {
+            IndexFiles::Local(fs) => fs.path_to_filesystem(path)?,
+            IndexFiles::Cached { dir, store } => Self::copy_of(dir, store, path),
+        };
+        if let Some(dir) = place.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error("folder", dir, e))?;
+        }
+        Ok(NewFile {
+            partial: place.with_extension(format!("{:016x}.partial", writer_id())),
+            place,
+        })
+    }
+
+    /// Makes the file written at `file.path()` the store's `path`: renamed into place for a
+    /// local store; otherwise uploaded (streamed in parts, never held in memory whole) and
+    /// then kept as the cached copy, so the build is not downloaded again to be mapped.
+    pub async fn finish(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        file: NewFile,
+    ) -> Result<()> {
+        if let IndexFiles::Cached { .. } = self {
+            let uploaded = async {
+                let mut from = tokio::fs::File::open(&file.partial).await?;
+                let mut to = BufWriter::new(Arc::clone(store), path.clone());
+                tokio::io::copy(&mut from, &mut to).await?;
+                to.shutdown().await?;
+                Ok::<_, std::io::Error>(())
+            }
+            .await;
+            uploaded.map_err(|e| {
+                DataFusionError::Execution(format!("index file {path} was not written: {e}"))
+            })?;
+        }
+        tokio::fs::rename(&file.partial, &file.place)
+            .await
+            .map_err(|e| io_error("renamed", &file.place, e))
+    }
+
     /// Deletes the cached copy of `path`, if any (a local store's file is the store's to
     /// delete).
     pub async fn forget(&self, path: &Path) {
@@ -116,5 +161,26 @@ impl IndexFiles {
                 Err(e) => log::warn!("index copy {} was not deleted: {e}", copy.display()),
             }
         }
+    }
+}
+
+/// A build file being written on this machine; deleted if dropped before
+/// [`IndexFiles::finish`] renamed it.
+pub struct NewFile {
+    partial: PathBuf,
+    place: PathBuf,
+}
+
+impl NewFile {
+    /// Where to write it.
+    pub fn path(&self) -> &std::path::Path {
+        &self.partial
+    }
+}
+
+impl Drop for NewFile {
+    fn drop(&mut self) {
+        // After a rename there is nothing left to remove.
+        let _ = std::fs::remove_file(&self.partial);
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod ddl;
 pub(crate) mod files;
 mod hnsw;
 pub(crate) mod knn;
+mod passing;
 pub(crate) mod registry;
 pub(crate) mod similar;
 pub(crate) mod system_table;

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use super::files::IndexFiles;
+use super::passing::PassingCache;
 use super::version::table_version;
 use super::{HnswIndex, IndexParams, Metric};
 use crate::cancel::CancelOnDrop;
@@ -118,6 +119,8 @@ pub struct Loaded {
     pub fingerprints: Vec<String>,
     /// The table's version that the rows are those of (see [`table_version`]).
     pub version: Option<String>,
+    /// Which rows recent predicates passed at that version.
+    pub passing: PassingCache,
 }
 
 impl Loaded {
@@ -138,6 +141,7 @@ impl Loaded {
             ids,
             fingerprints,
             version,
+            passing: PassingCache::default(),
         }
     }
 
@@ -180,6 +184,7 @@ impl Loaded {
             }
         }
         self.version = additions.version.clone();
+        self.passing.clear();
         Ok(())
     }
 }
@@ -530,26 +535,35 @@ impl Indexes {
         .map_err(|e| DataFusionError::External(e.into()))?
         .map_err(index_error)?;
         drop(cancel);
-        let bytes = index.to_bytes().map_err(index_error)?;
+        let build = next_build();
+        let graph = self.build_path(&template.name, build, "hnsw");
+        let file = self.files.start(&graph)?;
+        // Streamed to a local file, then (for object storage) uploaded from it: a graph is
+        // never held in memory twice.
+        let (index, file, written) = tokio::task::spawn_blocking(move || {
+            let written = index.write_file(file.path());
+            (index, file, written)
+        })
+        .await
+        .map_err(|e| DataFusionError::External(e.into()))?;
+        let size_bytes = written.map_err(index_error)?;
+        self.files.finish(&self.store, &graph, file).await?;
         let info = index.info();
         let definition = IndexDefinition {
-            build: next_build(),
+            build,
             rows: info.rows,
             dims: info.dims,
-            size_bytes: bytes.len() as u64,
+            size_bytes,
             build_seconds: info.build_seconds,
             version,
             fingerprinted: fingerprint.is_some(),
             ..template
         };
         let name = definition.name.clone();
-        let mut files = vec![
-            ("hnsw", bytes),
-            (
-                "keys.json",
-                serde_json::to_vec(&keys).expect("keys serialise"),
-            ),
-        ];
+        let mut files = vec![(
+            "keys.json",
+            serde_json::to_vec(&keys).expect("keys serialise"),
+        )];
         if definition.fingerprinted {
             let json = serde_json::to_vec(&fingerprints).expect("fingerprints serialise");
             files.push(("files.json", json));

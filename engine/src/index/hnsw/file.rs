@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -57,19 +57,55 @@ fn metric_of(code: u32) -> Option<Metric> {
         .find(|m| metric_code(*m) == code)
 }
 
-struct Writer(Vec<u8>);
+/// Bytes written through a buffer, each buffered run hashed into the checksum of the section
+/// it belongs to, so that an index of any size is written with one buffer of memory.
+struct Writer<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    written: u64,
+    structure: blake3::Hasher,
+    vectors: blake3::Hasher,
+    /// Whether the bytes now written are the vectors' section.
+    in_vectors: bool,
+}
 
-impl Writer {
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn pad(&mut self) {
-        while !self.0.len().is_multiple_of(8) {
-            self.0.push(0);
+/// Bytes buffered before they are hashed and written.
+const CHUNK: usize = 1 << 20;
+
+impl<W: Write> Writer<W> {
+    fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
         }
+        Ok(())
+    }
+    fn u32(&mut self, v: u32) -> std::io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> std::io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn pad(&mut self) -> std::io::Result<()> {
+        let at = self.written + self.buf.len() as u64;
+        let zeros = [0u8; 8];
+        self.bytes(&zeros[..(at.next_multiple_of(8) - at) as usize])
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.in_vectors {
+            true => self.vectors.update(&self.buf),
+            false => self.structure.update(&self.buf),
+        };
+        self.out.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+    /// The bytes after this are (or are no longer) the vectors.
+    fn vectors_section(&mut self, vectors: bool) -> std::io::Result<()> {
+        self.flush()?;
+        self.in_vectors = vectors;
+        Ok(())
     }
 }
 
@@ -77,63 +113,61 @@ fn padded(bytes: u64) -> Option<u64> {
     Some(bytes.checked_add(7)? & !7)
 }
 
-/// The bytes of `index`.
-pub(super) fn encode(index: &HnswIndex) -> Vec<u8> {
+/// Writes the bytes of `index` to `out`; returns how many.
+pub(super) fn write(index: &HnswIndex, out: impl Write) -> std::io::Result<u64> {
     let g = &index.graph;
     let top = g.top();
     let mut dead: Vec<u64> = index.dead.iter().copied().collect();
     dead.sort_unstable();
-    let mut w = Writer(Vec::with_capacity(
-        HEADER
-            + g.vectors.len() * 4
-            + (g.level0.len() + g.upper.len()) * 4
-            + g.levels.len() * 9
-            + (index.unindexed.len() + dead.len()) * 8
-            + CHECKSUMS
-            + 32,
-    ));
-    w.0.extend_from_slice(MAGIC);
-    w.u32(VERSION);
-    w.u32(metric_code(index.info.metric));
-    w.u32(index.info.dims as u32);
-    w.u32(index.info.params.m as u32);
-    w.u32(index.info.params.ef_construction as u32);
-    w.u32(top.max_level as u32);
-    w.u32(top.entry);
-    w.u32(0);
-    w.u64(g.len() as u64);
-    w.u64(g.upper.len() as u64);
-    w.u64(index.unindexed.len() as u64);
-    w.u64(dead.len() as u64);
-    w.0.extend_from_slice(&index.info.build_seconds.to_le_bytes());
-    debug_assert_eq!(w.0.len(), HEADER);
+    let mut w = Writer {
+        out,
+        buf: Vec::with_capacity(CHUNK + 64),
+        written: 0,
+        structure: blake3::Hasher::new(),
+        vectors: blake3::Hasher::new(),
+        in_vectors: false,
+    };
+    w.bytes(MAGIC)?;
+    w.u32(VERSION)?;
+    w.u32(metric_code(index.info.metric))?;
+    w.u32(index.info.dims as u32)?;
+    w.u32(index.info.params.m as u32)?;
+    w.u32(index.info.params.ef_construction as u32)?;
+    w.u32(top.max_level as u32)?;
+    w.u32(top.entry)?;
+    w.u32(0)?;
+    w.u64(g.len() as u64)?;
+    w.u64(g.upper.len() as u64)?;
+    w.u64(index.unindexed.len() as u64)?;
+    w.u64(dead.len() as u64)?;
+    w.bytes(&index.info.build_seconds.to_le_bytes())?;
+    debug_assert_eq!(w.buf.len(), HEADER);
+    w.vectors_section(true)?;
     for x in g.vectors.iter() {
-        w.0.extend_from_slice(&x.to_le_bytes());
+        w.bytes(&x.to_le_bytes())?;
     }
-    w.pad();
-    let vectors_end = w.0.len();
+    w.pad()?;
+    w.vectors_section(false)?;
     for s in g.level0.iter() {
-        w.u32(s.load(Ordering::Relaxed));
+        w.u32(s.load(Ordering::Relaxed))?;
     }
-    w.pad();
-    w.0.extend_from_slice(&g.levels);
-    w.pad();
+    w.pad()?;
+    w.bytes(&g.levels)?;
+    w.pad()?;
     for s in g.upper.iter() {
-        w.u32(s.load(Ordering::Relaxed));
+        w.u32(s.load(Ordering::Relaxed))?;
     }
-    w.pad();
+    w.pad()?;
     for list in [&index.ids, &index.unindexed, &dead] {
         for id in list {
-            w.u64(*id);
+            w.u64(*id)?;
         }
     }
-    let mut structure = blake3::Hasher::new();
-    structure.update(&w.0[..HEADER]);
-    structure.update(&w.0[vectors_end..]);
-    let vectors = blake3::hash(&w.0[HEADER..vectors_end]);
-    w.0.extend_from_slice(structure.finalize().as_bytes());
-    w.0.extend_from_slice(vectors.as_bytes());
-    w.0
+    w.flush()?;
+    w.out.write_all(w.structure.finalize().as_bytes())?;
+    w.out.write_all(w.vectors.finalize().as_bytes())?;
+    w.out.flush()?;
+    Ok(w.written + CHECKSUMS as u64)
 }
 
 /// Reads sections whose lengths were checked against the file's.

@@ -19,7 +19,6 @@ use graph::{Graph, Kernel, ScanStats, Scored};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{self, AtomicU64};
 use std::time::Instant;
@@ -882,13 +881,19 @@ impl HnswIndex {
     /// save that [`load`](Self::load) refuses. Returns the file's size.
     pub fn save(&self, dir: &Path) -> Result<u64, IndexError> {
         std::fs::create_dir_all(dir)?;
-        let bytes = self.to_bytes()?;
         let tmp = dir.join(format!("{INDEX_FILE}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
+        let size = self.write_file(&tmp)?;
         std::fs::rename(&tmp, dir.join(INDEX_FILE))?;
-        Ok(bytes.len() as u64)
+        Ok(size)
+    }
+
+    /// Writes the index to a new file at `path` (the bytes of [`to_bytes`](Self::to_bytes)),
+    /// streamed through a small buffer and synced to disk. Returns the file's size.
+    pub fn write_file(&self, path: &Path) -> Result<u64, IndexError> {
+        let mut file = std::fs::File::create(path)?;
+        let size = file::write(self, &mut file)?;
+        file.sync_all()?;
+        Ok(size)
     }
 
     /// Loads an index saved by [`save`](Self::save), memory-mapped (see [`open`](Self::open)).
@@ -914,7 +919,9 @@ impl HnswIndex {
 
     /// The index as one byte string (the file [`save`](Self::save) writes), for object storage.
     pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
-        Ok(file::encode(self))
+        let mut bytes = Vec::new();
+        file::write(self, &mut bytes)?;
+        Ok(bytes)
     }
 
     /// Loads an index from [`to_bytes`](Self::to_bytes)'s output. Bytes of an index from before

@@ -18,8 +18,9 @@ use datafusion::physical_plan::metrics::Count;
 use datafusion::prelude::ident;
 
 use super::session::run;
+use crate::index::passing::Passing;
 use crate::index::registry::{
-    fingerprint, push_vector_rows, AddedRow, Additions, Entry, Indexes, Loaded,
+    fingerprint, push_vector_rows, AddedRow, Additions, Entry, Indexes, Loaded, SharedLoaded,
 };
 use crate::index::version::table_version;
 use crate::index::{Estimate, Filter, Neighbor, SearchOptions, SearchPlan};
@@ -71,9 +72,8 @@ pub(super) fn key_in(key: &str, keys: &[String]) -> Expr {
 
 /// How the table's rows now stand against an index build.
 struct Freshness {
-    /// By row id: whether the row still exists and passes the predicate; `None` when every row
-    /// does.
-    passing: Option<Vec<bool>>,
+    /// The rows that still exist and pass the predicate; `None` when every row does.
+    passing: Option<Arc<Passing>>,
     /// Keys of rows added (or whose file changed) since the build.
     added: Vec<String>,
     /// Live rows of the build that are gone.
@@ -85,7 +85,7 @@ struct Freshness {
 impl Freshness {
     /// From batches of `(keep, key)`, plus the file fingerprint when the build kept them.
     fn of(current: &[RecordBatch], loaded: &Loaded) -> Result<Freshness> {
-        let mut passing = vec![false; loaded.keys.len()];
+        let mut passing = Passing::new(loaded.keys.len());
         let mut present = vec![false; loaded.keys.len()];
         let mut added = Vec::new();
         for batch in current {
@@ -106,7 +106,9 @@ impl Freshness {
                         _ => true,
                     };
                     if same_file {
-                        passing[id] = keep.value(row);
+                        if keep.value(row) {
+                            passing.insert(id as u64);
+                        }
                         continue;
                     }
                 }
@@ -121,17 +123,18 @@ impl Freshness {
             .map(|(key, _)| key.clone())
             .collect();
         Ok(Freshness {
-            passing: (!passing.iter().all(|p| *p)).then_some(passing),
+            passing: (!passing.all(loaded.keys.len())).then(|| Arc::new(passing)),
             added,
             dead: loaded.keys.len() - loaded.ids.len() + gone.len(),
             gone,
         })
     }
 
-    /// The table is as it was built: every row exists and passes.
-    fn unchanged() -> Freshness {
+    /// The table is as it was built: every row exists, and those of `passing` pass (every
+    /// row when `None`).
+    fn unchanged(passing: Option<Arc<Passing>>) -> Freshness {
         Freshness {
-            passing: None,
+            passing,
             added: Vec::new(),
             gone: Vec::new(),
             dead: 0,
@@ -189,8 +192,14 @@ pub async fn nearest(
         reads.add(1);
     }
     let current_rows = |loaded: &Loaded| version.is_some() && version == loaded.version;
-    let rows = if current_rows(&loaded.read()) && table.predicate.is_none() {
-        Freshness::unchanged()
+    let rows = if current_rows(&loaded.read()) {
+        let passing = match &table.predicate {
+            Some(predicate) => {
+                Some(passing_rows(state, table, &loaded, predicate, &version, reads).await?)
+            }
+            None => None,
+        };
+        Freshness::unchanged(passing)
     } else {
         // Which rows exist now, which of them pass the predicate, and which files changed.
         let keep = table.predicate.clone().unwrap_or(lit(true));
@@ -230,14 +239,10 @@ pub async fn nearest(
     let loaded = loaded.read();
     let unchanged = current_rows(&loaded);
     let passing = rows.passing;
-    let passes = |id: u64| {
-        passing
-            .as_ref()
-            .is_none_or(|p| p.get(id as usize).copied().unwrap_or(false))
-    };
+    let passes = |id: u64| passing.as_ref().is_none_or(|p| p.contains(id));
     let filter = passing.as_ref().map(|p| Filter {
         accepts: &passes,
-        passing: Some(p.iter().filter(|pass| **pass).count()),
+        passing: Some(p.count()),
     });
     let found = loaded
         .index
@@ -257,6 +262,44 @@ pub async fn nearest(
         plan: found.plan,
         estimate: found.estimate,
     })
+}
+
+/// For a table as its loaded rows are: which of them pass `predicate`. A predicate asked
+/// before since the rows were loaded is answered from the build's cache; otherwise only the
+/// keys of the rows that pass are read (the table's scan evaluates the predicate).
+async fn passing_rows(
+    state: &SessionState,
+    table: &KnnQuery,
+    loaded: &SharedLoaded,
+    predicate: &Expr,
+    version: &Option<String>,
+    reads: &Count,
+) -> Result<Arc<Passing>> {
+    if let Some(passing) = loaded.read().passing.get(predicate) {
+        return Ok(passing);
+    }
+    let key = &table.entry.definition.key;
+    let plan = scan(table)?
+        .filter(predicate.clone())?
+        .project(vec![ident(key)])?
+        .build()?;
+    reads.add(1);
+    let batches = run(state, plan).await?;
+    let loaded = loaded.read();
+    let mut passing = Passing::new(loaded.keys.len());
+    for batch in batches {
+        let keys = cast(batch.column(0), &DataType::Utf8)?;
+        let keys = keys.as_string::<i32>();
+        // A key the build does not hold is a row with a NULL vector: in no index.
+        let ids = keys.iter().flatten().filter_map(|k| loaded.ids.get(k));
+        ids.for_each(|id| passing.insert(*id));
+    }
+    let passing = Arc::new(passing);
+    // Unless another query added rows to the build meanwhile: these are an older version's.
+    if loaded.version == *version {
+        loaded.passing.put(predicate, Arc::clone(&passing));
+    }
+    Ok(passing)
 }
 
 /// The key, vector and (with `file`) file fingerprint of the rows with these keys and a

@@ -28,22 +28,20 @@ impl TableProvider for KnnTable {
         self.0.inner.table_type()
     }
 
-    /// The query's filters stay above the scan and are applied again to its rows.
+    /// Every row the scan returns passes the filters it is given (the query's `WHERE`, which
+    /// the rule saw), so they need not be applied again, nor their columns read.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![
-            TableProviderFilterPushDown::Unsupported;
-            filters.len()
-        ])
+        Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
     }
 
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let state = session_state(state)?.clone();
@@ -52,8 +50,13 @@ impl TableProvider for KnnTable {
             None => self.0.inner.schema(),
         };
         let options = settings::search_options(state.config_options())?;
+        // The filters as the optimiser left them (simplified): what the scan must apply.
+        let mut query = self.0.clone();
+        if let Some(pushed) = filters.iter().cloned().reduce(Expr::and) {
+            query.predicate = Some(pushed);
+        }
         Ok(Arc::new(HnswScanExec::new(
-            self.0.clone(),
+            query,
             state,
             projection.cloned(),
             options,
