@@ -485,6 +485,29 @@ async fn l1_indexes_and_builds_that_cannot_be_read() {
         .collect();
     assert_eq!(new.len(), 1, "one new build");
     assert!(std::fs::read(&new[0]).unwrap().starts_with(b"ALHNSW2\0"));
+    drop(lake);
+
+    // A damaged vector is not read when the file is opened (it is mapped), but it is checked
+    // right after: a later query builds the index again.
+    let mut bytes = std::fs::read(&new[0]).unwrap();
+    bytes[80 + 5] ^= 0x10; // in the first vector, past the 80-byte header
+    std::fs::write(&new[0], bytes).unwrap();
+    let lake = open(&setup).await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    let mut rebuilt = false;
+    for _ in 0..250 {
+        assert_eq!(ids(&lake, &knn).await.len(), 10);
+        if graph_files(&setup, "vecs_l1") != [new[0].clone()] {
+            rebuilt = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(rebuilt, "the damaged build was not replaced");
+    assert_eq!(
+        ids(&lake, &knn).await,
+        brute_force(l1, &rows, q, 10, |_| true)
+    );
 }
 
 #[tokio::test]

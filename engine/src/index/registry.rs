@@ -27,7 +27,7 @@
 //! its additions in order, so the store is appended to, never rewritten, until a rebuild.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -219,6 +219,9 @@ pub type SharedLoaded = Arc<parking_lot::RwLock<Loaded>>;
 pub struct Entry {
     pub definition: IndexDefinition,
     loaded: Mutex<Option<SharedLoaded>>,
+    /// Set when the check of the mapped file's vectors, made after opening it, failed: the
+    /// next query builds the index again.
+    damaged: AtomicBool,
 }
 
 impl Entry {
@@ -334,6 +337,7 @@ impl Indexes {
                         Arc::new(Entry {
                             definition,
                             loaded: Mutex::new(None),
+                            damaged: AtomicBool::new(false),
                         }),
                     );
                 }
@@ -598,6 +602,7 @@ impl Indexes {
             let entry = Arc::new(Entry {
                 definition,
                 loaded: Mutex::new(Some(Arc::new(parking_lot::RwLock::new(loaded)))),
+                damaged: AtomicBool::new(false),
             });
             self.entries_mut().insert(name.clone(), Arc::clone(&entry));
             Ok::<_, DataFusionError>((entry, stored))
@@ -730,8 +735,16 @@ impl Indexes {
     pub async fn loaded_or_rebuilt(
         &self,
         state: &SessionState,
-        entry: Arc<Entry>,
+        mut entry: Arc<Entry>,
     ) -> Result<(Arc<Entry>, SharedLoaded)> {
+        if entry.damaged.load(Ordering::Relaxed) {
+            // Another query may have built it again already.
+            let current = self.entries().get(&entry.definition.name).cloned();
+            match current {
+                Some(c) if !Arc::ptr_eq(&c, &entry) => entry = c,
+                _ => entry = self.build(state, entry.definition.clone()).await?,
+            }
+        }
         if let Some(loaded) = self.loaded(&entry).await? {
             return Ok((entry, loaded));
         }
@@ -745,7 +758,7 @@ impl Indexes {
     /// The entry's build with its additions, read from the store at first use; `None` when its
     /// index file cannot be read (logged). Additions that cannot be read or applied are set
     /// aside (reported): their rows are found again as added.
-    async fn loaded(&self, entry: &Entry) -> Result<Option<SharedLoaded>> {
+    async fn loaded(&self, entry: &Arc<Entry>) -> Result<Option<SharedLoaded>> {
         let mut slot = entry.loaded.lock().await;
         if let Some(loaded) = slot.as_ref() {
             return Ok(Some(Arc::clone(loaded)));
@@ -780,11 +793,29 @@ impl Indexes {
         } else {
             Vec::new()
         };
-        let index = match tokio::task::spawn_blocking(move || HnswIndex::open(&graph))
+        let opened = graph.clone();
+        let index = match tokio::task::spawn_blocking(move || HnswIndex::open(&opened))
             .await
             .map_err(|e| DataFusionError::External(e.into()))?
         {
-            Ok(index) => index,
+            Ok(index) => {
+                // Opening skipped the vectors, so as not to read the whole file: they are
+                // checked now, beside the queries.
+                let checked = Arc::clone(entry);
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = HnswIndex::verify_file(&graph) {
+                        let d = &checked.definition;
+                        log::warn!(
+                            "index {}: build {} cannot be used ({e}); it is built again at \
+                             its next query",
+                            d.name,
+                            d.build
+                        );
+                        checked.damaged.store(true, Ordering::Relaxed);
+                    }
+                });
+                index
+            }
             Err(e) => {
                 log::warn!(
                     "index {}: build {} cannot be used ({e}); building it again",

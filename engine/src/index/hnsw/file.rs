@@ -347,6 +347,24 @@ pub(super) fn map(file: &File) -> Result<HnswIndex, String> {
     parse(Source::Mapped(&Arc::new(map)))
 }
 
+/// Checks what [`map`] leaves unchecked, the vectors' checksum, reading the vectors of `file`
+/// once (through a mapping, so that memory holds no copy).
+pub(super) fn verify_vectors(file: &File) -> Result<(), String> {
+    // SAFETY: as in `map`: index files are never rewritten or truncated.
+    let map =
+        unsafe { MmapOptions::new().map(file) }.map_err(|e| format!("cannot be mapped: {e}"))?;
+    let h = header(&map)?;
+    if described_length(&h) != Some(map.len() as u64) {
+        return Err("the header does not describe the file's length".into());
+    }
+    let vectors_end = HEADER + (h.nodes * h.dims * 4).next_multiple_of(8);
+    let body = map.len() - CHECKSUMS;
+    if blake3::hash(&map[HEADER..vectors_end]).as_bytes() != &map[body + 32..] {
+        return Err("checksum mismatch: the vectors are damaged".into());
+    }
+    Ok(())
+}
+
 fn parse(source: Source<'_>) -> Result<HnswIndex, String> {
     let bytes = source.bytes();
     let h = header(bytes)?;

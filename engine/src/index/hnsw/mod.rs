@@ -917,6 +917,13 @@ impl HnswIndex {
         file::map(&file).map_err(|reason| corrupt(path, reason))
     }
 
+    /// Reads the vectors of the index file at `path` and checks their checksum, which
+    /// [`open`](Self::open) leaves out so as not to read the whole file.
+    pub fn verify_file(path: &Path) -> Result<(), IndexError> {
+        let file = std::fs::File::open(path)?;
+        file::verify_vectors(&file).map_err(|reason| corrupt(path, reason))
+    }
+
     /// The index as one byte string (the file [`save`](Self::save) writes), for object storage.
     pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
         let mut bytes = Vec::new();

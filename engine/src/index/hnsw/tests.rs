@@ -982,6 +982,14 @@ fn mapped_files_check_their_structure_but_not_their_vectors() {
         10
     );
     assert!(HnswIndex::from_bytes(&vector).is_err());
+    // ... but found by the check made after opening.
+    HnswIndex::verify_file(&dir.path().join("whole")).unwrap();
+    match HnswIndex::verify_file(&dir.path().join("vector")) {
+        Err(IndexError::Corrupt { reason, .. }) => {
+            assert_eq!(reason, "checksum mismatch: the vectors are damaged")
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         HnswIndex::open(&dir.path().join("missing")),
         Err(IndexError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound
