@@ -1087,3 +1087,38 @@ async fn null_keys_and_null_elements_are_refused_with_the_row_named() {
         "Execution error: index vecs_v: the vector of 100 has a NULL element"
     );
 }
+
+/// A query vector given as a parameter (`$1`, as pgvector's clients send it) is searched
+/// through the index like a literal.
+#[tokio::test]
+async fn a_query_vector_given_as_a_parameter_uses_the_index() {
+    use audiolake::datafusion::common::ParamValues;
+    use audiolake::datafusion::scalar::ScalarValue;
+    let setup = setup();
+    let rows = vectors(0..500);
+    let lake = open(&setup).await;
+    vecs_table(&lake, &setup, &rows).await;
+    run(&lake, "CREATE INDEX vecs_v ON vecs USING hnsw (v)").await;
+    run(&lake, "SET hnsw.ef_search = 400").await;
+    let q = &rows[3].1;
+    let text = literal(q).trim_matches('\'').to_string();
+    let bound = |sql: &str| {
+        let values = ParamValues::List(vec![ScalarValue::Utf8(Some(text.clone())).into()]);
+        let sql = sql.to_string();
+        let lake = &lake;
+        async move {
+            let frame = lake.sql(&sql).await.unwrap();
+            let batches = frame.with_param_values(values).unwrap().collect().await;
+            batches.unwrap()
+        }
+    };
+    let plan = bound("EXPLAIN SELECT id FROM vecs ORDER BY v <-> $1 LIMIT 10").await;
+    let plan = pretty_format_batches(&plan).unwrap().to_string();
+    assert!(plan.contains("HnswIndexScan: index=vecs_v"), "{plan}");
+    let found = bound("SELECT id FROM vecs ORDER BY v <-> $1 LIMIT 10").await;
+    let found: Vec<i64> = found
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    assert_eq!(found, brute_force(l2, &rows, q, 10, |_| true));
+}

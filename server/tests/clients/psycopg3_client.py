@@ -175,6 +175,24 @@ def float4_list():
 
 
 @check
+def vector_parameters_use_the_index():
+    """A query vector sent as a parameter, as pgvector's clients send it, is searched through
+    the index and answers as the literal does."""
+    with connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE vp AS SELECT id, make_array(CAST(id % 7 AS FLOAT), "
+                     "CAST(id % 5 AS FLOAT), CAST(id AS FLOAT) / 100) AS v "
+                     "FROM generate_series(1, 300) t(id)")
+        conn.execute("CREATE INDEX vp_v ON vp USING hnsw (v vector_l2_ops)")
+        q = "[3, 2, 1.5]"
+        literal = conn.execute(f"SELECT id FROM vp ORDER BY v <-> '{q}' LIMIT 5").fetchall()
+        knn = "SELECT id FROM vp ORDER BY v <-> %s LIMIT 5"
+        bound = conn.execute(knn, (q,)).fetchall()
+        assert bound == literal == [(157,), (122,), (192,), (87,), (227,)], (bound, literal)
+        plan = "\n".join(str(r[-1]) for r in conn.execute("EXPLAIN " + knn, (q,)).fetchall())
+        assert "HnswIndexScan: index=vp_v" in plan, plan
+
+
+@check
 def errors_keep_connection_usable():
     with connect(autocommit=True) as conn:
         e = expect_error("42P01", lambda: conn.execute("SELECT * FROM no_such_table"))

@@ -164,8 +164,11 @@ fn has_subquery(expr: &Expr) -> bool {
 
 /// `distance(column, query)` (either order), where `query` reads no column of the row.
 fn distance_call(expr: &Expr) -> Option<(Distance, datafusion::common::Column, Expr)> {
-    let Expr::ScalarFunction(call) = expr else {
-        return None;
+    let call = match expr {
+        Expr::ScalarFunction(call) => call,
+        // Binding a parameter keeps its placeholder's name: `... AS l2_distance(v,$1)`.
+        Expr::Alias(alias) => return distance_call(&alias.expr),
+        _ => return None,
     };
     let distance = Distance::of_function(call.func.name())?;
     let [a, b] = call.args.as_slice() else {
