@@ -4,6 +4,7 @@
     python3 benches/knn_pg.py                       # 100,000 vectors of 200 dimensions
     python3 benches/knn_pg.py --rows 1000000 --queries 500
     AUDIOLAKE_BIN=target/release/audiolake python3 benches/knn_pg.py --no-pgvector
+    python3 benches/knn_pg.py --bind     # the query vector as a parameter, as clients send it
 
 Needs a built `audiolake` binary, found as in benches/pg_load.py (AUDIOLAKE_BIN, else release,
 else debug; it says which), and psql; numpy, pyarrow, psycopg, hnswlib and pgserver (PostgreSQL
@@ -105,6 +106,8 @@ def parse_args():
     p.add_argument("--no-pgvector", action="store_true",
                    help="skip PostgreSQL with pgvector on the same data")
     p.add_argument("--no-filtered", action="store_true", help="skip the filtered queries")
+    p.add_argument("--bind", action="store_true",
+                   help="send the query vector as a parameter ($1) rather than in the text")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     return p.parse_args()
 
@@ -188,17 +191,29 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def plan_text(conn, sql):
+def plan_text(conn, prefix, query):
+    """`prefix` (EXPLAIN, EXPLAIN ANALYZE) of `query`, a (sql, parameters) pair."""
+    sql, params = query
     # audiolake's EXPLAIN has (plan_type, plan) rows, PostgreSQL's one column: the plan is last.
-    return "\n".join(str(r[-1]) for r in conn.execute(sql).fetchall())
+    return "\n".join(str(r[-1]) for r in conn.execute(f"{prefix} {sql}", params).fetchall())
 
 
-def knn_sql(text, where=""):
-    return f"SELECT id FROM vecs{where} ORDER BY v <-> '{text}' LIMIT {K}"
+# With --bind the query vector is a parameter, as applications send it, else a literal.
+BIND = False
+
+
+def knn_sql(engine, text, where=""):
+    """The query as (sql, parameters)."""
+    if BIND:
+        return (f"SELECT id FROM vecs{where} ORDER BY v <-> {engine.PARAMETER} LIMIT {K}",
+                (text,))
+    return (f"SELECT id FROM vecs{where} ORDER BY v <-> '{text}' LIMIT {K}", None)
 
 
 class Audiolake:
     """`audiolake serve --dev-no-auth` over a temporary store; vecs is the Parquet file."""
+
+    PARAMETER = "%s"
 
     def __init__(self, binary, tmp, data):
         self.binary, self.tmp, self.data = binary, tmp, data
@@ -238,7 +253,7 @@ class Audiolake:
 
     def way(self, sql):
         """How the scan went: `exact` or `graph`, as EXPLAIN ANALYZE says on the scan's line."""
-        found = re.search(r"\bsearch=(\w+)", plan_text(self.conn, "EXPLAIN ANALYZE " + sql))
+        found = re.search(r"\bsearch=(\w+)", plan_text(self.conn, "EXPLAIN ANALYZE", sql))
         return found.group(1) if found else "?"
 
     def stop(self):
@@ -253,6 +268,7 @@ class PgVector:
     """PostgreSQL 16 with pgvector from the pgserver package, in a folder of the temporary one."""
 
     MAINTENANCE_WORK_MEM = "2GB"
+    PARAMETER = "%s::vector"
 
     def __init__(self, tmp, ids, vectors, buckets):
         self.pgdata = os.path.join(tmp, "postgresql")
@@ -364,7 +380,7 @@ def run_queries(conn, sqls, truth):
     started = time.monotonic()
     for sql, want in zip(sqls, truth):
         t = time.monotonic()
-        got = [r[0] for r in conn.execute(sql).fetchall()]
+        got = [r[0] for r in conn.execute(*sql).fetchall()]
         latencies.append((time.monotonic() - t) * 1000)
         hits += len(want & set(got))
         returned += len(got)
@@ -381,8 +397,8 @@ def bench(engine, texts, truth, efs, filtered):
     runs = {}
     for ef in efs:
         conn.execute(f"SET hnsw.ef_search = {ef}")
-        check_index(engine, knn_sql(texts[0]))
-        runs[ef] = run_queries(conn, [knn_sql(t) for t in texts], truth)
+        check_index(engine, knn_sql(engine, texts[0]))
+        runs[ef] = run_queries(conn, [knn_sql(engine, t) for t in texts], truth)
     results, refusal = {}, None
     if not filtered:
         return runs, results, refusal
@@ -397,10 +413,10 @@ def bench(engine, texts, truth, efs, filtered):
                 continue
         for percent, case_truth in filtered:
             where = f" WHERE bucket < {percent}"
-            sqls = [knn_sql(t, where) for t in texts[:len(case_truth)]]
+            sqls = [knn_sql(engine, t, where) for t in texts[:len(case_truth)]]
             check_index(engine, sqls[0])
             started = time.monotonic()
-            conn.execute(sqls[0]).fetchall()
+            conn.execute(*sqls[0]).fetchall()
             first = (time.monotonic() - started) * 1000
             results[(percent, mode)] = (engine.way(sqls[0]), first,
                                         run_queries(conn, sqls, case_truth))
@@ -408,7 +424,7 @@ def bench(engine, texts, truth, efs, filtered):
 
 
 def check_index(engine, sql):
-    plan = plan_text(engine.conn, "EXPLAIN " + sql)
+    plan = plan_text(engine.conn, "EXPLAIN", sql)
     if not engine.uses_index(plan):
         die(f"{engine.label}: the query did not use the index:\n{plan}")
 
@@ -464,9 +480,12 @@ def print_filtered(filtered, shares, benched):
 
 def main():
     args = parse_args()
+    global BIND
+    BIND = args.bind
     binary, profile = audiolake_bin()
     print(f"knn_pg: {args.rows} vectors of {args.dims} dimensions, m {args.m}, "
-          f"ef_construction {args.ef_construction}; audiolake binary: {binary} ({profile})")
+          f"ef_construction {args.ef_construction}; query vector as "
+          f"{'a parameter' if BIND else 'a literal'}; audiolake binary: {binary} ({profile})")
     tmp = tempfile.mkdtemp(prefix="knn_pg-")
     data = os.path.join(tmp, "vectors")
     os.makedirs(data)
