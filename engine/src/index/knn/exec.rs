@@ -219,7 +219,13 @@ async fn knn_rows(
     // Short of k, rows without a vector may still qualify: let every qualifying row through.
     if found_all {
         let keys: Vec<String> = nearest.into_iter().map(|found| found.key).collect();
-        plan = plan.filter(key_in(&table.entry.definition.key, &keys))?;
+        let mut by_key = key_in(&table.entry.definition.key, &keys);
+        // No filter runs above the scan: a row changed since its keys were read must still
+        // pass.
+        if let Some(p) = &table.predicate {
+            by_key = by_key.and(p.clone());
+        }
+        plan = plan.filter(by_key)?;
     } else if let Some(p) = &table.predicate {
         plan = plan.filter(p.clone())?;
     }
