@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -206,16 +206,25 @@ fn mock_key(users: &Path) -> Result<[u8; MOCK_KEY_LEN]> {
     let mut name = users.file_name().unwrap_or_default().to_owned();
     name.push(".mock-key");
     let path = users.with_file_name(&name);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            return <[u8; MOCK_KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| {
-                anyhow::anyhow!(
-                    "the key file {} of unknown users' salts has {} bytes, not {MOCK_KEY_LEN}; \
-                     remove it to make a new key (unknown users' salts then change once)",
-                    path.display(),
-                    bytes.len()
-                )
-            })
+    match std::fs::File::open(&path) {
+        Ok(file) => {
+            let size = file.metadata()?.len();
+            // Never more than the key is read, whatever the file holds.
+            let mut bytes = Vec::with_capacity(MOCK_KEY_LEN);
+            file.take(MOCK_KEY_LEN as u64)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            return <[u8; MOCK_KEY_LEN]>::try_from(bytes.as_slice())
+                .ok()
+                .filter(|_| size == MOCK_KEY_LEN as u64)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the key file {} of unknown users' salts has {size} bytes, not \
+                         {MOCK_KEY_LEN}; remove it to make a new key (unknown users' salts \
+                         then change once)",
+                        path.display(),
+                    )
+                });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -491,6 +500,10 @@ mod tests {
             [7u8; 31],
             "left as it was"
         );
+        // A larger one is refused after reading no more than a key's bytes of it.
+        std::fs::write(&key_path, [7u8; 4096]).unwrap();
+        let err = format!("{:#}", Users::open(&path).unwrap_err());
+        assert!(err.contains("has 4096 bytes, not 32"), "{err}");
     }
 
     #[test]
