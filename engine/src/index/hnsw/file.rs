@@ -280,6 +280,11 @@ fn described_length(h: &Header) -> Option<u64> {
     Some(total)
 }
 
+/// Where the vectors of a file whose length matches `h` end (padding included).
+fn vectors_end(h: &Header) -> usize {
+    HEADER + (h.nodes * h.dims * 4).next_multiple_of(8)
+}
+
 fn strictly_ascending(ids: &[u64]) -> bool {
     ids.windows(2).all(|w| w[0] < w[1])
 }
@@ -357,7 +362,7 @@ pub(super) fn verify_vectors(file: &File) -> Result<(), String> {
     if described_length(&h) != Some(map.len() as u64) {
         return Err("the header does not describe the file's length".into());
     }
-    let vectors_end = HEADER + (h.nodes * h.dims * 4).next_multiple_of(8);
+    let vectors_end = vectors_end(&h);
     let body = map.len() - CHECKSUMS;
     if blake3::hash(&map[HEADER..vectors_end]).as_bytes() != &map[body + 32..] {
         return Err("checksum mismatch: the vectors are damaged".into());
@@ -379,7 +384,7 @@ fn parse(source: Source<'_>) -> Result<HnswIndex, String> {
         None => return Err("the header's counts overflow".into()),
     }
     let body = bytes.len() - CHECKSUMS;
-    let vectors_end = HEADER + (h.nodes * h.dims * 4).next_multiple_of(8);
+    let vectors_end = vectors_end(&h);
     let mut structure = blake3::Hasher::new();
     structure.update(&bytes[..HEADER]);
     structure.update(&bytes[vectors_end..body]);
