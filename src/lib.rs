@@ -19,8 +19,8 @@
 #[cfg(feature = "distributed")]
 pub use audiolake_engine::cluster;
 pub use audiolake_engine::{
-    audio, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError, FlushPolicy,
-    Result, ScanProgress, StoreProblem, StoreStats, DEFAULT_RETENTION,
+    audio, index, location, AnalyzeReport, CompactReport, Engine, EngineConfig, EngineError,
+    FlushPolicy, Result, ScanProgress, StoreProblem, StoreStats, DEFAULT_RETENTION,
 };
 pub use audiolake_udf as udf;
 pub use datafusion;

@@ -19,6 +19,7 @@ pub use hnsw::{
     BuildInfo, Estimate, Filter, HnswIndex, IndexParams, IterativeScan, Metric, Neighbor,
     SearchOptions, SearchPlan, SearchResult,
 };
+pub use knn::calls_distance;
 pub use registry::{parse_definition, IndexDefinition};
 
 /// What went wrong building, searching, saving or loading an index.

@@ -414,7 +414,7 @@ impl Session {
             };
             let rows = execute::query(
                 &snapshot,
-                &plan,
+                &execute::optimize(&snapshot, &plan)?,
                 &Format::UnifiedText,
                 format_options(client),
             )
@@ -436,14 +436,24 @@ impl Session {
         let types = self
             .parser
             .get_parameter_types(&portal.statement.statement)?;
-        let plan = execute::bind(portal, plan, &types).map_err(with_sqlstate)?;
         let snapshot = self.snapshots.take(&self.ctx);
-        let result = execute::query(
-            &snapshot,
-            &plan,
-            &portal.result_column_format,
-            format_options(client),
-        )
+        let result = async {
+            let (sql, declared) = (
+                &portal.statement.statement.0,
+                &portal.statement.parameter_types,
+            );
+            let optimized = match PLANS.optimized(sql, declared, &snapshot, plan).await {
+                Some(optimized) => execute::bind(portal, &optimized, &types)?,
+                None => execute::optimize(&snapshot, &execute::bind(portal, plan, &types)?)?,
+            };
+            execute::query(
+                &snapshot,
+                &optimized,
+                &portal.result_column_format,
+                format_options(client),
+            )
+            .await
+        }
         .await;
         self.snapshots.put(snapshot);
         result.map(Response::Query).map_err(with_sqlstate)

@@ -27,6 +27,6 @@ mod session;
 mod table;
 
 pub use query_vector::{evaluate_vector, vector_of};
-pub use rule::KnnRule;
+pub use rule::{calls_distance, KnnRule};
 pub use search::{nearest, KnnQuery};
 pub use session::session_state;

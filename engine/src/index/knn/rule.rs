@@ -26,6 +26,29 @@ fn metric_of(distance: Distance) -> Option<Metric> {
     }
 }
 
+/// Whether `plan` calls a distance function: the rule rewrites such a plan only once its
+/// parameters are bound (the query vector and `LIMIT` must be values), so a plan kept with its
+/// placeholders must be analysed again after binding, never reused analysed.
+pub fn calls_distance(plan: &LogicalPlan) -> bool {
+    let distance = |e: &Expr| {
+        Ok(matches!(e, Expr::ScalarFunction(call)
+            if Distance::of_function(call.func.name()).is_some()))
+    };
+    let mut found = false;
+    // The closures never fail.
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            found |= e.exists(distance)?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(match found {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
+    });
+    found
+}
+
 /// Rewrites kNN queries on indexed columns into index scans.
 #[derive(Debug)]
 pub struct KnnRule {

@@ -1,6 +1,7 @@
 //! A query run from its logical plan: parameters bound, the plan analysed and optimised once
-//! and made physical without optimising it again (as `SessionState::create_physical_plan`
-//! would), on the session's kept state and task context (see `snapshot`).
+//! (or taken optimised from the plan cache) and made physical without optimising it again (as
+//! `SessionState::create_physical_plan` would), on the session's kept state and task context
+//! (see `snapshot`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,18 +23,22 @@ use futures::{stream, StreamExt};
 use super::super::compat;
 use super::snapshot::Snapshot;
 
-/// The rows of `plan` (a query, its parameters bound), encoded in `format`.
+/// `plan` analysed and optimised by the session's rules.
+pub(super) fn optimize(snapshot: &Snapshot, plan: &LogicalPlan) -> PgWireResult<LogicalPlan> {
+    snapshot.state.optimize(plan).map_err(api)
+}
+
+/// The rows of `optimized` (a query, optimised, its parameters bound), encoded in `format`.
 pub(super) async fn query(
     snapshot: &Snapshot,
-    plan: &LogicalPlan,
+    optimized: &LogicalPlan,
     format: &Format,
     options: Arc<FormatOptions>,
 ) -> PgWireResult<QueryResponse> {
     let state = &snapshot.state;
-    let optimized = state.optimize(plan).map_err(api)?;
     let physical = state
         .query_planner()
-        .create_physical_plan(&optimized, state)
+        .create_physical_plan(optimized, state)
         .await
         .map_err(api)?;
     let fields = Arc::new(compat::client_fields(arrow_schema_to_pg_fields(
