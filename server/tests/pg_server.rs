@@ -679,7 +679,8 @@ fn prometheus_metrics() {
 
 /// Plans are shared by the connections and reused (psql 16's `\bind` sends the same statement
 /// text each time, through the extended protocol), never once what they read has changed: a
-/// table made again, a setting, the connected database; rows added are read, `now()` moves on.
+/// table made again, a view replaced, a setting, the connected database; rows added are read,
+/// `now()` moves on.
 #[test]
 fn cached_plans_follow_tables_settings_and_time() {
     let Some(psql) = psql16() else {
@@ -714,6 +715,10 @@ fn cached_plans_follow_tables_settings_and_time() {
         "SELECT current_database() \\bind \\g\n",
         "\\c other\n",
         "SELECT current_database() \\bind \\g\n",
+        "CREATE VIEW w AS SELECT x FROM t;\n",
+        "SELECT count(*) FROM w WHERE x > $1 \\bind 0 \\g\n",
+        "CREATE OR REPLACE VIEW w AS SELECT x FROM t WHERE x > 20;\n",
+        "SELECT count(*) FROM w WHERE x > $1 \\bind 0 \\g\n",
     ]
     .concat();
     let out = server.psql_script_with(&psql, ALICE, &script, &["-q"]);
@@ -730,7 +735,8 @@ fn cached_plans_follow_tables_settings_and_time() {
     assert!(errors.contains("T"), "{errors}");
     let times: Vec<i64> = lines[8..10].iter().map(|l| l.parse().unwrap()).collect();
     assert!(times[1] > times[0], "now() was frozen: {lines:?}");
-    assert_eq!(lines[10..], ["audiolake", "other"], "{lines:?}");
+    // A view replaced is read anew (plans hold a copy of its query).
+    assert_eq!(lines[10..], ["audiolake", "other", "3", "2"], "{lines:?}");
     let text = http_get(port, "/metrics");
     assert!(
         metric(&text, "audiolake_plan_cache_hits_total ") >= 2.0,

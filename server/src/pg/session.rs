@@ -542,12 +542,19 @@ impl SimpleQueryHandler for Session {
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
                     self.authorize_plans(client, &items).await?;
-                    match items.as_slice() {
+                    let views_change = items.iter().any(|item| {
+                        matches!(&item.runs, Some(DfStatement::Statement(s)) if plan_cache::changes_views(s))
+                    });
+                    let result = match items.as_slice() {
                         [item] if matches!(item.route, Route::Session) && !item.rewritten => {
                             self.run_in_session(client, query, item.query).await
                         }
                         _ => Ok(self.run_each(client, items).await),
+                    };
+                    if views_change {
+                        PLANS.clear();
                     }
+                    result
                 }
                 None => self.run_in_session(client, query, false).await,
             }
@@ -666,7 +673,7 @@ impl ExtendedQueryHandler for Session {
                     _ => {
                         self.snapshots.clear();
                         let failed_block = client.transaction_status() == TransactionStatus::Error;
-                        ExtendedQueryHandler::do_query(
+                        let result = ExtendedQueryHandler::do_query(
                             self.inner.as_ref(),
                             client,
                             portal,
@@ -677,7 +684,11 @@ impl ExtendedQueryHandler for Session {
                         .map_err(|e| match failed_block {
                             true => errors::in_failed_block(e),
                             false => with_sqlstate(e),
-                        })
+                        });
+                        if matches!(planned, Some((s, _)) if plan_cache::changes_views(s)) {
+                            PLANS.clear();
+                        }
+                        result
                     }
                 },
             }

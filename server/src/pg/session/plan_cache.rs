@@ -20,7 +20,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{source_as_provider, TableProvider};
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableSource, Volatility};
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{ObjectType, Statement};
 use datafusion_postgres::pgwire::api::Type;
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -52,8 +52,10 @@ fn key(sql: &str, snapshot: &Snapshot, declared: &[Option<Type>]) -> Key {
 pub(super) struct PlanCache {
     plans: Mutex<LruCache<Key, DfStatementTuple>>,
     /// The extended protocol's plans analysed and optimised with their placeholders, for those
-    /// that optimising again after binding could not change (see [`PlanCache::optimized`]).
-    optimized: Mutex<LruCache<Key, LogicalPlan>>,
+    /// that optimising again after binding could not change (see [`PlanCache::optimized`]),
+    /// each with the plan it was made from: analysis replaces a view by its query, so the view
+    /// is named only there.
+    optimized: Mutex<LruCache<Key, (LogicalPlan, LogicalPlan)>>,
 }
 
 impl PlanCache {
@@ -66,7 +68,8 @@ impl PlanCache {
     }
 
     /// `plan` (of `sql` with the parameter types `declared`) analysed and optimised with its
-    /// placeholders, made once and kept while the tables it reads are current; `None` when it
+    /// placeholders, made once and kept while the tables and views that it and the plan it was
+    /// made from read are current; `None` when it
     /// must be optimised after binding: a plan that calls a function whose value is not fixed
     /// by its arguments (`now()`, `random()`, `current_user`: the optimiser would fold them
     /// into the first execution's values), that the kNN rule may turn into an index scan once
@@ -81,8 +84,10 @@ impl PlanCache {
     ) -> Option<LogicalPlan> {
         let key = key(sql, snapshot, declared);
         let cached = self.optimized.lock().get(&key).cloned();
-        if let Some(optimized) = cached {
-            if reads_current_tables(&optimized, &snapshot.state).await {
+        if let Some((source, optimized)) = cached {
+            if reads_current_tables(&source, &snapshot.state).await
+                && reads_current_tables(&optimized, &snapshot.state).await
+            {
                 return Some(optimized);
             }
             self.optimized.lock().pop(&key);
@@ -98,8 +103,16 @@ impl PlanCache {
         if placeholders(plan).ok()? != placeholders(&optimized).ok()? {
             return None;
         }
-        self.optimized.lock().put(key, optimized.clone());
+        self.optimized
+            .lock()
+            .put(key, (plan.clone(), optimized.clone()));
         Some(optimized)
+    }
+
+    /// Forgets every kept plan (see [`changes_views`]).
+    pub(super) fn clear(&self) {
+        self.plans.lock().clear();
+        self.optimized.lock().clear();
     }
 
     /// The plan made before of `sql` with the parameter types `declared` in a session with the
@@ -150,6 +163,19 @@ impl PlanCache {
     }
 }
 
+/// Whether `statement` makes, replaces, changes or drops a view (or a schema, with its views):
+/// SQL planning copies a view's query into each plan that reads it, so a kept plan cannot tell
+/// that its view changed, and all are dropped after such a statement.
+pub(super) fn changes_views(statement: &Statement) -> bool {
+    match statement {
+        Statement::CreateView(_) | Statement::AlterView { .. } => true,
+        Statement::Drop { object_type, .. } => {
+            matches!(object_type, ObjectType::View | ObjectType::Schema)
+        }
+        _ => false,
+    }
+}
+
 /// Whether every table `plan` reads is the one `state`'s catalog holds under its name now.
 async fn reads_current_tables(plan: &LogicalPlan, state: &SessionState) -> bool {
     let mut scans = Vec::new();
@@ -178,9 +204,9 @@ async fn reads_current_tables(plan: &LogicalPlan, state: &SessionState) -> bool 
     true
 }
 
-/// Whether `plan`, optimised before its parameters are bound, is what optimising it after
-/// would make: it calls only functions whose value its arguments fix, and none that the kNN
-/// rule answers from an index.
+/// Whether `plan`, optimised before its parameters are bound, answers as it would optimised
+/// after: it calls only functions whose value its arguments fix, and none that the kNN rule
+/// answers from an index.
 fn reusable_optimized(plan: &LogicalPlan) -> bool {
     if audiolake::index::calls_distance(plan) {
         return false;
@@ -290,6 +316,45 @@ mod tests {
             ]
         );
         assert_eq!(cache.optimized.lock().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn plans_are_made_again_once_a_view_they_read_is_replaced() {
+        let ctx = SessionContext::new();
+        let run = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(sql).await.unwrap().collect().await.unwrap() }
+        };
+        run("CREATE TABLE t AS SELECT 1 AS x").await;
+        run("CREATE VIEW v AS SELECT x FROM t").await;
+        let snapshot = super::super::snapshot::Snapshots::default().take(&ctx);
+        let cache = PlanCache::new();
+        let sql = "SELECT x FROM v WHERE x = $1";
+        let optimized = || async {
+            let plan = snapshot.state.create_logical_plan(sql).await.unwrap();
+            let optimized = cache.optimized(sql, &[], &snapshot, &plan).await.unwrap();
+            let shown = optimized.display_indent().to_string();
+            shown
+        };
+        let first = optimized().await;
+        assert_eq!(optimized().await, first);
+        // SQL planning copies the view's query in: no plan names `v`, so the statement that
+        // replaces it drops them all.
+        let replace = "CREATE OR REPLACE VIEW v AS SELECT x + 1 AS x FROM t";
+        run(replace).await;
+        assert_eq!(optimized().await, first);
+        let statement = DFParser::parse_sql_with_dialect(replace, &PostgreSqlDialect {})
+            .unwrap()
+            .pop_front()
+            .unwrap();
+        let DfStatement::Statement(statement) = statement else {
+            unreachable!()
+        };
+        assert!(changes_views(&statement));
+        cache.clear();
+        let second = optimized().await;
+        assert_ne!(second, first);
+        assert!(second.contains("+ Int64(1)"), "{second}");
     }
 
     #[tokio::test]
