@@ -719,6 +719,8 @@ fn cached_plans_follow_tables_settings_and_time() {
         "SELECT count(*) FROM w WHERE x > $1 \\bind 0 \\g\n",
         "CREATE OR REPLACE VIEW w AS SELECT x FROM t WHERE x > 20;\n",
         "SELECT count(*) FROM w WHERE x > $1 \\bind 0 \\g\n",
+        // In one message: psql sends statements joined by `\;` as one simple query.
+        "SELECT count(*) FROM w \\; CREATE OR REPLACE VIEW w AS SELECT x FROM t WHERE x > 35 \\; SELECT count(*) FROM w;\n",
     ]
     .concat();
     let out = server.psql_script_with(&psql, ALICE, &script, &["-q"]);
@@ -736,7 +738,11 @@ fn cached_plans_follow_tables_settings_and_time() {
     let times: Vec<i64> = lines[8..10].iter().map(|l| l.parse().unwrap()).collect();
     assert!(times[1] > times[0], "now() was frozen: {lines:?}");
     // A view replaced is read anew (plans hold a copy of its query).
-    assert_eq!(lines[10..], ["audiolake", "other", "3", "2"], "{lines:?}");
+    assert_eq!(
+        lines[10..],
+        ["audiolake", "other", "3", "2", "2", "1"],
+        "{lines:?}"
+    );
     let text = http_get(port, "/metrics");
     assert!(
         metric(&text, "audiolake_plan_cache_hits_total ") >= 2.0,

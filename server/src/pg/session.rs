@@ -472,6 +472,7 @@ impl Session {
         // pgwire applies the responses' transaction changes only after the last statement.
         let mut status = client.transaction_status();
         for item in items {
+            let views_change = changes_views(&item);
             let result = match item.route {
                 Route::Engine(statement) => self.run_engine(statement).await.map(|r| vec![r]),
                 Route::Call(call) => self.run_call(call).await.map(|r| vec![r]),
@@ -484,6 +485,10 @@ impl Session {
                     .map(|r| vec![r]),
                 Route::Session => self.run_in_session(client, &item.text, item.query).await,
             };
+            // The statements after it must not read a kept plan of the view as it was.
+            if views_change {
+                PLANS.clear();
+            }
             match result {
                 Ok(r) => {
                     for response in &r {
@@ -542,9 +547,7 @@ impl SimpleQueryHandler for Session {
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
                     self.authorize_plans(client, &items).await?;
-                    let views_change = items.iter().any(|item| {
-                        matches!(&item.runs, Some(DfStatement::Statement(s)) if plan_cache::changes_views(s))
-                    });
+                    let views_change = items.iter().any(changes_views);
                     let result = match items.as_slice() {
                         [item] if matches!(item.route, Route::Session) && !item.rewritten => {
                             self.run_in_session(client, query, item.query).await
@@ -695,6 +698,11 @@ impl ExtendedQueryHandler for Session {
         };
         running.run(result).await.map(|r| running.guard(r))
     }
+}
+
+/// Whether `item` makes, replaces, alters or drops a view (see `plan_cache::changes_views`).
+fn changes_views(item: &Classified) -> bool {
+    matches!(&item.runs, Some(DfStatement::Statement(s)) if plan_cache::changes_views(s))
 }
 
 /// datafusion-postgres's parser, with statements that run elsewhere left unplanned and
