@@ -208,7 +208,10 @@ fn mock_key(users: &Path) -> Result<[u8; MOCK_KEY_LEN]> {
     let path = users.with_file_name(&name);
     match std::fs::File::open(&path) {
         Ok(file) => {
-            let size = file.metadata()?.len();
+            let size = file
+                .metadata()
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
             // Never more than the key is read, whatever the file holds.
             let mut bytes = Vec::with_capacity(MOCK_KEY_LEN);
             file.take(MOCK_KEY_LEN as u64)

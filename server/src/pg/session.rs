@@ -460,7 +460,8 @@ impl Session {
     }
 
     /// Runs statements one by one, as PostgreSQL does: the results of those before a failing
-    /// one are kept, and nothing after it runs.
+    /// one are kept, and nothing after it runs; the kept plans are dropped after each view
+    /// statement (see `plan_cache::changes_views`).
     async fn run_each<C>(&self, client: &mut C, items: Vec<Classified>) -> Vec<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -547,17 +548,16 @@ impl SimpleQueryHandler for Session {
                 Some(Ok(items)) => {
                     Self::authorize(&self.server, client, &items)?;
                     self.authorize_plans(client, &items).await?;
-                    let views_change = items.iter().any(changes_views);
-                    let result = match items.as_slice() {
+                    match items.as_slice() {
                         [item] if matches!(item.route, Route::Session) && !item.rewritten => {
-                            self.run_in_session(client, query, item.query).await
+                            let result = self.run_in_session(client, query, item.query).await;
+                            if changes_views(item) {
+                                PLANS.clear();
+                            }
+                            result
                         }
                         _ => Ok(self.run_each(client, items).await),
-                    };
-                    if views_change {
-                        PLANS.clear();
                     }
-                    result
                 }
                 None => self.run_in_session(client, query, false).await,
             }

@@ -212,31 +212,28 @@ fn reusable_optimized(plan: &LogicalPlan) -> bool {
     if audiolake::index::calls_distance(plan) {
         return false;
     }
-    let mut fixed = true;
+    let unfixed = |e: &Expr| {
+        let volatility = match e {
+            Expr::ScalarFunction(call) => call.func.signature().volatility,
+            Expr::AggregateFunction(call) => call.func.signature().volatility,
+            Expr::WindowFunction(call) => call.fun.signature().volatility,
+            _ => Volatility::Immutable,
+        };
+        Ok(volatility != Volatility::Immutable)
+    };
+    let mut found = false;
     // The closures never fail.
     let _ = plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
-            e.apply(|e| {
-                let volatility = match e {
-                    Expr::ScalarFunction(call) => Some(call.func.signature().volatility),
-                    Expr::AggregateFunction(call) => Some(call.func.signature().volatility),
-                    Expr::WindowFunction(call) => Some(call.fun.signature().volatility),
-                    _ => None,
-                };
-                fixed &= volatility.is_none_or(|v| v == Volatility::Immutable);
-                Ok(stop_unless(fixed))
-            })
+            found |= e.exists(unfixed)?;
+            Ok(TreeNodeRecursion::Continue)
         })?;
-        Ok(stop_unless(fixed))
+        Ok(match found {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
     });
-    fixed
-}
-
-fn stop_unless(go_on: bool) -> TreeNodeRecursion {
-    match go_on {
-        true => TreeNodeRecursion::Continue,
-        false => TreeNodeRecursion::Stop,
-    }
+    !found
 }
 
 fn same_table(table: &Arc<dyn TableProvider>, source: &Arc<dyn TableSource>) -> bool {
